@@ -1,0 +1,92 @@
+"""LeNet as a flax linen module returning logits and the fc-84 representation.
+
+The convolutions are written as patches + one matmul ("patches" formulation):
+under `jax.vmap` over a stacked worker axis, XLA:CPU lowers a vmapped
+`conv_general_dilated` to a grouped convolution, which is slow inside
+`lax.scan` (jax-ml/jax#12868), while the vmapped matmul is a batched GEMM.
+Both formulations compute the same function from the same parameters
+(`tests/test_models.py` checks it); BUILD_NOTES.md has the timings.
+"""
+
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ConvImpl = Literal["patches", "xla"]
+
+
+def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> jax.Array:
+    """A stride-1 'VALID' 2-D convolution (cross-correlation).
+
+    Args:
+        x: (B, H, W, C) input.
+        kernel: (k, k, C, F) kernel, HWIO.
+        impl: "patches" (slices + einsum) or "xla" (`lax.conv_general_dilated`).
+
+    Returns:
+        (B, H - k + 1, W - k + 1, F).
+    """
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    k = kernel.shape[0]
+    b, h, w = x.shape[0], x.shape[1] - k + 1, x.shape[2] - k + 1
+    # Patch features ordered (kh, kw, c) to match the HWIO kernel's reshape;
+    # one 2-D matmul measured 2x faster than a 5-D einsum on XLA:CPU.
+    patches = jnp.concatenate(
+        [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)], axis=-1)
+    out = patches.reshape(-1, patches.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1])
+    return out.reshape(b, h, w, kernel.shape[-1])
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, by reshape (cheaper to differentiate on CPU
+    than `reduce_window`'s select-and-scatter). (B, H, W, C) -> (B, H/2, W/2, C)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Conv(nn.Module):
+    """'VALID' convolution with the parameters of `flax.linen.Conv`."""
+    features: int
+    kernel_size: int = 5
+    impl: ConvImpl = "patches"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+                "kernel", nn.initializers.lecun_normal(),
+                (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_valid(x, kernel, self.impl) + bias
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in the study: conv 6@5x5, pool, conv 16@5x5, pool, fc 120,
+    fc 84, fc 10; ReLU activations and max pooling (DESIGN.md §5).
+
+    Input: (B, 32, 32, C) float images (any C). Output: `(logits, z)` with
+    logits (B, num_classes) and z (B, 84), the fc-84 activation (the
+    representation Z whose mutual information the study measures).
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = LeNet()
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> params = model.init(jax.random.key(0), x)["params"]
+    >>> logits, z = model.apply({"params": params}, x)
+    >>> logits.shape, z.shape
+    ((2, 10), (2, 84))
+    """
+    num_classes: int = 10
+    conv_impl: ConvImpl = "patches"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = max_pool_2x2(nn.relu(Conv(6, impl=self.conv_impl)(x)))
+        x = max_pool_2x2(nn.relu(Conv(16, impl=self.conv_impl)(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(120)(x))
+        z = nn.relu(nn.Dense(84)(x))
+        return nn.Dense(self.num_classes)(z), z

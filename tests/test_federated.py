@@ -1,0 +1,224 @@
+"""Federated training: the vmapped, scanned round against per-worker ground truth."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_mi import federated, models
+
+K, N, B = 2, 48, 8          # workers, samples per worker, batch size: 6 steps per epoch
+MODEL = models.LeNet(num_classes=10)
+# float32 results of the same arithmetic in a different order (vmapped batched
+# matmuls vs unbatched ones) differ in the last bits; after a few SGD steps at
+# lr 0.05 that stays far below 1e-5.
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make_data(seed=0, workers=K, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (workers, n, 32, 32, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, (workers, n), dtype=np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def make_state(opt, seed=0, identical=True, workers=K, n=N):
+    return federated.init(jax.random.key(seed), MODEL, opt, jnp.zeros((1, 32, 32, 1)),
+                          workers, n, identical=identical)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+# One compiled round per (optimizer, steps, opt_sync), shared by the tests.
+_ROUNDS = {}
+
+
+def get_round(momentum, steps, opt_sync="average"):
+    key = (momentum, steps, opt_sync)
+    if key not in _ROUNDS:
+        opt = federated.make_optimizer(0.05, momentum)
+        _ROUNDS[key] = (opt, federated.make_round(MODEL, opt, batch_size=B, steps=steps,
+                                                  opt_sync=opt_sync))
+    return _ROUNDS[key]
+
+
+def test_average_is_hand_computed_mean():
+    params = {"w": jnp.arange(12.0).reshape(3, 2, 2), "b": jnp.array([[1.0], [2.0], [6.0]])}
+    avg = federated.average(params)
+    chex.assert_trees_all_close(avg, {"w": (params["w"][0] + params["w"][1] + params["w"][2]) / 3,
+                                      "b": jnp.array([3.0])})
+
+
+def test_init_identical_and_independent():
+    opt = federated.make_optimizer(0.1)
+    same = make_state(opt, identical=True)
+    diff = make_state(opt, identical=False)
+    for leaf in jax.tree.leaves(same.params):
+        chex.assert_trees_all_equal(leaf[0], leaf[1])
+    kernels = diff.params["Conv_0"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_vmapped_step_equals_each_workers_own_step(data):
+    x, y = data
+    opt = federated.make_optimizer(0.05, 0.9)
+    state = make_state(opt, identical=False)
+    local_step = federated.make_local_step(MODEL, opt)
+    xb, yb = x[:, :B], y[:, :B]
+    params, opt_state, losses = jax.jit(jax.vmap(local_step))(state.params, state.opt_state, xb, yb)
+    for k in range(K):
+        take = lambda t: jax.tree.map(lambda a: a[k], t)
+        p_k, o_k, l_k = jax.jit(local_step)(take(state.params), take(state.opt_state), xb[k], yb[k])
+        chex.assert_trees_all_close(take(params), p_k, **TOL)
+        chex.assert_trees_all_close(take(opt_state), o_k, **TOL)
+        chex.assert_trees_all_close(losses[k], l_k, **TOL)
+
+
+def test_sync_makes_workers_identical():
+    opt = federated.make_optimizer(0.05, 0.9)
+    state = make_state(opt, identical=False)
+    params, opt_state = federated.sync(state.params, state.opt_state, opt, "average")
+    avg = federated.average(state.params)
+    for k in range(K):
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], params), avg)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_nosync_equals_independent_workers(data, momentum):
+    """No-sync: each worker's params after a round equal a plain loop of that
+    worker's own steps over its own epoch order (averaging never touches them)."""
+    x, y = data
+    steps = 8  # crosses the epoch boundary at step 6
+    opt, round_fn = get_round(momentum, steps)
+    state = make_state(opt, identical=False)
+    new_state, losses = round_fn(state, x, y, 0)
+    chex.assert_shape(losses, (steps, K))
+    local_step = jax.jit(federated.make_local_step(MODEL, opt))
+    spe = N // B
+    for k in range(K):
+        p = jax.tree.map(lambda a: a[k], state.params)
+        o = jax.tree.map(lambda a: a[k], state.opt_state)
+        for s in range(steps):
+            epoch, pos = divmod(s, spe)
+            order = jax.random.permutation(jax.random.fold_in(state.data_keys[k], epoch), N)
+            idx = order[pos * B:(pos + 1) * B]
+            p, o, _ = local_step(p, o, x[k][idx], y[k][idx])
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], new_state.params), p, **TOL)
+    assert int(new_state.step) == steps
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sync_every_step_equals_large_batch_sgd(data, momentum):
+    """With identical init, sync_period 1 and averaged optimiser state, the
+    average after each step is SGD on the workers' batches taken together."""
+    x, y = data
+    steps = 4
+    opt, round_fn = get_round(momentum, steps)
+    state = make_state(opt, identical=True)
+    new_state, _ = round_fn(state, x, y, 1)
+    local_step = jax.jit(federated.make_local_step(MODEL, opt))
+    p = jax.tree.map(lambda a: a[0], state.params)
+    o = opt.init(p)
+    orders = federated.epoch_order(state.data_keys, 0, N)
+    for s in range(steps):
+        idx = orders[:, s * B:(s + 1) * B]
+        xb = jnp.concatenate([x[k][idx[k]] for k in range(K)])
+        yb = jnp.concatenate([y[k][idx[k]] for k in range(K)])
+        p, o, _ = local_step(p, o, xb, yb)
+    chex.assert_trees_all_close(federated.average(new_state.params), p, **TOL)
+
+
+def test_sync_period_broadcasts_average_at_the_next_step(data):
+    """After a round of exactly `sync_period` steps the workers still hold
+    their local models (measured before the sync); the next step starts from
+    their average."""
+    x, y = data
+    opt, round_fn = get_round(0.0, 4)
+    state = make_state(opt, identical=False)
+    state, _ = round_fn(state, x, y, 4)
+    kernels = state.params["Conv_0"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1])
+    step = jax.jit(federated.make_step(MODEL, opt, batch_size=B))
+    avg = federated.average(state.params)
+    synced, _ = step(state, x, y, jnp.int32(4))
+    # Redo that step by hand from the broadcast average.
+    local_step = federated.make_local_step(MODEL, opt)
+    idx = state.perm[:, 4 * B:5 * B]
+    xb, yb = jax.vmap(lambda a, b, i: (a[i], b[i]))(x, y, idx)
+    expected, _, _ = jax.vmap(local_step)(federated.broadcast(avg, K), state.opt_state, xb, yb)
+    chex.assert_trees_all_close(synced.params, expected, **TOL)
+
+
+def test_epochs_visit_every_sample_once(data):
+    x, y = data
+    opt, round_fn = get_round(0.0, 8)
+    state, _ = round_fn(make_state(opt), x, y, 0)
+    # After step 8 the current order is epoch 1's: a permutation of 0..N-1.
+    for k in range(K):
+        assert sorted(np.asarray(state.perm[k]).tolist()) == list(range(N))
+    chex.assert_trees_all_equal(state.perm, federated.epoch_order(state.data_keys, 1, N))
+
+
+def test_same_seed_gives_identical_state(data):
+    x, y = data
+    opt, round_fn = get_round(0.9, 8)
+    a, _ = round_fn(make_state(opt, seed=3), x, y, 3)
+    b, _ = round_fn(make_state(opt, seed=3), x, y, 3)
+    c, _ = round_fn(make_state(opt, seed=4), x, y, 3)
+    chex.assert_trees_all_equal(a.params, b.params)
+    chex.assert_trees_all_equal(a.opt_state, b.opt_state)
+    assert not np.array_equal(a.params["Dense_2"]["kernel"], c.params["Dense_2"]["kernel"])
+
+
+def test_round_compiles_once_across_rounds_and_protocols(data):
+    x, y = data
+    opt, round_fn = get_round(0.0, 8)
+    state = make_state(opt)
+    state, _ = round_fn(state, x, y, 0)  # the one compilation
+    compiles = []
+    listener = lambda event, duration, **kw: compiles.append(event) if "compile" in event else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for sync_period in (0, 3, 100, 0):
+            state, _ = round_fn(state, x, y, sync_period)
+        jax.block_until_ready(state)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+@pytest.mark.parametrize("opt_sync", ["average", "reset", "keep"])
+def test_opt_sync_choices(opt_sync):
+    opt = federated.make_optimizer(0.05, 0.9)
+    state = make_state(opt, identical=False)
+    # Give each worker a distinct momentum buffer.
+    opt_state = jax.tree.map(lambda a: a + jnp.arange(K, dtype=a.dtype).reshape((K,) + (1,) * (a.ndim - 1)),
+                             state.opt_state)
+    _, synced = federated.sync(state.params, opt_state, opt, opt_sync)
+    trace = synced[0].trace["Dense_2"]["bias"]
+    if opt_sync == "average":
+        chex.assert_trees_all_close(trace, jnp.full_like(trace, 0.5))
+    elif opt_sync == "reset":
+        chex.assert_trees_all_equal(trace, jnp.zeros_like(trace))
+    else:
+        chex.assert_trees_all_equal(trace, opt_state[0].trace["Dense_2"]["bias"])
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="learning rate"):
+        federated.make_optimizer(0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        federated.make_optimizer(0.1, 1.0)
+    with pytest.raises(ValueError, match="protocol"):
+        federated.sync_period_of("sometimes", 10)
+    with pytest.raises(ValueError, match="sync period"):
+        federated.sync_period_of("sync", 0)
+    with pytest.raises(ValueError, match="opt_sync"):
+        federated.make_step(MODEL, optax.sgd(0.1), batch_size=B, opt_sync="merge")
+    with pytest.raises(ValueError, match="num_workers"):
+        make_state(optax.sgd(0.1), workers=0)
