@@ -182,19 +182,31 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
 
 def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
                batch_size: int, steps: int, opt_sync: OptSync = "average") -> Callable:
-    """A jitted round of `steps` federated steps as one `lax.scan`:
-    `(state, train_x, train_y, sync_period) -> (state, losses)`, losses
-    (steps, K). The data are arguments (device arrays), not constants, so
-    one compilation serves every round and every protocol."""
+    """A jitted round of up to `steps` federated steps as one `lax.scan`:
+    `(state, train_x, train_y, sync_period, active=steps) -> (state, losses)`.
+
+    Only the first `active` (a traced int <= steps) scan iterations take a
+    step; the rest pass the state through (an unbatched `lax.cond`, so they
+    cost nothing), which lets a shorter last round reuse the compilation.
+    losses is (steps, K), zero for inactive iterations. The data are
+    arguments (device arrays), not constants, so one compilation serves every
+    round and every protocol.
+    """
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
     step = make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync)
 
     @jax.jit
-    def round_fn(state, train_x, train_y, sync_period):
+    def round_fn(state, train_x, train_y, sync_period, active=steps):
         sync_period = jnp.asarray(sync_period, jnp.int32)
-        return jax.lax.scan(
-            lambda s, _: step(s, train_x, train_y, sync_period), state, None, length=steps)
+        num_workers = train_x.shape[0]
+
+        def body(s, i):
+            return jax.lax.cond(
+                i < active, lambda: step(s, train_x, train_y, sync_period),
+                lambda: (s, jnp.zeros((num_workers,), jnp.float32)))
+
+        return jax.lax.scan(body, state, jnp.arange(steps))
 
     return round_fn
 

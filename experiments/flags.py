@@ -1,0 +1,67 @@
+"""The absl flags of one experiment, shared by `run` and `reproduce`.
+
+Every flag is a field of `fedjax_mi.experiment.RunConfig` with the same
+name; `config_from_flags` builds the config and `main_guard` turns bad input
+into one line on stderr and exit code 2.
+"""
+
+import dataclasses
+import sys
+from typing import Callable
+
+from absl import flags
+
+from fedjax_mi import data as data_lib
+from fedjax_mi import experiment
+
+D = experiment.RunConfig()
+
+flags.DEFINE_string("dataset", D.dataset, f"one of {data_lib.DATASETS}; 'digits' is the "
+                    "embedded offline default, 'cifar10' reads --cifar_dir or TFDS")
+flags.DEFINE_string("cifar_dir", None, "folder in the official cifar-10-batches-py layout "
+                    "(or its parent)")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir holding a prepared cifar10")
+flags.DEFINE_integer("workers", D.workers, "number of workers K")
+flags.DEFINE_string("split", D.split, f"partition of the training set: {data_lib.SPLITS}")
+flags.DEFINE_float("alpha", None, "Dirichlet concentration (only with --split=dirichlet)")
+flags.DEFINE_integer("per_worker", None, "truncate every local dataset to this many samples")
+flags.DEFINE_string("protocol", D.protocol, "'nosync': the average is only measured; "
+                    "'sync': it is sent back every --sync_period steps")
+flags.DEFINE_integer("sync_period", None, "local steps between averagings (protocol sync)")
+flags.DEFINE_integer("eval_period", D.eval_period, "local steps between measurements")
+flags.DEFINE_float("epochs", D.epochs, "epochs of each worker over its local data")
+flags.DEFINE_integer("batch_size", D.batch_size, "local mini-batch size")
+flags.DEFINE_float("lr", D.lr, "SGD learning rate")
+flags.DEFINE_float("momentum", D.momentum, "SGD momentum (0: plain SGD)")
+flags.DEFINE_string("opt_sync", D.opt_sync, "optimiser state at a sync: average, reset or keep")
+flags.DEFINE_boolean("independent_init", D.independent_init,
+                     "draw each worker's initial weights independently (default: identical)")
+flags.DEFINE_integer("seed", D.seed, "seed of the initial weights, data order and EDGE keys")
+flags.DEFINE_integer("data_seed", None, "seed of the data partition (default: --seed)")
+flags.DEFINE_integer("mi_samples", None, "local samples measured per dataset (default: all)")
+flags.DEFINE_integer("test_samples", None, "test samples measured (default: all)")
+flags.DEFINE_string("edge", D.edge, "EDGE estimator: 'reference' (as the study's tools) or "
+                    "'default' (the project's)")
+flags.DEFINE_string("edge_version", D.edge_version, "reference EDGE version")
+flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
+flags.DEFINE_string("out", D.out, "output folder")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags(**overrides) -> experiment.RunConfig:
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(experiment.RunConfig)}
+    values.update(overrides)
+    return experiment.RunConfig(**values)
+
+
+def main_guard(fn: Callable[[], None]) -> None:
+    """Run fn; bad input exits 2 with one line naming the cause."""
+    try:
+        fn()
+    except (experiment.ConfigError, data_lib.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)

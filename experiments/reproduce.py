@@ -1,0 +1,99 @@
+"""The paper's four experiments (figures 1-4) in one command, with a summary.
+
+    python -m experiments.reproduce                                   # quick, embedded digits
+    python -m experiments.reproduce --preset=paper --cifar_dir DIR    # full size, CIFAR-10
+
+Every flag of `experiments.run` passes through and overrides the preset
+(e.g. `--epochs=2` for a shorter paper run). Writes OUT/figN/ for each
+experiment (metrics.jsonl, config.json, figures/) and OUT/summary.md.
+"""
+
+import dataclasses
+import os
+import time
+
+from absl import app, flags
+
+from experiments import flags as run_flags
+from fedjax_mi import experiment, metrics_io, plotting, summary
+
+# What distinguishes the four experiments (DESIGN.md §1).
+FIGURES = {
+    "fig1": dict(split="iid", protocol="nosync", sync_period=None),
+    "fig2": dict(split="iid", protocol="sync", sync_period=1000),
+    "fig3": dict(split="classes", protocol="nosync", sync_period=None),
+    "fig4": dict(split="classes", protocol="sync", sync_period=100),
+}
+
+# Shared settings of each preset; the figure settings above come on top.
+PRESETS = {
+    # DESIGN.md §1 at full size (the same as experiments/configs/figN.flags).
+    "paper": dict(dataset="cifar10", workers=2, epochs=20.0, batch_size=32, eval_period=100,
+                  lr=0.01, momentum=0.0, edge="reference", edge_version="4.2.0"),
+    # The embedded digits, small enough for the README's one-minute main job;
+    # sync periods keep the paper's ratios to the eval period (10x and 1x).
+    "quick": dict(dataset="digits", workers=2, epochs=12.0, batch_size=32, eval_period=10,
+                  lr=0.05, momentum=0.0, edge="reference", edge_version="4.2.0"),
+}
+QUICK_SYNC = {"fig2": 100, "fig4": 10}
+
+flags.DEFINE_enum("preset", "quick", list(PRESETS), "base settings of the four runs")
+flags.DEFINE_list("figures", list(FIGURES), "which of the four experiments to run")
+flags.DEFINE_integer("fig2_sync_period", None, "override fig2's sync period")
+flags.DEFINE_integer("fig4_sync_period", None, "override fig4's sync period")
+FLAGS = flags.FLAGS
+
+# Flags that reproduce sets per figure, so explicit values of them are refused.
+_PER_FIGURE = ("split", "protocol", "sync_period", "out")
+
+
+def figure_config(figure: str, preset: str, out: str) -> experiment.RunConfig:
+    """The preset, then the figure's settings, then every flag given explicitly."""
+    values = dict(PRESETS[preset])
+    values.update(FIGURES[figure])
+    if preset == "quick" and figure in QUICK_SYNC:
+        values["sync_period"] = QUICK_SYNC[figure]
+    override = getattr(FLAGS, f"{figure}_sync_period", None)
+    if override is not None:
+        values["sync_period"] = override
+    for field in dataclasses.fields(experiment.RunConfig):
+        if field.name not in _PER_FIGURE and FLAGS[field.name].present:
+            values[field.name] = getattr(FLAGS, field.name)
+    return run_flags.config_from_flags(**values, out=os.path.join(out, figure))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+
+    def go():
+        for name in _PER_FIGURE[:-1]:
+            if FLAGS[name].present:
+                raise experiment.ConfigError(f"--{name}: is set per figure by reproduce; "
+                                             "use experiments.run for a single setting")
+        unknown = [f for f in FLAGS.figures if f not in FIGURES]
+        if unknown:
+            raise experiment.ConfigError(f"--figures: unknown {unknown}; choose from {list(FIGURES)}")
+        out = FLAGS.out if FLAGS["out"].present else "runs/reproduce"
+        configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
+        for cfg in configs.values():  # every setting checked before any work
+            experiment.validate(cfg)
+        experiment.prepare_out(out)
+        t0 = time.perf_counter()
+        for figure, cfg in configs.items():
+            print(f"[reproduce] {figure}: {cfg.split} {cfg.protocol}"
+                  f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
+            experiment.run(cfg)
+            plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}")
+        runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
+                for f, c in configs.items()}
+        path = os.path.join(out, "summary.md")
+        metrics_io.write_atomic(path, summary.summary_markdown(runs, configs))
+        print(f"[reproduce] {len(configs)} experiments in {time.perf_counter() - t0:.1f} s; "
+              f"summary: {path}")
+
+    run_flags.main_guard(go)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,45 @@
+"""The metrics file: JSON lines, one record per (eval point, model, dataset).
+
+Written by atomic replacement (write a temporary file in the same folder,
+fsync, `os.replace`), so a run killed at any moment leaves either the
+previous complete file or the new complete file, never a partial line.
+"""
+
+import json
+import os
+from typing import Any, Iterable
+
+FIELDS = ("step", "epoch", "model", "dataset", "mi_xz", "mi_zy", "acc")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace `path` by `text` atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
+    """Write all records as JSON lines, atomically."""
+    write_atomic(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """Read a metrics file; raises ValueError naming the line that does not parse."""
+    records = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+            missing = [f for f in FIELDS if f not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: record lacks fields {missing}")
+            records.append(record)
+    return records

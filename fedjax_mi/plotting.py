@@ -1,0 +1,121 @@
+"""Figures of one run, made from its `metrics.jsonl` alone.
+
+* `mi.png`: I(X;Z) (left) and I(Z;Y) (right) against the step, one line per
+  model per local dataset (as the paper's figures 1-4);
+* `accuracy.png`: accuracy of every model on every local dataset and the test split;
+* `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
+"""
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedjax_mi import metrics_io  # noqa: E402
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _series(records, key, dataset_filter=lambda d: d != "test"):
+    """{(model, dataset): (steps, values)} for records with a value for key."""
+    out = defaultdict(lambda: ([], []))
+    for r in records:
+        if dataset_filter(r["dataset"]) and r.get(key) is not None:
+            steps, values = out[(r["model"], r["dataset"])]
+            steps.append(r["step"])
+            values.append(r[key])
+    return dict(out)
+
+
+def _model_colors(models):
+    cmap = plt.get_cmap("tab10")
+    workers = sorted(m for m in models if m != "average")
+    colors = {m: cmap(i % 10) for i, m in enumerate(workers)}
+    colors["average"] = "black"
+    return colors
+
+
+def _datasets(series):
+    return sorted({d for _, d in series}, key=lambda d: (d == "test", d))
+
+
+def _lines(ax, series, colors):
+    datasets = _datasets(series)
+    for (model, dataset), (steps, values) in sorted(series.items()):
+        style = LINESTYLES[datasets.index(dataset) % len(LINESTYLES)]
+        ax.plot(steps, values, style, color=colors[model], lw=1.6 if model == "average" else 1.1,
+                label=f"{model} on {dataset}")
+
+
+def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in zip(axes, ("mi_xz", "mi_zy"), ("I(X;Z) [bits]", "I(Z;Y) [bits]")):
+        series = _series(records, key)
+        _lines(ax, series, _model_colors({m for m, _ in series}))
+        ax.set_xlabel("local step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "mutual information at every eval point")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    series = _series(records, "acc", dataset_filter=lambda d: True)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _lines(ax, series, _model_colors({m for m, _ in series}))
+    ax.set_xlabel("local step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_info_plane(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    points = [r for r in records if r["mi_xz"] is not None and r["mi_zy"] is not None]
+    models = sorted({r["model"] for r in points}, key=lambda m: (m == "average", m))
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 3.8),
+                             squeeze=False, sharex=True, sharey=True)
+    datasets = sorted({r["dataset"] for r in points})
+    markers = ["o", "^", "s", "D", "v", "P"]
+    last = max((r["step"] for r in points), default=1) or 1
+    for ax, model in zip(axes[0], models):
+        for j, dataset in enumerate(datasets):
+            sel = [r for r in points if r["model"] == model and r["dataset"] == dataset]
+            sc = ax.scatter([r["mi_xz"] for r in sel], [r["mi_zy"] for r in sel],
+                            c=[r["step"] for r in sel], cmap="viridis", vmin=0, vmax=last,
+                            marker=markers[j % len(markers)], s=14, label=dataset)
+        ax.set_title(model)
+        ax.set_xlabel("I(X;Z) [bits]")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("I(Z;Y) [bits]")
+    axes[0][0].legend(fontsize=7)
+    if points:
+        fig.colorbar(sc, ax=axes[0].tolist(), label="local step")
+    fig.suptitle(title or "information plane")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_run(run_dir: str, title: str = "") -> list[str]:
+    """Write the three figures of `run_dir/metrics.jsonl` into `run_dir/figures`."""
+    records = metrics_io.read_records(os.path.join(run_dir, "metrics.jsonl"))
+    if not records:
+        raise ValueError(f"{run_dir}/metrics.jsonl holds no records")
+    fig_dir = os.path.join(run_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    paths = []
+    for name, fn in (("mi", plot_mi), ("accuracy", plot_accuracy), ("info_plane", plot_info_plane)):
+        paths.append(os.path.join(fig_dir, f"{name}.png"))
+        fn(records, paths[-1], title)
+    return paths

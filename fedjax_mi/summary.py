@@ -1,0 +1,59 @@
+"""The reproduction summary: final accuracies and when the average's I(Z;Y)
+first falls clearly below the local models'."""
+
+from typing import Any, Mapping, Optional
+
+# "Clearly below": under this fraction of the local model's own I(Z;Y)
+# (worker d on local dataset d, the model trained on that data).
+DROP_FRACTION = 0.8
+
+
+def final_accuracies(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """{(model, dataset): accuracy} at the last eval point."""
+    last = max(r["step"] for r in records)
+    return {(r["model"], r["dataset"]): r["acc"] for r in records if r["step"] == last}
+
+
+def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION
+               ) -> Optional[tuple[int, float, str]]:
+    """(step, epoch, dataset) of the first eval point where, on some local
+    dataset d, the average's I(Z;Y) < fraction x worker d's I(Z;Y); None if never."""
+    by_key = {(r["step"], r["model"], r["dataset"]): r for r in records}
+    for step in sorted({r["step"] for r in records}):
+        for (s, model, dataset), r in sorted(by_key.items()):
+            if s != step or model != "average" or not dataset.startswith("local"):
+                continue
+            own = by_key.get((step, f"worker{dataset[len('local'):]}", dataset))
+            if own is None or r["mi_zy"] is None or own["mi_zy"] is None:
+                continue
+            if r["mi_zy"] < fraction * own["mi_zy"]:
+                return step, r["epoch"], dataset
+    return None
+
+
+def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any]) -> str:
+    """Markdown with one accuracy table and one I(Z;Y)-drop line per run."""
+    lines = ["# Reproduction summary", "",
+             f"Final accuracy of every model on every dataset, and the first eval point at which "
+             f"the average's I(Z;Y) falls below {DROP_FRACTION:g} x the local model's own "
+             f"(worker d on local dataset d).", ""]
+    for name, records in runs.items():
+        cfg = configs[name]
+        acc = final_accuracies(records)
+        datasets = sorted({d for _, d in acc}, key=lambda d: (d == "test", d))
+        models = sorted({m for m, _ in acc}, key=lambda m: (m == "average", m))
+        sync = "" if cfg.protocol == "nosync" else f", sync every {cfg.sync_period}"
+        lines += [f"## {name}: {cfg.dataset}, {cfg.split}, {cfg.protocol}{sync}", "",
+                  f"{cfg.workers} workers, {cfg.epochs:g} epochs, batch {cfg.batch_size}, "
+                  f"lr {cfg.lr:g}, eval every {cfg.eval_period} steps, EDGE {cfg.edge}.", "",
+                  "| model | " + " | ".join(datasets) + " |",
+                  "| --- |" + " --- |" * len(datasets)]
+        for m in models:
+            cells = [("-" if acc.get((m, d)) is None else f"{acc[(m, d)]:.3f}") for d in datasets]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        drop = first_drop(records)
+        lines += ["", ("The average's I(Z;Y) never fell clearly below the local models'."
+                       if drop is None else
+                       f"The average's I(Z;Y) first fell clearly below the local model's at "
+                       f"step {drop[0]} (epoch {drop[1]:g}) on {drop[2]}."), ""]
+    return "\n".join(lines)

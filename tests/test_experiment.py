@@ -1,0 +1,144 @@
+"""The study end to end on tiny data: metrics file, figures, reproduce, bad flags."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fedjax_mi import experiment, metrics_io, plotting, summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny: 64 digits per worker, batch 16 -> 4 steps per epoch, 10 steps, eval every 4
+# (eval points 0, 4, 8, 10: the last round is a shorter one).
+TINY = dict(dataset="digits", per_worker=64, batch_size=16, epochs=2.5, eval_period=4, lr=0.05)
+TINY_FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=2.5", "--eval_period=4", "--lr=0.05"]
+
+
+def cli(module, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    cfg = experiment.RunConfig(**TINY, protocol="sync", sync_period=4, out=out)
+    lines = []
+    records = experiment.run(cfg, log=lines.append)
+    return cfg, records, lines
+
+
+def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
+    cfg, records, _ = tiny_run
+    path = os.path.join(cfg.out, "metrics.jsonl")
+    with open(path) as fh:
+        parsed = [json.loads(line) for line in fh]
+    assert parsed == records
+    keys = [(r["step"], r["model"], r["dataset"]) for r in parsed]
+    assert len(keys) == len(set(keys))
+    steps = [0, 4, 8, 10]
+    models = ["worker0", "worker1", "average"]
+    datasets = ["local0", "local1", "test"]
+    assert sorted(keys) == sorted((s, m, d) for s in steps for m in models for d in datasets)
+    for r in parsed:
+        for field in metrics_io.FIELDS:
+            assert field in r
+        assert 0.0 <= r["acc"] <= 1.0
+        if r["dataset"] == "test":
+            assert r["mi_xz"] is None and r["mi_zy"] is None
+        else:
+            # EDGE is capped at log2 N and, with 10 classes, at log2 10 for I(Z;Y).
+            assert 0.0 <= r["mi_xz"] <= 6.0 + 1e-6
+            assert 0.0 <= r["mi_zy"] <= 3.33
+    assert {r["epoch"] for r in parsed} == {0.0, 1.0, 2.0, 2.5}
+
+
+def test_config_json_and_progress(tiny_run):
+    cfg, _, lines = tiny_run
+    with open(os.path.join(cfg.out, "config.json")) as fh:
+        config = json.load(fh)
+    assert config["config"]["sync_period"] == 4
+    assert "jax" in config["environment"]["packages"]
+    assert config["environment"]["device"]
+    assert any("ETA" in line for line in lines)
+
+
+def test_plot_from_metrics_file(tiny_run):
+    cfg, _, _ = tiny_run
+    paths = plotting.plot_run(cfg.out)
+    assert [os.path.basename(p) for p in paths] == ["mi.png", "accuracy.png", "info_plane.png"]
+    for p in paths:
+        with open(p, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_cli(tiny_run):
+    cfg, _, _ = tiny_run
+    result = cli("experiments.plot", cfg.out)
+    assert result.returncode == 0, result.stderr
+    assert "mi.png" in result.stdout
+
+
+def test_first_drop_on_hand_made_records():
+    def rec(step, model, dataset, zy):
+        return dict(step=step, epoch=step / 10, model=model, dataset=dataset, mi_xz=1.0,
+                    mi_zy=zy, acc=0.5)
+    records = []
+    for step, own, avg in [(0, 1.0, 1.0), (10, 2.0, 1.7), (20, 2.0, 1.5), (30, 2.0, 0.2)]:
+        records += [rec(step, "worker0", "local0", own), rec(step, "worker1", "local1", own),
+                    rec(step, "worker1", "local0", 0.1), rec(step, "average", "local0", avg),
+                    rec(step, "average", "local1", own)]
+    # 1.7 >= 0.8 * 2.0 = 1.6 is not clearly below; 1.5 is.
+    assert summary.first_drop(records) == (20, 2.0, "local0")
+    assert summary.first_drop(records[:10]) is None
+
+
+def test_reproduce_on_tiny_data_writes_summary(tmp_path):
+    out = str(tmp_path / "repro")
+    result = cli("experiments.reproduce", *TINY_FLAGS, "--fig2_sync_period=8",
+                 "--fig4_sync_period=4", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "summary.md")) as fh:
+        text = fh.read()
+    for fig in ("fig1", "fig2", "fig3", "fig4"):
+        assert f"## {fig}" in text
+        assert os.path.exists(os.path.join(out, fig, "figures", "mi.png"))
+    assert text.count("| average |") == 4
+
+
+def test_paper_flagfiles_match_reproduce_preset():
+    from experiments import reproduce
+    for fig, settings in reproduce.FIGURES.items():
+        with open(os.path.join(ROOT, "experiments", "configs", f"{fig}.flags")) as fh:
+            text = fh.read()
+        values = dict(re.findall(r"^--(\w+)=(.*)$", text, flags=re.M))
+        expected = {**reproduce.PRESETS["paper"], **settings}
+        for name, value in expected.items():
+            if value is None:
+                assert name not in values, (fig, name)
+            else:
+                assert type(value)(values[name]) == value, (fig, name)
+        assert "python -m experiments.run" in text and "Paper reports" in text
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--split=halves"], "split"),
+    (["--eval_period=0"], "eval_period"),
+    (["--protocol=sync", "--sync_period=-5"], "sync_period"),
+    (["--protocol=nosync", "--sync_period=10"], "sync_period"),
+    (["--eval_period=1000"], "eval_period"),
+    (["--workers=0"], "workers"),
+    (["--out=/proc/fedjax_mi_not_writable"], "out"),
+    (["--split=dirichlet"], "alpha"),
+    (["--lr=-1"], "lr"),
+])
+def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
+    out = [] if any(a.startswith("--out=") for a in args) else [f"--out={tmp_path}"]
+    result = cli("experiments.run", *TINY_FLAGS, *out, *args)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1, result.stderr[-2000:]
+    assert message[0].startswith(f"error: --{flag}"), message
