@@ -261,9 +261,10 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, An
         elapsed = time.perf_counter() - t_start
         rate = step / elapsed if step else 0.0
         eta = (schedule.total_steps - step) / rate if rate else float("nan")
+        fmt = lambda values: "/".join(f"{v:.2f}" for v in np.ravel(values))
         log(f"[run] step {step}/{schedule.total_steps} (epoch {step / schedule.steps_per_epoch:.2f})"
-            f"  acc locals {np.round(m.acc[:-1].diagonal(), 3).tolist()} avg {np.round(m.acc[-1], 3).tolist()}"
-            f"  I(Z;Y) avg {np.round(m.mi_zy[-1], 2).tolist()}"
+            f"  acc own {fmt(m.acc[:-1].diagonal())} avg {fmt(m.acc[-1])}"
+            f"  I(Z;Y) own {fmt(m.mi_zy[:-1].diagonal())} avg {fmt(m.mi_zy[-1])}"
             f"  {rate:.1f} steps/s  ETA {_duration(eta) if rate else '?'}")
         if losses is not None and not np.all(np.isfinite(round_losses)):
             bad_step, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
