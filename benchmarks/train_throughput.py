@@ -21,6 +21,8 @@ import numpy as np
 
 from fedjax_mi import federated, models
 
+LR = 0.01
+
 
 def fake_data(num_workers, num_samples, seed=0):
     rng = np.random.default_rng(seed)
@@ -31,7 +33,7 @@ def fake_data(num_workers, num_samples, seed=0):
 
 def time_scanned(model, opt, x, y, batch_size, steps, repeats):
     state = federated.init(jax.random.key(0), model, opt, x[0, :1].astype(jnp.float32),
-                           x.shape[0], x.shape[1])
+                           x.shape[0], x.shape[1], LR)
     round_fn = federated.make_round(model, opt, batch_size=batch_size, steps=steps)
     state, _ = jax.block_until_ready(round_fn(state, x, y, 0))  # compile
     best = float("inf")
@@ -50,13 +52,13 @@ def time_loop(model, opt, x, y, batch_size, steps, repeats):
     opt_states = [opt.init(p) for p in params]
     batches = [[(x[k, i * batch_size:(i + 1) * batch_size], y[k, i * batch_size:(i + 1) * batch_size])
                 for i in range(steps)] for k in range(num_workers)]
-    jax.block_until_ready(local_step(params[0], opt_states[0], *batches[0][0]))  # compile
+    jax.block_until_ready(local_step(params[0], opt_states[0], *batches[0][0], LR))  # compile
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for i in range(steps):
             for k in range(num_workers):
-                params[k], opt_states[k], _ = local_step(params[k], opt_states[k], *batches[k][i])
+                params[k], opt_states[k], _ = local_step(params[k], opt_states[k], *batches[k][i], LR)
         jax.block_until_ready(params)
         best = min(best, time.perf_counter() - t0)
     return num_workers * steps / best
@@ -70,7 +72,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     x, y = fake_data(args.workers, args.batch_size * args.steps)
-    opt = federated.make_optimizer(0.01)
+    opt = federated.make_optimizer()
     result = {"device": str(jax.devices()[0]), "workers": args.workers,
               "batch_size": args.batch_size, "steps": args.steps}
     for impl in ("patches", "xla"):

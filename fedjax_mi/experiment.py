@@ -205,12 +205,12 @@ def _duration(seconds: float) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def programs(num_classes: int, lr: float, momentum: float, batch_size: int, eval_period: int,
+def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
              opt_sync: str, edge_mode: str, edge_version: str, eval_chunk: int):
     """(model, optimizer, round_fn, measure_fn), built once per setting so that
     runs of the same shapes in one process (reproduce, tests) share compilations."""
     model = models.LeNet(num_classes=num_classes)
-    opt = federated.make_optimizer(lr, momentum)
+    opt = federated.make_optimizer(momentum)
     round_fn = federated.make_round(model, opt, batch_size=batch_size, steps=eval_period,
                                     opt_sync=opt_sync)
     measure_fn = measure.make_measure(model, *measure.paper_edge_configs(edge_mode, edge_version),
@@ -234,12 +234,13 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, An
                    "schedule": dataclasses.asdict(schedule)}, fh, indent=2)
 
     model, opt, round_fn, measure_fn = programs(
-        fed.num_classes, cfg.lr, cfg.momentum, cfg.batch_size, cfg.eval_period, cfg.opt_sync,
+        fed.num_classes, cfg.momentum, cfg.batch_size, cfg.eval_period, cfg.opt_sync,
         cfg.edge, cfg.edge_version, cfg.eval_chunk)
     train_x, train_y = jnp.asarray(fed.train_x), jnp.asarray(fed.train_y)
     init_key, edge_key = jax.random.split(jax.random.key(cfg.seeds[1]))
     state = federated.init(init_key, model, opt, jnp.zeros((1,) + fed.train_x.shape[2:]),
-                           cfg.workers, fed.train_x.shape[1], identical=not cfg.independent_init)
+                           cfg.workers, fed.train_x.shape[1], cfg.lr,
+                           identical=not cfg.independent_init)
     sync_period = federated.sync_period_of(cfg.protocol, cfg.sync_period or 0)
     log(f"[run] {cfg.dataset} {cfg.split} K={cfg.workers} n={fed.train_x.shape[1]}/worker "
         f"protocol={cfg.protocol}{'' if cfg.protocol == 'nosync' else f' every {sync_period}'} "

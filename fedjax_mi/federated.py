@@ -46,26 +46,40 @@ class FedState(NamedTuple):
       data_keys: (K,) PRNG keys; the order of epoch e of worker k is
         `permutation(fold_in(data_keys[k], e), n)`.
       perm: (K, n) int32, the current epoch's sample order.
-      step: () int32, local steps taken so far (the same for all workers).
+      lr: () float32 learning rate. It is state rather than a constant of the
+        optimiser so that runs of a sweep can differ in it (`RUN_AXES`).
+      step: () int32, local steps taken so far (the same for all workers and,
+        in a sweep, for all runs: it is not batched over runs).
     """
     params: chex.ArrayTree
     opt_state: chex.ArrayTree
     data_keys: jax.Array
     perm: jax.Array
+    lr: jax.Array
     step: jax.Array
 
 
-def make_optimizer(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
-    """Mini-batch SGD (with optional heavy-ball momentum), as in the study."""
-    if lr <= 0:
-        raise ValueError(f"learning rate must be > 0, got {lr}")
+# vmap axes of a FedState over a leading run axis: everything but the shared
+# step counter, which keeps epoch boundaries an unbatched `lax.cond`.
+RUN_AXES = FedState(params=0, opt_state=0, data_keys=0, perm=0, lr=0, step=None)
+
+
+def make_optimizer(momentum: float = 0.0) -> optax.GradientTransformation:
+    """Mini-batch SGD (optionally with heavy-ball momentum) at unit learning
+    rate: `optax.sgd(1.0, momentum)`. The step multiplies its updates by
+    `FedState.lr`, which gives bitwise the updates of `optax.sgd(lr, momentum)`."""
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    return optax.sgd(lr, momentum=momentum or None)
+    return optax.sgd(1.0, momentum=momentum or None)
+
+
+def check_lr(lr: float) -> None:
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
 
 
 def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
-         sample_x: jax.Array, num_workers: int, num_samples: int,
+         sample_x: jax.Array, num_workers: int, num_samples: int, lr: float,
          identical: bool = True) -> FedState:
     """Initial state of `num_workers` workers.
 
@@ -76,6 +90,7 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
       sample_x: (B, H, W, C) example input, for shapes only.
       num_workers: K >= 1.
       num_samples: n, the size of each local dataset.
+      lr: the SGD learning rate (a float, or a traced scalar under vmap).
       identical: all workers start from the same weights (the study's
         assumption) if True, from independent draws otherwise.
     """
@@ -90,6 +105,7 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
         opt_state=jax.vmap(optimizer.init)(params),
         data_keys=jax.random.split(data_key, num_workers),
         perm=jnp.zeros((num_workers, num_samples), jnp.int32),
+        lr=jnp.asarray(lr, jnp.float32),
         step=jnp.zeros((), jnp.int32))
 
 
@@ -125,16 +141,18 @@ def scale_images(x_uint8: jax.Array) -> jax.Array:
 
 
 def make_local_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
-    """The single-worker SGD step `(params, opt_state, x_uint8, y) ->
-    (params, opt_state, loss)`, with x (B, H, W, C) uint8 and y (B,) int."""
+    """The single-worker SGD step `(params, opt_state, x_uint8, y, lr) ->
+    (params, opt_state, loss)`, with x (B, H, W, C) uint8, y (B,) int and lr
+    a scalar multiplying the unit-rate updates of `optimizer`."""
 
     def loss_fn(params, x, y):
         logits, _ = model.apply({"params": params}, scale_images(x))
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def local_step(params, opt_state, x, y):
+    def local_step(params, opt_state, x, y, lr):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: lr * u, updates)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return local_step
@@ -147,21 +165,19 @@ def epoch_order(data_keys: jax.Array, epoch: jax.Array, num_samples: int) -> jax
         jax.random.fold_in(k, epoch), num_samples).astype(jnp.int32))(data_keys)
 
 
-def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-              batch_size: int, opt_sync: OptSync = "average") -> Callable:
-    """One federated step for all workers: `(state, train_x, train_y,
-    sync_period) -> (state, losses)` with train_x (K, n, H, W, C) uint8,
-    train_y (K, n) int, sync_period a () int (0: never), losses (K,).
-
-    The last incomplete batch of an epoch is dropped: an epoch is
-    n // batch_size steps.
-    """
+def _make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
+                     batch_size: int, opt_sync: OptSync) -> Callable:
+    """`(state, data_x, data_y, group, sync_period) -> (state, losses)`: one
+    federated step on local datasets `data_x[group]` of data_x (G, K, n, H,
+    W, C) uint8, data_y (G, K, n). Runs of a sweep that share a partition
+    share its group, so the data are never copied per run: only each
+    step's batch is gathered."""
     if opt_sync not in OPT_SYNCS:
         raise ValueError(f"opt_sync must be one of {OPT_SYNCS}, got {opt_sync!r}")
-    local_step = jax.vmap(make_local_step(model, optimizer))
+    local_step = jax.vmap(make_local_step(model, optimizer), in_axes=(0, 0, 0, 0, None))
 
-    def step(state: FedState, train_x, train_y, sync_period):
-        num_samples = train_x.shape[1]
+    def step(state: FedState, data_x, data_y, group, sync_period):
+        num_workers, num_samples = data_x.shape[1:3]
         steps_per_epoch = num_samples // batch_size
         epoch, pos = jnp.divmod(state.step, steps_per_epoch)
         perm = jax.lax.cond(
@@ -173,11 +189,40 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
             do_sync, lambda p, o: sync(p, o, optimizer, opt_sync),
             lambda p, o: (p, o), state.params, state.opt_state)
         idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size, axis=1)
-        xb, yb = jax.vmap(lambda x, y, i: (x[i], y[i]))(train_x, train_y, idx)
-        params, opt_state, losses = local_step(params, opt_state, xb, yb)
-        return FedState(params, opt_state, state.data_keys, perm, state.step + 1), losses
+        workers = jnp.arange(num_workers)[:, None]
+        xb, yb = data_x[group, workers, idx], data_y[group, workers, idx]
+        params, opt_state, losses = local_step(params, opt_state, xb, yb, state.lr)
+        return state._replace(params=params, opt_state=opt_state, perm=perm,
+                              step=state.step + 1), losses
 
     return step
+
+
+def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
+              batch_size: int, opt_sync: OptSync = "average") -> Callable:
+    """One federated step for all workers: `(state, train_x, train_y,
+    sync_period) -> (state, losses)` with train_x (K, n, H, W, C) uint8,
+    train_y (K, n) int, sync_period a () int (0: never), losses (K,).
+
+    The last incomplete batch of an epoch is dropped: an epoch is
+    n // batch_size steps.
+    """
+    step = _make_group_step(model, optimizer, batch_size, opt_sync)
+    return lambda state, x, y, sync_period: step(state, x[None], y[None], 0, sync_period)
+
+
+def _scan_round(step: Callable, steps: int, num_workers: Callable) -> Callable:
+    """Scan `step(state, *args)` `steps` times, the first `active` of them for real."""
+
+    def round_fn(state, args, active):
+        def body(s, i):
+            return jax.lax.cond(
+                i < active, lambda: step(s, *args),
+                lambda: (s, jnp.zeros(num_workers(s), jnp.float32)))
+
+        return jax.lax.scan(body, state, jnp.arange(steps))
+
+    return round_fn
 
 
 def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
@@ -194,21 +239,45 @@ def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
     """
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    step = make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync)
+    scanned = _scan_round(make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync),
+                          steps, lambda s: (s.perm.shape[0],))
 
     @jax.jit
     def round_fn(state, train_x, train_y, sync_period, active=steps):
-        sync_period = jnp.asarray(sync_period, jnp.int32)
-        num_workers = train_x.shape[0]
-
-        def body(s, i):
-            return jax.lax.cond(
-                i < active, lambda: step(s, train_x, train_y, sync_period),
-                lambda: (s, jnp.zeros((num_workers,), jnp.float32)))
-
-        return jax.lax.scan(body, state, jnp.arange(steps))
+        return scanned(state, (train_x, train_y, jnp.asarray(sync_period, jnp.int32)), active)
 
     return round_fn
+
+
+def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
+                     batch_size: int, steps: int, opt_sync: OptSync = "average") -> Callable:
+    """`make_round` for R runs at once, vmapped over a leading run axis:
+    `(states, data_x, data_y, groups, sync_periods, active=steps) ->
+    (states, losses)`, with states batched as `RUN_AXES` (the step counter
+    is shared), data_x (G, K, n, H, W, C) uint8 and data_y (G, K, n) the
+    distinct partitions, groups (R,) int which partition each run trains on,
+    sync_periods (R,) int (0: no-sync), losses (steps, R, K)."""
+    if steps < 1:
+        raise ValueError(f"steps per round must be >= 1, got {steps}")
+    step = jax.vmap(_make_group_step(model, optimizer, batch_size, opt_sync),
+                    in_axes=(RUN_AXES, None, None, 0, 0), out_axes=(RUN_AXES, 0))
+    scanned = _scan_round(step, steps, lambda s: s.perm.shape[:2])
+
+    @jax.jit
+    def round_fn(states, data_x, data_y, groups, sync_periods, active=steps):
+        return scanned(states, (data_x, data_y, jnp.asarray(groups, jnp.int32),
+                                jnp.asarray(sync_periods, jnp.int32)), active)
+
+    return round_fn
+
+
+def init_runs(keys: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
+              sample_x: jax.Array, num_workers: int, num_samples: int, lrs: jax.Array,
+              identical: bool = True) -> FedState:
+    """Initial states of R runs (keys (R,), lrs (R,)), batched as `RUN_AXES`."""
+    return jax.vmap(lambda k, lr: init(k, model, optimizer, sample_x, num_workers,
+                                       num_samples, lr, identical),
+                    out_axes=RUN_AXES)(keys, jnp.asarray(lrs, jnp.float32))
 
 
 def sync_period_of(protocol: str, sync_period: int) -> int:

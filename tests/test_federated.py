@@ -24,9 +24,12 @@ def make_data(seed=0, workers=K, n=N):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def make_state(opt, seed=0, identical=True, workers=K, n=N):
+LR = 0.05
+
+
+def make_state(opt, seed=0, identical=True, workers=K, n=N, lr=LR):
     return federated.init(jax.random.key(seed), MODEL, opt, jnp.zeros((1, 32, 32, 1)),
-                          workers, n, identical=identical)
+                          workers, n, lr, identical=identical)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ _ROUNDS = {}
 def get_round(momentum, steps, opt_sync="average"):
     key = (momentum, steps, opt_sync)
     if key not in _ROUNDS:
-        opt = federated.make_optimizer(0.05, momentum)
+        opt = federated.make_optimizer(momentum)
         _ROUNDS[key] = (opt, federated.make_round(MODEL, opt, batch_size=B, steps=steps,
                                                   opt_sync=opt_sync))
     return _ROUNDS[key]
@@ -55,7 +58,7 @@ def test_average_is_hand_computed_mean():
 
 
 def test_init_identical_and_independent():
-    opt = federated.make_optimizer(0.1)
+    opt = federated.make_optimizer()
     same = make_state(opt, identical=True)
     diff = make_state(opt, identical=False)
     for leaf in jax.tree.leaves(same.params):
@@ -66,21 +69,22 @@ def test_init_identical_and_independent():
 
 def test_vmapped_step_equals_each_workers_own_step(data):
     x, y = data
-    opt = federated.make_optimizer(0.05, 0.9)
+    opt = federated.make_optimizer(0.9)
     state = make_state(opt, identical=False)
     local_step = federated.make_local_step(MODEL, opt)
     xb, yb = x[:, :B], y[:, :B]
-    params, opt_state, losses = jax.jit(jax.vmap(local_step))(state.params, state.opt_state, xb, yb)
+    params, opt_state, losses = jax.jit(jax.vmap(local_step, in_axes=(0, 0, 0, 0, None)))(
+        state.params, state.opt_state, xb, yb, LR)
     for k in range(K):
         take = lambda t: jax.tree.map(lambda a: a[k], t)
-        p_k, o_k, l_k = jax.jit(local_step)(take(state.params), take(state.opt_state), xb[k], yb[k])
+        p_k, o_k, l_k = jax.jit(local_step)(take(state.params), take(state.opt_state), xb[k], yb[k], LR)
         chex.assert_trees_all_close(take(params), p_k, **TOL)
         chex.assert_trees_all_close(take(opt_state), o_k, **TOL)
         chex.assert_trees_all_close(losses[k], l_k, **TOL)
 
 
 def test_sync_makes_workers_identical():
-    opt = federated.make_optimizer(0.05, 0.9)
+    opt = federated.make_optimizer(0.9)
     state = make_state(opt, identical=False)
     params, opt_state = federated.sync(state.params, state.opt_state, opt, "average")
     avg = federated.average(state.params)
@@ -107,7 +111,7 @@ def test_nosync_equals_independent_workers(data, momentum):
             epoch, pos = divmod(s, spe)
             order = jax.random.permutation(jax.random.fold_in(state.data_keys[k], epoch), N)
             idx = order[pos * B:(pos + 1) * B]
-            p, o, _ = local_step(p, o, x[k][idx], y[k][idx])
+            p, o, _ = local_step(p, o, x[k][idx], y[k][idx], LR)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], new_state.params), p, **TOL)
     assert int(new_state.step) == steps
 
@@ -129,7 +133,7 @@ def test_sync_every_step_equals_large_batch_sgd(data, momentum):
         idx = orders[:, s * B:(s + 1) * B]
         xb = jnp.concatenate([x[k][idx[k]] for k in range(K)])
         yb = jnp.concatenate([y[k][idx[k]] for k in range(K)])
-        p, o, _ = local_step(p, o, xb, yb)
+        p, o, _ = local_step(p, o, xb, yb, LR)
     chex.assert_trees_all_close(federated.average(new_state.params), p, **TOL)
 
 
@@ -150,7 +154,8 @@ def test_sync_period_broadcasts_average_at_the_next_step(data):
     local_step = federated.make_local_step(MODEL, opt)
     idx = state.perm[:, 4 * B:5 * B]
     xb, yb = jax.vmap(lambda a, b, i: (a[i], b[i]))(x, y, idx)
-    expected, _, _ = jax.vmap(local_step)(federated.broadcast(avg, K), state.opt_state, xb, yb)
+    expected, _, _ = jax.vmap(local_step, in_axes=(0, 0, 0, 0, None))(
+        federated.broadcast(avg, K), state.opt_state, xb, yb, LR)
     chex.assert_trees_all_close(synced.params, expected, **TOL)
 
 
@@ -194,7 +199,7 @@ def test_round_compiles_once_across_rounds_and_protocols(data):
 
 @pytest.mark.parametrize("opt_sync", ["average", "reset", "keep"])
 def test_opt_sync_choices(opt_sync):
-    opt = federated.make_optimizer(0.05, 0.9)
+    opt = federated.make_optimizer(0.9)
     state = make_state(opt, identical=False)
     # Give each worker a distinct momentum buffer.
     opt_state = jax.tree.map(lambda a: a + jnp.arange(K, dtype=a.dtype).reshape((K,) + (1,) * (a.ndim - 1)),
@@ -211,14 +216,14 @@ def test_opt_sync_choices(opt_sync):
 
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="learning rate"):
-        federated.make_optimizer(0.0)
+        federated.check_lr(0.0)
     with pytest.raises(ValueError, match="momentum"):
-        federated.make_optimizer(0.1, 1.0)
+        federated.make_optimizer(1.0)
     with pytest.raises(ValueError, match="protocol"):
         federated.sync_period_of("sometimes", 10)
     with pytest.raises(ValueError, match="sync period"):
         federated.sync_period_of("sync", 0)
     with pytest.raises(ValueError, match="opt_sync"):
-        federated.make_step(MODEL, optax.sgd(0.1), batch_size=B, opt_sync="merge")
+        federated.make_step(MODEL, optax.sgd(1.0), batch_size=B, opt_sync="merge")
     with pytest.raises(ValueError, match="num_workers"):
-        make_state(optax.sgd(0.1), workers=0)
+        make_state(optax.sgd(1.0), workers=0)
