@@ -4,7 +4,9 @@
     python -m experiments.reproduce --preset=paper --cifar_dir DIR    # full size, CIFAR-10
 
 Every flag of `experiments.run` passes through and overrides the preset
-(e.g. `--epochs=2` for a shorter paper run). Writes OUT/figN/ for each
+(e.g. `--epochs=2` for a shorter paper run). The four experiments train and
+are measured as one sweep (`fedjax_mi.experiment.run_sweep`): one compiled
+program, vmapped over the four runs. Writes OUT/figN/ for each
 experiment (metrics.jsonl, config.json, figures/) and OUT/summary.md.
 """
 
@@ -76,15 +78,14 @@ def main(argv):
             raise experiment.ConfigError(f"--figures: unknown {unknown}; choose from {list(FIGURES)}")
         out = FLAGS.out if FLAGS["out"].present else "runs/reproduce"
         configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
-        for cfg in configs.values():  # every setting checked before any work
-            experiment.validate(cfg)
+        experiment.check_sweep(list(configs.values()))  # every setting, before any work
         experiment.prepare_out(out)
         t0 = time.perf_counter()
+        print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
+        experiment.run_sweep(list(configs.values()))
         for figure, cfg in configs.items():
-            print(f"[reproduce] {figure}: {cfg.split} {cfg.protocol}"
-                  f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
-            experiment.run(cfg)
-            plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}")
+            plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
+                              f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
         runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
                 for f, c in configs.items()}
         path = os.path.join(out, "summary.md")

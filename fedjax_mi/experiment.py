@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from importlib import metadata
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -151,22 +151,70 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
     return Schedule(steps_per_epoch, total, cfg.eval_period)
 
 
-def load_federated(cfg: RunConfig) -> data_lib.FederatedData:
-    dataset = data_lib.load_dataset(cfg.dataset, cifar_dir=cfg.cifar_dir,
-                                    tfds_data_dir=cfg.tfds_data_dir)
-    return data_lib.federate(dataset, cfg.workers, cfg.split, seed=cfg.seeds[0],
-                             alpha=cfg.alpha, per_worker=cfg.per_worker)
+# Settings that every run of a sweep must share (they fix shapes or the
+# compiled programs); the others (split, alpha, seeds, lr, protocol, sync
+# period, out) may differ per run.
+SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
+          "epochs", "batch_size", "momentum", "opt_sync", "independent_init", "mi_samples",
+          "test_samples", "edge", "edge_version", "eval_chunk")
 
 
-def eval_subsets(cfg: RunConfig, fed: data_lib.FederatedData):
-    """The local samples (first `mi_samples` of each share, which is in random
-    order already) and test samples that are measured."""
-    m = fed.train_x.shape[1] if cfg.mi_samples is None else cfg.mi_samples
-    if m > fed.train_x.shape[1]:
-        _fail("mi_samples", f"{m} is more than a local dataset holds ({fed.train_x.shape[1]})")
-    t = fed.test_x.shape[0] if cfg.test_samples is None else min(cfg.test_samples, fed.test_x.shape[0])
-    return (jnp.asarray(fed.train_x[:, :m]), jnp.asarray(fed.train_y[:, :m]),
-            jnp.asarray(fed.test_x[:t]), jnp.asarray(fed.test_y[:t]))
+class SweepData(NamedTuple):
+    """The distinct partitions of a sweep, stacked: G groups of K local datasets."""
+    train_x: np.ndarray   # (G, K, n, H, W, C) uint8
+    train_y: np.ndarray   # (G, K, n) int32
+    test_x: np.ndarray    # (T, H, W, C) uint8
+    test_y: np.ndarray    # (T,) int32
+    num_classes: int
+    groups: tuple[int, ...]   # the group of each run
+    dropped: tuple[int, ...]  # per group, what federate left out
+
+
+def load_sweep_data(cfgs: Sequence[RunConfig]) -> SweepData:
+    """Load the dataset once and federate it once per distinct (split, alpha,
+    data seed); groups of unequal share sizes are cut to the smallest."""
+    first = cfgs[0]
+    dataset = data_lib.load_dataset(first.dataset, cifar_dir=first.cifar_dir,
+                                    tfds_data_dir=first.tfds_data_dir)
+    keys = [(c.split, c.alpha, c.seeds[0]) for c in cfgs]
+    distinct = list(dict.fromkeys(keys))
+    feds = [data_lib.federate(dataset, first.workers, split, seed=seed, alpha=alpha,
+                              per_worker=first.per_worker) for split, alpha, seed in distinct]
+    n = min(f.train_x.shape[1] for f in feds)
+    return SweepData(np.stack([f.train_x[:, :n] for f in feds]),
+                     np.stack([f.train_y[:, :n] for f in feds]),
+                     feds[0].test_x, feds[0].test_y, feds[0].num_classes,
+                     tuple(distinct.index(k) for k in keys),
+                     tuple(int(f.dropped) + first.workers * (f.train_x.shape[1] - n) for f in feds))
+
+
+def eval_subsets(cfg: RunConfig, data: SweepData):
+    """The local samples (the first `mi_samples` of each share, which is in
+    random order already) and the test samples that are measured:
+    (G, K, m, ...), (G, K, m), (T, ...), (T,)."""
+    n = data.train_x.shape[2]
+    m = n if cfg.mi_samples is None else cfg.mi_samples
+    if m > n:
+        _fail("mi_samples", f"{m} is more than a local dataset holds ({n})")
+    t = data.test_x.shape[0] if cfg.test_samples is None else min(cfg.test_samples,
+                                                                  data.test_x.shape[0])
+    return (jnp.asarray(data.train_x[:, :, :m]), jnp.asarray(data.train_y[:, :, :m]),
+            jnp.asarray(data.test_x[:t]), jnp.asarray(data.test_y[:t]))
+
+
+def check_sweep(cfgs: Sequence[RunConfig]) -> None:
+    """Every setting of every run, and what the runs must share, before any work."""
+    if not cfgs:
+        raise ConfigError("--seeds: a sweep needs at least one run")
+    for cfg in cfgs:
+        validate(cfg)
+    for name in SHARED:
+        values = {getattr(c, name) for c in cfgs}
+        if len(values) > 1:
+            _fail(name, f"must be the same for every run of a sweep, got {sorted(map(str, values))}")
+    outs = [os.path.abspath(c.out) for c in cfgs]
+    if len(set(outs)) < len(outs):
+        _fail("out", "two runs of the sweep would write to the same folder")
 
 
 def environment() -> dict[str, Any]:
@@ -207,70 +255,109 @@ def _duration(seconds: float) -> str:
 @functools.lru_cache(maxsize=8)
 def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
              opt_sync: str, edge_mode: str, edge_version: str, eval_chunk: int):
-    """(model, optimizer, round_fn, measure_fn), built once per setting so that
-    runs of the same shapes in one process (reproduce, tests) share compilations."""
+    """(model, optimizer, sweep round, sweep measurement), built once per
+    setting so that sweeps of the same shapes in one process share compilations."""
     model = models.LeNet(num_classes=num_classes)
     opt = federated.make_optimizer(momentum)
-    round_fn = federated.make_round(model, opt, batch_size=batch_size, steps=eval_period,
-                                    opt_sync=opt_sync)
-    measure_fn = measure.make_measure(model, *measure.paper_edge_configs(edge_mode, edge_version),
-                                      chunk=eval_chunk)
+    round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
+                                          opt_sync=opt_sync)
+    measure_fn = measure.make_sweep_measure(
+        model, *measure.paper_edge_configs(edge_mode, edge_version), chunk=eval_chunk)
     return model, opt, round_fn, measure_fn
 
 
-def run(cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run one experiment and write its files under `cfg.out`; returns the records."""
-    validate(cfg)
-    prepare_out(cfg.out)
-    fed = load_federated(cfg)
-    schedule = make_schedule(cfg, fed.train_x.shape[1])
-    local_x, local_y, test_x, test_y = eval_subsets(cfg, fed)
-    with open(os.path.join(cfg.out, "config.json"), "w") as fh:
-        json.dump({"config": dataclasses.asdict(cfg), "environment": environment(),
-                   "data": {"local_size": int(fed.train_x.shape[1]), "dropped": int(fed.dropped),
-                            "test_size": int(fed.test_x.shape[0]),
-                            "measured_local": int(local_x.shape[1]),
-                            "measured_test": int(test_x.shape[0])},
-                   "schedule": dataclasses.asdict(schedule)}, fh, indent=2)
+def write_config(cfg: RunConfig, data: SweepData, group: int, schedule: Schedule,
+                 measured: tuple[int, int], sweep_size: int) -> None:
+    info = {"config": dataclasses.asdict(cfg), "environment": environment(),
+            "data": {"local_size": int(data.train_x.shape[2]), "dropped": data.dropped[group],
+                     "test_size": int(data.test_x.shape[0]), "measured_local": measured[0],
+                     "measured_test": measured[1]},
+            "schedule": dataclasses.asdict(schedule), "runs_in_program": sweep_size}
+    metrics_io.write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(info, indent=2))
+
+
+def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print
+              ) -> list[list[dict[str, Any]]]:
+    """Train and measure R runs as one compiled program (vmapped over a run
+    axis) and write each run's files under its `out`; returns each run's records.
+
+    Runs may differ in split, alpha, seeds, lr, protocol and sync period
+    (`SHARED` lists what they must share). Each run's metrics are those it
+    would produce alone.
+    """
+    check_sweep(cfgs)
+    for cfg in cfgs:
+        prepare_out(cfg.out)
+    data = load_sweep_data(cfgs)
+    n = data.train_x.shape[2]
+    schedules = [make_schedule(cfg, n) for cfg in cfgs]
+    schedule, first = schedules[0], cfgs[0]
+    local_x, local_y, test_x, test_y = eval_subsets(first, data)
+    for cfg, group in zip(cfgs, data.groups):
+        write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
 
     model, opt, round_fn, measure_fn = programs(
-        fed.num_classes, cfg.momentum, cfg.batch_size, cfg.eval_period, cfg.opt_sync,
-        cfg.edge, cfg.edge_version, cfg.eval_chunk)
-    train_x, train_y = jnp.asarray(fed.train_x), jnp.asarray(fed.train_y)
-    init_key, edge_key = jax.random.split(jax.random.key(cfg.seeds[1]))
-    state = federated.init(init_key, model, opt, jnp.zeros((1,) + fed.train_x.shape[2:]),
-                           cfg.workers, fed.train_x.shape[1], cfg.lr,
-                           identical=not cfg.independent_init)
-    sync_period = federated.sync_period_of(cfg.protocol, cfg.sync_period or 0)
-    log(f"[run] {cfg.dataset} {cfg.split} K={cfg.workers} n={fed.train_x.shape[1]}/worker "
-        f"protocol={cfg.protocol}{'' if cfg.protocol == 'nosync' else f' every {sync_period}'} "
-        f"steps={schedule.total_steps} eval every {cfg.eval_period} -> {cfg.out}")
+        data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
+        first.edge, first.edge_version, first.eval_chunk)
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
+    init_keys, edge_keys = keys[:, 0], keys[:, 1]
+    states = federated.init_runs(init_keys, model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
+                                 first.workers, n, [c.lr for c in cfgs],
+                                 identical=not first.independent_init)
+    groups = jnp.asarray(data.groups, jnp.int32)
+    sync_periods = jnp.asarray([federated.sync_period_of(c.protocol, c.sync_period or 0)
+                                for c in cfgs], jnp.int32)
+    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    tag = "[run]" if len(cfgs) == 1 else f"[sweep of {len(cfgs)}]"
+    for cfg in cfgs:
+        log(f"{tag} {cfg.dataset} {cfg.split} K={cfg.workers} n={n}/worker lr={cfg.lr:g} "
+            f"protocol={cfg.protocol}{'' if cfg.protocol == 'nosync' else f' every {cfg.sync_period}'}"
+            f" steps={schedule.total_steps} eval every {cfg.eval_period} -> {cfg.out}")
 
-    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    records, losses, t_start = [], None, time.perf_counter()
+    records = [[] for _ in cfgs]
+    losses, t_start = None, time.perf_counter()
     points = schedule.eval_steps
     for i, step in enumerate(points):
         if i > 0:
-            state, round_losses = round_fn(state, train_x, train_y, sync_period,
-                                           step - points[i - 1])
-            round_losses = np.asarray(round_losses[:step - points[i - 1]])
-            losses = round_losses.mean(axis=0)
-        m = jax.device_get(measure_fn(jax.random.fold_in(edge_key, step), state.params,
-                                      local_x, local_y, test_x, test_y))
-        records += to_records(step, step / schedule.steps_per_epoch, m, losses)
-        metrics_io.write_records(metrics_path, records)
-        elapsed = time.perf_counter() - t_start
-        rate = step / elapsed if step else 0.0
-        eta = (schedule.total_steps - step) / rate if rate else float("nan")
-        fmt = lambda values: "/".join(f"{v:.2f}" for v in np.ravel(values))
-        log(f"[run] step {step}/{schedule.total_steps} (epoch {step / schedule.steps_per_epoch:.2f})"
-            f"  acc own {fmt(m.acc[:-1].diagonal())} avg {fmt(m.acc[-1])}"
-            f"  I(Z;Y) own {fmt(m.mi_zy[:-1].diagonal())} avg {fmt(m.mi_zy[-1])}"
-            f"  {rate:.1f} steps/s  ETA {_duration(eta) if rate else '?'}")
+            active = step - points[i - 1]
+            states, round_losses = round_fn(states, train_x, train_y, groups, sync_periods, active)
+            round_losses = np.asarray(round_losses[:active])  # (active, R, K)
+            losses = round_losses.astype(np.float64).mean(axis=0)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(edge_keys, step)
+        m = jax.device_get(measure_fn(step_keys, states.params, local_x, local_y, groups,
+                                      test_x, test_y))
+        for r, cfg in enumerate(cfgs):
+            m_r = jax.tree.map(lambda a: a[r], m)
+            records[r] += to_records(step, step / schedule.steps_per_epoch, m_r,
+                                     None if losses is None else losses[r])
+            metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
+        log(progress_line(tag, step, schedule, m, time.perf_counter() - t_start))
         if losses is not None and not np.all(np.isfinite(round_losses)):
-            bad_step, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
+            bad_step, bad_run, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
             raise FloatingPointError(
                 f"training diverged: non-finite loss at step {points[i - 1] + bad_step + 1} "
-                f"on worker {bad_worker} (metrics up to step {step} are in {metrics_path}); "
-                f"lower --lr")
+                f"on worker {bad_worker}{'' if len(cfgs) == 1 else f' of run {bad_run}'} "
+                f"(metrics up to step {step} are in {cfgs[bad_run].out}/metrics.jsonl); lower --lr")
     return records
+
+
+def progress_line(tag: str, step: int, schedule: Schedule, m: measure.Measurement,
+                  elapsed: float) -> str:
+    """One terminal line per eval point: accuracies and I(Z;Y) of each run's
+    own local models (worker d on local d) and average, rate and ETA."""
+    rate = step / elapsed if step else 0.0
+    eta = _duration((schedule.total_steps - step) / rate) if rate else "?"
+    fmt = lambda values: "/".join(f"{v:.2f}" for v in np.ravel(values))
+    own = lambda a: np.diagonal(a[:, :-1], axis1=1, axis2=2)
+    runs = "" if m.acc.shape[0] == 1 else " (runs joined by |)"
+    join = lambda values: " | ".join(fmt(v) for v in values)
+    return (f"{tag} step {step}/{schedule.total_steps} (epoch {step / schedule.steps_per_epoch:.2f})"
+            f"  acc own {join(own(m.acc))} avg {join(m.acc[:, -1])}"
+            f"  I(Z;Y) own {join(own(m.mi_zy))} avg {join(m.mi_zy[:, -1])}"
+            f"  {rate:.1f} steps/s  ETA {eta}{runs}")
+
+
+def run(cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run one experiment (a sweep of one) and write its files under
+    `cfg.out`; returns its records."""
+    return run_sweep([cfg], log)[0]

@@ -82,6 +82,26 @@ def make_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge.EdgeC
     `(key, params, local_x, local_y, test_x, test_y) -> Measurement`, with
     params stacked over K workers, local_x (D, m, H, W, C) uint8, local_y
     (D, m) int, test_x (T, H, W, C) uint8, test_y (T,) int."""
+    return jax.jit(_measure_fn(model, edge_xz, edge_zy, chunk))
+
+
+def make_sweep_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge.EdgeConfig,
+                       chunk: int = 500) -> Callable:
+    """The measurement of R runs, one after the other (`lax.map`: each run's
+    forwards already fill the device):
+    `(keys (R,), params (R, K, ...), local_x (G, D, m, ...), local_y (G, D, m),
+    groups (R,), test_x, test_y) -> Measurement` with a leading R axis."""
+    one = _measure_fn(model, edge_xz, edge_zy, chunk)
+
+    @jax.jit
+    def measure(keys, params, local_x, local_y, groups, test_x, test_y):
+        return jax.lax.map(lambda a: one(a[0], a[1], local_x[a[2]], local_y[a[2]], test_x, test_y),
+                           (keys, params, groups))
+
+    return measure
+
+
+def _measure_fn(model, edge_xz, edge_zy, chunk):
 
     def mi_pair(key, x, y, z):
         x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
@@ -89,7 +109,6 @@ def make_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge.EdgeC
         return (edge.mutual_information(key, x_flat, z, edge_xz),
                 edge.mutual_information(key, y, z, edge_zy))
 
-    @jax.jit
     def measure(key, params, local_x, local_y, test_x, test_y):
         stacked = models_to_measure(params)
         num_datasets, m = local_y.shape

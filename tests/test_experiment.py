@@ -142,3 +142,47 @@ def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
     message = result.stderr.strip().splitlines()
     assert len(message) == 1, result.stderr[-2000:]
     assert message[0].startswith(f"error: --{flag}"), message
+
+
+def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
+    """Run r of a sweep (vmapped over runs that differ in seed, lr, split and
+    protocol) writes the same metrics as that run alone, bit for bit."""
+    alone_cfg, alone_records, _ = tiny_run
+    base = dict(TINY)
+    cfgs = [experiment.RunConfig(**{**base, "lr": 0.02}, protocol="nosync", seed=1,
+                                 out=str(tmp_path / "a")),
+            experiment.RunConfig(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
+            experiment.RunConfig(**base, split="classes", protocol="sync", sync_period=8, seed=2,
+                                 out=str(tmp_path / "c"))]
+    swept = experiment.run_sweep(cfgs, log=lambda line: None)
+    assert swept[1] == alone_records  # cfgs[1] is the tiny_run's config
+    with open(os.path.join(cfgs[1].out, "metrics.jsonl")) as a, \
+            open(os.path.join(alone_cfg.out, "metrics.jsonl")) as b:
+        assert a.read() == b.read()
+    # The other runs really differ (different seed / lr / split).
+    assert swept[0] != swept[1] and swept[2] != swept[1]
+    classes = experiment.run(cfgs[2], log=lambda line: None)
+    assert classes == swept[2]
+
+
+def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):
+    cfgs = [experiment.RunConfig(**TINY, out=str(tmp_path / "a")),
+            experiment.RunConfig(**{**TINY, "batch_size": 8}, out=str(tmp_path / "b"))]
+    with pytest.raises(experiment.ConfigError, match="--batch_size: must be the same"):
+        experiment.run_sweep(cfgs)
+    with pytest.raises(experiment.ConfigError, match="--out"):
+        experiment.run_sweep([experiment.RunConfig(**TINY, out=str(tmp_path / "a"))] * 2)
+
+
+def test_sweep_cli_writes_one_folder_per_run(tmp_path):
+    result = cli("experiments.sweep", *TINY_FLAGS, "--seeds=0,1", "--protocols=sync,nosync",
+                 "--sync_periods=4", f"--out={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "runs.json") as fh:
+        runs = json.load(fh)
+    assert sorted(r["name"] for r in runs) == sorted(
+        ["iid-sync4-lr0.05-seed0", "iid-sync4-lr0.05-seed1",
+         "iid-nosync-lr0.05-seed0", "iid-nosync-lr0.05-seed1"])
+    for r in runs:
+        assert metrics_io.read_records(os.path.join(r["out"], "metrics.jsonl"))
+        assert os.path.exists(os.path.join(r["out"], "figures", "mi.png"))

@@ -1,0 +1,78 @@
+"""Many runs in one compiled program: the product of seeds, learning rates,
+splits, protocols and sync periods, vmapped over a run axis.
+
+    python -m experiments.sweep --seeds=0,1,2,3 --lrs=0.02,0.05 \\
+        --protocols=sync,nosync --sync_periods=100,1000 --out=runs/sweep
+
+Every flag of `experiments.run` sets what the runs share. Writes
+OUT/<run-name>/{metrics.jsonl,config.json,figures/} per run (the format of
+`experiments.run`) and OUT/runs.json listing the runs.
+"""
+
+import itertools
+import json
+import os
+
+from absl import app, flags
+
+from experiments import flags as run_flags
+from fedjax_mi import experiment, metrics_io, plotting
+
+flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
+flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
+flags.DEFINE_list("splits", None, "splits (default: --split)")
+flags.DEFINE_list("protocols", None, "protocols (default: --protocol)")
+flags.DEFINE_list("sync_periods", None, "sync periods of the sync runs (default: --sync_period)")
+FLAGS = flags.FLAGS
+
+
+def _values(name, single, cast):
+    raw = getattr(FLAGS, name)
+    try:
+        return [single] if raw is None else [cast(v) for v in raw]
+    except ValueError:
+        raise experiment.ConfigError(f"--{name}: cannot read {raw} as {cast.__name__}s") from None
+
+
+def run_name(cfg: experiment.RunConfig) -> str:
+    sync = "nosync" if cfg.protocol == "nosync" else f"sync{cfg.sync_period}"
+    return f"{cfg.split}-{sync}-lr{cfg.lr:g}-seed{cfg.seed}"
+
+
+def sweep_configs(out: str) -> list[experiment.RunConfig]:
+    """The product of the list flags; no-sync runs ignore the sync periods."""
+    cfgs = []
+    for seed, lr, split, protocol in itertools.product(
+            _values("seeds", FLAGS.seed, int), _values("lrs", FLAGS.lr, float),
+            _values("splits", FLAGS.split, str), _values("protocols", FLAGS.protocol, str)):
+        periods = ([None] if protocol == "nosync"
+                   else _values("sync_periods", FLAGS.sync_period, int))
+        for period in periods:
+            cfg = run_flags.config_from_flags(seed=seed, lr=lr, split=split, protocol=protocol,
+                                              sync_period=period)
+            cfgs.append(cfg.__class__(**{**cfg.__dict__, "out": os.path.join(out, run_name(cfg))}))
+    return cfgs
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+
+    def go():
+        out = FLAGS.out if FLAGS["out"].present else "runs/sweep"
+        cfgs = sweep_configs(out)
+        experiment.check_sweep(cfgs)
+        experiment.prepare_out(out)
+        experiment.run_sweep(cfgs)
+        for cfg in cfgs:
+            plotting.plot_run(cfg.out, title=run_name(cfg))
+        metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
+            [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
+              "protocol": c.protocol, "sync_period": c.sync_period} for c in cfgs], indent=2))
+        print(f"[sweep] {len(cfgs)} runs written under {out}")
+
+    run_flags.main_guard(go)
+
+
+if __name__ == "__main__":
+    app.run(main)
