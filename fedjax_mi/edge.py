@@ -585,8 +585,28 @@ def _resolutions(n: int, joint_dim: int, count: int, cells: float) -> tuple[floa
   if joint_dim == 0:  # Both sides discrete: no grid.
     return (1.0,)
   top = max(2.0, (cells * n) ** (1.0 / joint_dim))
+  # Consecutive resolutions at least 25% apart: closer ones cost a full
+  # count each and only add to the upward noise of the maximum.
+  count = max(1, min(count, 1 + math.floor(math.log(top / 2.0) / math.log(1.25))))
   grid = np.geomspace(2.0, top, count) if count > 1 else np.array([top])
   return tuple(sorted({round(float(m), 6) for m in grid}))
+
+
+def _random_permutation(key: jax.Array, n: int) -> jax.Array:
+  """A random permutation of range(n) from one single-operand integer sort.
+
+  Each index gets random high bits above its own bits; sorting the packed
+  words orders the indices by the random bits (ties, among >= 2^8 values,
+  by index). XLA:CPU sorts single integer arrays several times faster than
+  the key/value sorts of jax.random.permutation (measured 0.8 ms vs ~10 ms at
+  N = 25,000), and the shuffle only has to break the pairing of x and y.
+  """
+  index_bits = max(1, (n - 1).bit_length())
+  if index_bits > 24:
+    return jax.random.permutation(key, n)
+  high = jax.random.bits(key, (n,), jnp.uint32) >> index_bits << index_bits
+  packed = high | jnp.arange(n, dtype=jnp.uint32)
+  return (jnp.sort(packed) & jnp.uint32((1 << index_bits) - 1)).astype(jnp.int32)
 
 
 def _is_discrete(a: jax.Array, config: EdgeConfig) -> bool:
@@ -675,7 +695,7 @@ def _estimate_quantile(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeC
   bins = _resolutions(n, dim_x + dim_y, config.resolutions,
                       config.max_joint_cells / discrete_cells)
   members = config.ensemble_size
-  perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(k_perm, members))
+  perms = jax.vmap(lambda k: _random_permutation(k, n))(jax.random.split(k_perm, members))
 
   def keys_of(w, discrete, member, b, shift):
     if discrete:
