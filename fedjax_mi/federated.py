@@ -24,7 +24,7 @@ What happens to the optimiser state at a sync (`opt_sync`):
   * "keep": each worker keeps its own (e.g. its momentum buffer).
 """
 
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple, Optional
 
 import chex
 import flax.linen as nn
@@ -109,9 +109,14 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
         step=jnp.zeros((), jnp.int32))
 
 
-def average(params: chex.ArrayTree) -> chex.ArrayTree:
-    """The weight-wise average over the leading worker axis: one `jnp.mean`."""
-    return jax.tree.map(lambda p: jnp.mean(p, axis=0), params)
+def average(params: chex.ArrayTree, axis_name: Optional[str] = None) -> chex.ArrayTree:
+    """The weight-wise average over the leading worker axis: one `jnp.mean`.
+
+    Inside `shard_map` with the workers split evenly over the devices of mesh
+    axis `axis_name`, the mean of the local workers is then averaged across
+    devices (`lax.pmean`, the one all-reduce of federated training)."""
+    mean = jax.tree.map(lambda p: jnp.mean(p, axis=0), params)
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
 def broadcast(tree: chex.ArrayTree, num_workers: int) -> chex.ArrayTree:
@@ -120,14 +125,14 @@ def broadcast(tree: chex.ArrayTree, num_workers: int) -> chex.ArrayTree:
 
 
 def sync(params: chex.ArrayTree, opt_state: chex.ArrayTree,
-         optimizer: optax.GradientTransformation,
-         opt_sync: OptSync = "average") -> tuple[chex.ArrayTree, chex.ArrayTree]:
+         optimizer: optax.GradientTransformation, opt_sync: OptSync = "average",
+         axis_name: Optional[str] = None) -> tuple[chex.ArrayTree, chex.ArrayTree]:
     """Send the average back to every worker; treat the optimiser state as
-    `opt_sync` says (see the module docstring)."""
+    `opt_sync` says (see the module docstring). `axis_name`: see `average`."""
     num_workers = jax.tree.leaves(params)[0].shape[0]
-    new_params = broadcast(average(params), num_workers)
+    new_params = broadcast(average(params, axis_name), num_workers)
     if opt_sync == "average":
-        opt_state = broadcast(average(opt_state), num_workers)
+        opt_state = broadcast(average(opt_state, axis_name), num_workers)
     elif opt_sync == "reset":
         opt_state = jax.vmap(optimizer.init)(new_params)
     elif opt_sync != "keep":
@@ -165,13 +170,15 @@ def epoch_order(data_keys: jax.Array, epoch: jax.Array, num_samples: int) -> jax
         jax.random.fold_in(k, epoch), num_samples).astype(jnp.int32))(data_keys)
 
 
-def _make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                     batch_size: int, opt_sync: OptSync) -> Callable:
+def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
+                     batch_size: int, opt_sync: OptSync,
+                     axis_name: Optional[str] = None) -> Callable:
     """`(state, data_x, data_y, group, sync_period) -> (state, losses)`: one
     federated step on local datasets `data_x[group]` of data_x (G, K, n, H,
     W, C) uint8, data_y (G, K, n). Runs of a sweep that share a partition
     share its group, so the data are never copied per run: only each
-    step's batch is gathered."""
+    step's batch is gathered. `axis_name`: the workers are split over that
+    mesh axis (inside `shard_map`); only the sync communicates."""
     if opt_sync not in OPT_SYNCS:
         raise ValueError(f"opt_sync must be one of {OPT_SYNCS}, got {opt_sync!r}")
     local_step = jax.vmap(make_local_step(model, optimizer), in_axes=(0, 0, 0, 0, None))
@@ -186,7 +193,7 @@ def _make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
         do_sync = ((sync_period > 0) & (state.step > 0)
                    & (state.step % jnp.maximum(sync_period, 1) == 0))
         params, opt_state = jax.lax.cond(
-            do_sync, lambda p, o: sync(p, o, optimizer, opt_sync),
+            do_sync, lambda p, o: sync(p, o, optimizer, opt_sync, axis_name),
             lambda p, o: (p, o), state.params, state.opt_state)
         idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size, axis=1)
         workers = jnp.arange(num_workers)[:, None]
@@ -207,11 +214,11 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
     The last incomplete batch of an epoch is dropped: an epoch is
     n // batch_size steps.
     """
-    step = _make_group_step(model, optimizer, batch_size, opt_sync)
+    step = make_group_step(model, optimizer, batch_size, opt_sync)
     return lambda state, x, y, sync_period: step(state, x[None], y[None], 0, sync_period)
 
 
-def _scan_round(step: Callable, steps: int, num_workers: Callable) -> Callable:
+def scan_round(step: Callable, steps: int, num_workers: Callable) -> Callable:
     """Scan `step(state, *args)` `steps` times, the first `active` of them for real."""
 
     def round_fn(state, args, active):
@@ -239,7 +246,7 @@ def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
     """
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    scanned = _scan_round(make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync),
+    scanned = scan_round(make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync),
                           steps, lambda s: (s.perm.shape[0],))
 
     @jax.jit
@@ -259,9 +266,9 @@ def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, 
     sync_periods (R,) int (0: no-sync), losses (steps, R, K)."""
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    step = jax.vmap(_make_group_step(model, optimizer, batch_size, opt_sync),
+    step = jax.vmap(make_group_step(model, optimizer, batch_size, opt_sync),
                     in_axes=(RUN_AXES, None, None, 0, 0), out_axes=(RUN_AXES, 0))
-    scanned = _scan_round(step, steps, lambda s: s.perm.shape[:2])
+    scanned = scan_round(step, steps, lambda s: s.perm.shape[:2])
 
     @jax.jit
     def round_fn(states, data_x, data_y, groups, sync_periods, active=steps):

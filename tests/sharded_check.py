@@ -1,0 +1,48 @@
+"""Run by tests/test_sharding.py in a subprocess with 4 fake CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before jax
+is imported). Prints one JSON line of results."""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_mi import federated, models, sharding
+
+K, N, B, STEPS = 4, 32, 8, 6
+
+
+def main():
+    assert len(jax.devices()) == 4, jax.devices()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (K, N, 32, 32, 1), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, (K, N), dtype=np.int32))
+    model, opt = models.LeNet(), federated.make_optimizer(0.9)
+    state = federated.init(jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 1)), K, N, 0.05,
+                           identical=False)
+    out = {}
+    for devices in (4, 2):
+        mesh = sharding.worker_mesh(devices)
+        sharded = sharding.make_sharded_round(model, opt, mesh, batch_size=B, steps=STEPS)
+        plain = federated.make_round(model, opt, batch_size=B, steps=STEPS)
+        for period in (0, 2):
+            s_state, s_loss = sharded(sharding.shard_leading(state, mesh),
+                                      sharding.shard_leading(x, mesh),
+                                      sharding.shard_leading(y, mesh), period, 5)
+            p_state, p_loss = plain(state, x, y, period, 5)
+            diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                       zip(jax.tree.leaves((s_state.params, s_state.opt_state, s_loss)),
+                           jax.tree.leaves((p_state.params, p_state.opt_state, p_loss))))
+            out[f"max_abs_diff_d{devices}_p{period}"] = diff
+            out[f"step_d{devices}_p{period}"] = int(s_state.step)
+            out[f"sharded_over_d{devices}"] = len(s_state.params["Dense_2"]["kernel"].sharding.device_set)
+        hlo = sharded.lower(state, x, y, 2, STEPS).compile().as_text()
+        for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
+            out[f"{op}_d{devices}"] = len(re.findall(rf"\s{op}(-start)?\(", hlo))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
