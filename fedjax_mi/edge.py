@@ -369,6 +369,63 @@ def _counts(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   return (run_end[first] - first).astype(jnp.int32), occupied.astype(jnp.int32)
 
 
+# Joint keys rank_a * N + rank_b must fit in int32.
+_MAX_EXACT_JOINT_N = 46_340
+
+
+def _dense_ranks(keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Bucket of each sample as a dense rank among the distinct keys.
+
+  keys: (N,) uint32. Returns the (N,) int32 ranks in [0, K), the (N,) int32
+  bucket sizes by rank (zero past K) and K.
+  """
+  n = keys.shape[0]
+  s = jnp.sort(keys)
+  new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
+  dense = jnp.cumsum(new, dtype=jnp.int32) - 1  # rank at each sorted position
+  ranks = dense[jnp.searchsorted(s, keys)]
+  return ranks, jnp.bincount(dense, length=n).astype(jnp.int32), jnp.sum(new, dtype=jnp.int32)
+
+
+def _joint_counts(ra: jax.Array, rb: jax.Array, size_a: jax.Array, size_b: jax.Array):
+  """(N_ab, N_a, M_b) of every sample, listed in joint-bucket order, and K_ab.
+
+  ra, rb: (N,) dense ranks of the two sides (paired by position); size_a,
+  size_b: bucket sizes by rank. The joint key ra * N + rb is exact; one
+  integer sort groups the joint buckets, and its digits give back the ranks
+  of both sides, so nothing is mapped back to sample positions.
+  """
+  n = ra.shape[0]
+  s = jnp.sort(ra * n + rb)
+  new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
+  segment = jnp.cumsum(new, dtype=jnp.int32) - 1
+  nab = jnp.bincount(segment, length=n).astype(jnp.int32)[segment]
+  return nab, size_a[s // n], size_b[s % n], jnp.sum(new, dtype=jnp.int32)
+
+
+def _grid_counts(hx: jax.Array, hy: jax.Array, perm: jax.Array | None = None):
+  """Per-sample (N_ab, N_a, M_b) for bucket keys hx, hy: (N,) uint32 each.
+
+  Also the numbers of occupied buckets (K_a, K_b, K_ab), and with `perm` the
+  counts of the pairing (hx, hy[perm]) as a second (N_ab, N_a, M_b).
+  Samples are listed in an order of the counts' choosing (sums over samples
+  only). Exact for N <= 46,340; beyond, joint buckets are 32-bit hashes.
+  """
+  n = hx.shape[0]
+  if n > _MAX_EXACT_JOINT_N:
+    joints = [_joint_keys(hx, hy)] + ([] if perm is None else [_joint_keys(hx, hy[perm])])
+    counts, occupied = jax.vmap(_counts)(jnp.stack([hx, hy] + joints))
+    na, mb = counts[0], counts[1]
+    out = [(counts[2], na, mb)] + ([] if perm is None else [(counts[3], na, mb[perm])])
+    return out, (occupied[0], occupied[1], occupied[2])
+  (rx, ry), (size_x, size_y), (ka, kb) = jax.vmap(_dense_ranks)(jnp.stack([hx, hy]))
+  pairings = jnp.stack([ry] if perm is None else [ry, ry[perm]])
+  nab, na, mb, kab = jax.vmap(_joint_counts, in_axes=(None, 0, None, None))(
+      rx, pairings, size_x, size_y)
+  out = [(nab[i], na[i], mb[i]) for i in range(pairings.shape[0])]
+  return out, (ka, kb, kab[0])
+
+
 def _bucket_codes(p: jax.Array, shift: jax.Array, width: jax.Array) -> jax.Array:
   """floor((p + shift) / width) as int32 (EDGE.md section 3), saturating."""
   z = jnp.floor((p + shift) / width)
@@ -393,8 +450,7 @@ def _base_estimate(p, q, wx, wy, bx, by, config: EdgeConfig) -> jax.Array:
   n = p.shape[0]
   hx = _bucket_keys(_bucket_codes(p, bx, wx))
   hy = _bucket_keys(_bucket_codes(q, by, wy))
-  # One vmapped count over the three key sets: traced (and compiled) once.
-  (na, mb, nab), (ka, kb, kab) = jax.vmap(_counts)(jnp.stack([hx, hy, _joint_keys(hx, hy)]))
+  [(nab, na, mb)], (ka, kb, kab) = _grid_counts(hx, hy)
   dt = p.dtype
   log_ratio = _log_ratio(nab, na, mb, n, dt)
   if config.lower_clip is not None or math.isfinite(config.upper_clip):
@@ -706,18 +762,16 @@ def _estimate_quantile(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeC
   def grid(member, b, shift_x, shift_y):
     hx = keys_of(u, x_discrete, member, b, shift_x)
     hy = keys_of(v, y_discrete, member, b, shift_y)
-    perm = perms[member]
-    keys = jnp.stack([hx, hy, _joint_keys(hx, hy), _joint_keys(hx, hy[perm])])
-    (na, mb, nab, nab_shuffled), _ = jax.vmap(_counts)(keys)
+    [paired, shuffled], _ = _grid_counts(hx, hy, perms[member])
     def mean_log_ratio(joint, marginal_x, marginal_y):
       log_ratio = _log_ratio(joint, marginal_x, marginal_y, n, jnp.float32)
       if config.lower_clip is not None:
         log_ratio = jnp.maximum(log_ratio, config.lower_clip)
       return jnp.mean(log_ratio)
-    plug_in = mean_log_ratio(nab, na, mb)
+    plug_in = mean_log_ratio(*paired)
     if config.bias_correction != "shuffle":
       return plug_in
-    return plug_in - mean_log_ratio(nab_shuffled, na, mb[perm])
+    return plug_in - mean_log_ratio(*shuffled)
 
   # Grids form a (resolution, member) array axis: traced once, vmapped.
   ksx, ksy = jax.random.split(k_shift)
