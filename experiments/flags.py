@@ -9,10 +9,10 @@ import dataclasses
 import sys
 from typing import Callable
 
-from absl import flags
+from absl import flags, logging
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import experiment
+from fedjax_mi import checkpoint, experiment
 
 D = experiment.RunConfig()
 
@@ -45,6 +45,12 @@ flags.DEFINE_string("edge", D.edge, "EDGE estimator: 'reference' (as the study's
 flags.DEFINE_string("edge_version", D.edge_version, "reference EDGE version")
 flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
 flags.DEFINE_string("out", D.out, "output folder")
+flags.DEFINE_integer("checkpoint_every", D.checkpoint_every,
+                     "save the whole training state every N eval points (0: never)")
+flags.DEFINE_boolean("resume", D.resume, "continue the run in --out from its last checkpoint")
+flags.DEFINE_boolean("overwrite", D.overwrite, "delete the results already in --out first")
+flags.DEFINE_boolean("continue_on_divergence", D.continue_on_divergence,
+                     "warn instead of stopping when a training loss is NaN or inf")
 
 FLAGS = flags.FLAGS
 
@@ -57,9 +63,11 @@ def config_from_flags(**overrides) -> experiment.RunConfig:
 
 def main_guard(fn: Callable[[], None]) -> None:
     """Run fn; bad input exits 2 with one line naming the cause."""
+    # orbax and jax log routine INFO lines through absl; the progress lines suffice.
+    logging.set_verbosity(logging.WARNING)
     try:
         fn()
-    except (experiment.ConfigError, data_lib.DataError) as e:
+    except (experiment.ConfigError, data_lib.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:

@@ -62,7 +62,7 @@ def main(argv):
         out = FLAGS.out if FLAGS["out"].present else "runs/sweep"
         cfgs = sweep_configs(out)
         experiment.check_sweep(cfgs)
-        experiment.prepare_out(out)
+        experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
         experiment.run_sweep(cfgs)
         for cfg in cfgs:
             plotting.plot_run(cfg.out, title=run_name(cfg))

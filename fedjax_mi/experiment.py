@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from importlib import metadata
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import federated, measure, metrics_io, models
+from fedjax_mi import checkpoint, federated, measure, metrics_io, models
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,10 @@ class RunConfig:
     edge_version: str = "4.2.0"
     eval_chunk: int = 500
     out: str = "runs/default"
+    checkpoint_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    continue_on_divergence: bool = False
 
     @property
     def seeds(self) -> tuple[int, int]:
@@ -105,12 +110,34 @@ def validate(cfg: RunConfig) -> None:
         _fail("opt_sync", f"unknown choice {cfg.opt_sync!r}; choose from {federated.OPT_SYNCS}")
     if cfg.edge not in ("reference", "default"):
         _fail("edge", f"must be 'reference' or 'default', got {cfg.edge!r}")
+    if cfg.checkpoint_every < 0:
+        _fail("checkpoint_every", f"must be >= 0 (0: never), got {cfg.checkpoint_every}")
+    if cfg.resume and cfg.overwrite:
+        _fail("resume", "and --overwrite exclude each other")
     if cfg.edge_version not in ("4.2.0", "4.3.1", "4.4.1"):
         _fail("edge_version", f"must be 4.2.0, 4.3.1 or 4.4.1, got {cfg.edge_version!r}")
 
 
-def prepare_out(out: str) -> None:
-    """Create the output folder and check it is writable, before any work."""
+RESULTS = ("metrics.jsonl", "config.json", "checkpoints", "figures", "summary.md", "runs.json")
+
+
+def prepare_out(out: str, resume: bool = False, overwrite: bool = False) -> None:
+    """Create the output folder and check it is writable, before any work.
+
+    A folder that already holds results is refused unless `resume` (continue
+    from its checkpoint) or `overwrite` (delete those results first)."""
+    held = [name for name in RESULTS if os.path.exists(os.path.join(out, name))
+            and name != "figures"]
+    if held and not (resume or overwrite):
+        raise ConfigError(f"--out: {out!r} already holds results ({', '.join(held)}); pass "
+                          f"--resume to continue that run or --overwrite to start over")
+    if overwrite:
+        for name in RESULTS:
+            path = os.path.join(out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
     try:
         os.makedirs(os.path.join(out, "figures"), exist_ok=True)
         probe = os.path.join(out, ".write_test")
@@ -156,7 +183,11 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
 # period, out) may differ per run.
 SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
           "epochs", "batch_size", "momentum", "opt_sync", "independent_init", "mi_samples",
-          "test_samples", "edge", "edge_version", "eval_chunk")
+          "test_samples", "edge", "edge_version", "eval_chunk", "checkpoint_every", "resume",
+          "overwrite", "continue_on_divergence")
+# Settings that may change when a run is resumed (the rest must match its checkpoint).
+RESUMABLE = ("resume", "overwrite", "checkpoint_every", "continue_on_divergence",
+             "cifar_dir", "tfds_data_dir")
 
 
 class SweepData(NamedTuple):
@@ -276,22 +307,81 @@ def write_config(cfg: RunConfig, data: SweepData, group: int, schedule: Schedule
     metrics_io.write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(info, indent=2))
 
 
-def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print
-              ) -> list[list[dict[str, Any]]]:
+def default_checkpoint_dir(cfgs: Sequence[RunConfig]) -> str:
+    """OUT/checkpoints for one run; the runs' common parent folder for a sweep."""
+    if len(cfgs) == 1:
+        return os.path.join(cfgs[0].out, "checkpoints")
+    return os.path.join(os.path.commonpath([os.path.abspath(c.out) for c in cfgs]), "checkpoints")
+
+
+def _resumable(cfg: RunConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+
+
+def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
+                 points: list[int]) -> tuple[int, federated.FedState, list[list[dict[str, Any]]]]:
+    """(index of the eval point to continue after, states, each run's records
+    up to it) from the newest checkpoint; records after it are dropped (they
+    are recomputed). (-1, template, empty records) when there is none."""
+    restored = checkpoint.restore_latest(mgr, template)
+    if restored is None:
+        return -1, template, [[] for _ in cfgs]
+    step, states, meta = restored
+    saved = meta.get("configs")
+    for i, cfg in enumerate(cfgs):
+        if saved is None or len(saved) != len(cfgs) or saved[i] != _resumable(cfg):
+            changed = sorted(k for k, v in _resumable(cfg).items()
+                             if saved and i < len(saved) and saved[i].get(k) != v)
+            raise ConfigError(f"--resume: the checkpoint in {mgr.directory} was written by other "
+                              f"settings (differing: {', '.join(changed) or 'the runs'})")
+    if step not in points:
+        raise ConfigError(f"--resume: checkpoint step {step} is not an eval point of this run")
+    records = []
+    for cfg in cfgs:
+        path = os.path.join(cfg.out, "metrics.jsonl")
+        kept = [r for r in metrics_io.read_records(path) if r["step"] <= step] \
+            if os.path.exists(path) else []
+        records.append(kept)
+    return points.index(step), states, records
+
+
+def check_finite(round_losses: np.ndarray, first_step: int, cfgs: Sequence[RunConfig],
+                 step: int, log: Callable[[str], None]) -> None:
+    """Stop (or, with --continue_on_divergence, warn) on a non-finite loss,
+    naming the step, worker and run; called after the metrics are written."""
+    if np.all(np.isfinite(round_losses)):
+        return
+    bad_step, bad_run, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
+    message = (f"training diverged: non-finite loss at step {first_step + bad_step + 1} on worker "
+               f"{bad_worker}{'' if len(cfgs) == 1 else f' of run {bad_run} ({cfgs[bad_run].out})'}"
+               f"; metrics up to step {step} are in {cfgs[bad_run].out}/metrics.jsonl")
+    if not cfgs[0].continue_on_divergence:
+        raise FloatingPointError(f"{message}; lower --lr (or pass --continue_on_divergence)")
+    log(f"warning: {message}; continuing (--continue_on_divergence)")
+
+
+def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
+              checkpoint_dir: Optional[str] = None) -> list[list[dict[str, Any]]]:
     """Train and measure R runs as one compiled program (vmapped over a run
     axis) and write each run's files under its `out`; returns each run's records.
 
     Runs may differ in split, alpha, seeds, lr, protocol and sync period
     (`SHARED` lists what they must share). Each run's metrics are those it
-    would produce alone.
+    would produce alone. Every `checkpoint_every` eval points the whole state
+    is saved in `checkpoint_dir` (default: `default_checkpoint_dir`); with
+    `resume` a run continues from there and writes the metrics an
+    uninterrupted run would have written.
     """
     check_sweep(cfgs)
+    first = cfgs[0]
     for cfg in cfgs:
-        prepare_out(cfg.out)
+        prepare_out(cfg.out, first.resume, first.overwrite)
+    checkpoint_dir = checkpoint_dir or default_checkpoint_dir(cfgs)
+    if first.overwrite and os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)
     data = load_sweep_data(cfgs)
     n = data.train_x.shape[2]
-    schedules = [make_schedule(cfg, n) for cfg in cfgs]
-    schedule, first = schedules[0], cfgs[0]
+    schedule = [make_schedule(cfg, n) for cfg in cfgs][0]
     local_x, local_y, test_x, test_y = eval_subsets(first, data)
     for cfg, group in zip(cfgs, data.groups):
         write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
@@ -314,10 +404,15 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print
             f"protocol={cfg.protocol}{'' if cfg.protocol == 'nosync' else f' every {cfg.sync_period}'}"
             f" steps={schedule.total_steps} eval every {cfg.eval_period} -> {cfg.out}")
 
-    records = [[] for _ in cfgs]
-    losses, t_start = None, time.perf_counter()
     points = schedule.eval_steps
-    for i, step in enumerate(points):
+    mgr = checkpoint.manager(checkpoint_dir)
+    last, states, records = resume_point(mgr, states, cfgs, points)
+    if last >= 0:
+        log(f"{tag} resumed from the checkpoint at step {points[last]} in {checkpoint_dir}")
+    meta = {"configs": [_resumable(c) for c in cfgs]}
+    losses, t_start = None, time.perf_counter()
+    for i in range(last + 1, len(points)):
+        step = points[i]
         if i > 0:
             active = step - points[i - 1]
             states, round_losses = round_fn(states, train_x, train_y, groups, sync_periods, active)
@@ -327,25 +422,27 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print
         m = jax.device_get(measure_fn(step_keys, states.params, local_x, local_y, groups,
                                       test_x, test_y))
         for r, cfg in enumerate(cfgs):
-            m_r = jax.tree.map(lambda a: a[r], m)
-            records[r] += to_records(step, step / schedule.steps_per_epoch, m_r,
+            records[r] += to_records(step, step / schedule.steps_per_epoch,
+                                     jax.tree.map(lambda a: a[r], m),
                                      None if losses is None else losses[r])
             metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
-        log(progress_line(tag, step, schedule, m, time.perf_counter() - t_start))
-        if losses is not None and not np.all(np.isfinite(round_losses)):
-            bad_step, bad_run, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
-            raise FloatingPointError(
-                f"training diverged: non-finite loss at step {points[i - 1] + bad_step + 1} "
-                f"on worker {bad_worker}{'' if len(cfgs) == 1 else f' of run {bad_run}'} "
-                f"(metrics up to step {step} are in {cfgs[bad_run].out}/metrics.jsonl); lower --lr")
+        if i > 0 and first.checkpoint_every and (i % first.checkpoint_every == 0
+                                                or i == len(points) - 1):
+            checkpoint.save(mgr, step, states, meta)
+        log(progress_line(tag, step - points[max(last, 0)], step, schedule, m,
+                          time.perf_counter() - t_start))
+        if i > 0:
+            check_finite(round_losses, points[i - 1], cfgs, step, log)
+    mgr.close()
     return records
 
 
-def progress_line(tag: str, step: int, schedule: Schedule, m: measure.Measurement,
+def progress_line(tag: str, done: int, step: int, schedule: Schedule, m: measure.Measurement,
                   elapsed: float) -> str:
     """One terminal line per eval point: accuracies and I(Z;Y) of each run's
-    own local models (worker d on local d) and average, rate and ETA."""
-    rate = step / elapsed if step else 0.0
+    own local models (worker d on local d) and average, rate (over the `done`
+    steps of this process) and ETA."""
+    rate = done / elapsed if done else 0.0
     eta = _duration((schedule.total_steps - step) / rate) if rate else "?"
     fmt = lambda values: "/".join(f"{v:.2f}" for v in np.ravel(values))
     own = lambda a: np.diagonal(a[:, :-1], axis1=1, axis2=2)

@@ -1,0 +1,124 @@
+"""Nothing lost, same numbers every time: kill-and-resume, determinism,
+refusal to overwrite, divergence, damaged checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedjax_mi import experiment, metrics_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one.
+FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=12.5", "--eval_period=4", "--lr=0.05",
+         "--protocol=sync", "--sync_period=8", "--checkpoint_every=1"]
+# The same run as a config (in-process runs share the compiled programs).
+CONFIG = experiment.RunConfig(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
+                              eval_period=4, lr=0.05, protocol="sync", sync_period=8,
+                              checkpoint_every=1)
+
+
+def start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}",
+                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc):
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    experiment.run(experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)}),
+                   log=lambda line: None)
+    with open(out / "metrics.jsonl", "rb") as fh:
+        return fh.read()
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    proc = start(out)
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 300
+    # Kill as soon as the first checkpoint exists: the run is then mid-way.
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with open(out / "metrics.jsonl") as fh:  # whatever was there is complete lines
+        partial = [json.loads(line) for line in fh]
+    assert 0 < len(partial) < len(uninterrupted.splitlines())
+    refused = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    stdout = finish(start(out, "--resume"))
+    assert "resumed from the checkpoint at step" in stdout
+    with open(out / "metrics.jsonl", "rb") as fh:
+        assert fh.read() == uninterrupted
+
+
+def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
+    # A second process (the killed-and-resumed run above is a third).
+    out = tmp_path / "again"
+    finish(start(out, "--checkpoint_every=0"))
+    with open(out / "metrics.jsonl", "rb") as fh:
+        assert fh.read() == uninterrupted
+
+
+def test_overwrite_starts_over(tmp_path):
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 1, "out": str(tmp_path)})
+    first = experiment.run(cfg, log=lambda line: None)
+    with pytest.raises(experiment.ConfigError, match="--out: .* already holds results"):
+        experiment.run(cfg, log=lambda line: None)
+    again = experiment.run(experiment.RunConfig(**{**cfg.__dict__, "overwrite": True}),
+                           log=lambda line: None)
+    assert again == first
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
+    experiment.run(cfg, log=lambda line: None)
+    changed = experiment.RunConfig(**{**cfg.__dict__, "lr": 0.2, "resume": True})
+    with pytest.raises(experiment.ConfigError, match="--resume: .*differing: lr"):
+        experiment.run(changed, log=lambda line: None)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
+    experiment.run(cfg, log=lambda line: None)
+    latest = max((p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    for path in (latest / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            with open(path, "r+b") as fh:
+                fh.truncate(path.stat().st_size // 2)
+    from fedjax_mi import checkpoint
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+        experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}),
+                       log=lambda line: None)
+
+
+def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 3, "lr": 1e6, "out": str(tmp_path)})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ on worker \d"):
+        experiment.run(cfg, log=lambda line: None)
+    records = metrics_io.read_records(str(tmp_path / "metrics.jsonl"))
+    assert {r["step"] for r in records} >= {0, 4}
+    lines = []
+    cont = experiment.RunConfig(**{**cfg.__dict__, "continue_on_divergence": True,
+                                   "overwrite": True})
+    records = experiment.run(cont, log=lines.append)
+    assert max(r["step"] for r in records) == 12
+    assert any(line.startswith("warning: training diverged") for line in lines)
