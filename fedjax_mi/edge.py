@@ -616,14 +616,20 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
 
   s = config.gamma_scale
   gamma_x, gamma_y = config.gamma[0] * s, config.gamma[1] * s
-  estimate = one_pass(jnp.asarray(gamma_x, dt), jnp.asarray(gamma_y, dt))
-  if config.renormalize:
-    # Section 4: gamma *= 2^(-sqrt(2 I1) + 0.5 / I1) (times s again in 4.3.1/4.4.1).
-    first = jnp.maximum(estimate, 1e-6)  # Only the unclipped default can reach 0.
+
+  def step(previous, second):
+    # Section 4: the second pass multiplies gamma by 2^(-sqrt(2 I1) + 0.5 / I1)
+    # (and by s again in 4.3.1/4.4.1). Both passes are one scanned step, so
+    # the estimator is traced (and compiled) once.
+    first = jnp.maximum(previous, 1e-6)  # Only unclipped configs can reach 0.
     exponent = jnp.minimum(-jnp.sqrt(2.0 * first) + 0.5 / first, _MAX_RENORM_EXPONENT)
-    factor = jnp.exp2(exponent)
-    r = config.renormalize_rescale
-    estimate = one_pass(gamma_x * factor * r, gamma_y * factor * r)
+    factor = jnp.where(second, jnp.exp2(exponent), 1.0).astype(dt)
+    rescale = jnp.where(second, config.renormalize_rescale, 1.0).astype(dt)
+    estimate = one_pass(gamma_x * factor * rescale, gamma_y * factor * rescale)
+    return estimate, None
+
+  passes = jnp.arange(2 if config.renormalize else 1) > 0
+  estimate, _ = lax.scan(step, jnp.ones((), dt), passes)
 
   finite = jnp.all(jnp.isfinite(p)) & jnp.all(jnp.isfinite(q))
   return jnp.where(finite, estimate, jnp.nan)

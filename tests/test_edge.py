@@ -296,8 +296,10 @@ class PropertiesTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_jit_and_eager_agree(self):
+    # Reference mode only: the default shares every counting function, and
+    # its eager run (op-by-op dispatch of ~20 grids) would cost ~15 s here.
     fn = self.variant(edge.mutual_information.__wrapped__, static_argnames="config")
-    for cfg in (DEFAULT, REF):
+    for cfg in (REF,):
       expected = edge.mutual_information(jax.random.key(6), self.x, self.y, cfg)
       # Compiled and eager float32 may differ in the last bits of a sum.
       np.testing.assert_allclose(fn(jax.random.key(6), self.x, self.y, config=cfg), expected,
@@ -312,12 +314,13 @@ class PropertiesTest(chex.TestCase):
       np.testing.assert_allclose(batched, np.asarray(looped), atol=1e-5)
 
   def test_shuffle_baseline(self):
-    x, y = gaussian_pairs(9, 2_000, 10, (0.9,))
     key = jax.random.key(8)
-    # Default: its floor is ~0 (shuffle-corrected); bias +0.013, sd 0.008
-    # at this shape (16 seeds); tolerance 0.05 bits as for the grid.
-    self.assertLess(abs(float(edge.shuffle_baseline(key, x[0], y[0], DEFAULT, n=2))), 0.05)
+    # Default: its floor is ~0 (shuffle-corrected). At N = 500, d = 2 one
+    # estimate of independent data has mean +0.018 and sd 0.013 bits (16
+    # seeds); tolerance 0.08 bits for the mean of two = bias + 6 sd.
+    self.assertLess(abs(float(edge.shuffle_baseline(key, self.x, self.y, DEFAULT, n=2))), 0.08)
     # Reference 4.2.0 at d = 10, N = 2,000: a floor of ~0.4 bits (EDGE.md 6.3).
+    x, y = gaussian_pairs(9, 2_000, 10, (0.9,))
     self.assertGreater(float(edge.shuffle_baseline(key, x[0], y[0], REF, n=2)), 0.2)
 
 
