@@ -186,3 +186,47 @@ def test_sweep_cli_writes_one_folder_per_run(tmp_path):
     for r in runs:
         assert metrics_io.read_records(os.path.join(r["out"], "metrics.jsonl"))
         assert os.path.exists(os.path.join(r["out"], "figures", "mi.png"))
+
+
+# Every bad setting of the validation table in BUILD_NOTES.md, in-process:
+# (overrides of the tiny config, flag named first in the message).
+BAD_SETTINGS = [
+    (dict(split="halves"), "split"), (dict(workers=0), "workers"),
+    (dict(eval_period=0), "eval_period"), (dict(eval_period=1000), "eval_period"),
+    (dict(protocol="sync"), "sync_period"), (dict(protocol="sync", sync_period=-5), "sync_period"),
+    (dict(sync_period=10), "sync_period"), (dict(split="dirichlet"), "alpha"),
+    (dict(alpha=0.5), "alpha"), (dict(split="dirichlet", alpha=0.0), "alpha"),
+    (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(momentum=1.0), "momentum"),
+    (dict(epochs=0.0), "epochs"), (dict(batch_size=100), "batch_size"),
+    (dict(mi_samples=1000), "mi_samples"), (dict(dataset="mnist"), "dataset"),
+    (dict(cifar_dir="/tmp"), "cifar_dir"), (dict(opt_sync="merge"), "opt_sync"),
+    (dict(edge="exact"), "edge"), (dict(resume=True, overwrite=True), "resume"),
+    (dict(checkpoint_every=-1), "checkpoint_every"),
+    (dict(protocol="sync", sync_period=1000), "sync_period"),
+]
+
+
+@pytest.mark.parametrize("overrides, flag", BAD_SETTINGS)
+def test_every_bad_setting_is_refused_before_any_work(overrides, flag, tmp_path):
+    out = tmp_path / "out"
+    cfg = experiment.RunConfig(**{**TINY, **overrides, "out": str(out)})
+    with pytest.raises(experiment.ConfigError, match=f"^--{flag}: "):
+        experiment.run(cfg, log=lambda line: None)
+    # Nothing written: no metrics, no config, no checkpoint.
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert not (out / "config.json").exists()
+
+
+def test_bad_data_inputs_are_named(tmp_path):
+    from fedjax_mi import data as data_lib
+    bad = tmp_path / "cifar-10-batches-py"
+    bad.mkdir()
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                 "data_batch_5", "test_batch"]:
+        (bad / name).write_bytes(b"\x80\x04garbage")
+    for overrides, pattern in [(dict(split="classes", workers=11), "empty class group"),
+                               (dict(dataset="cifar10", cifar_dir="/nonexistent"), "/nonexistent"),
+                               (dict(dataset="cifar10", cifar_dir=str(tmp_path)), "data_batch_1")]:
+        cfg = experiment.RunConfig(**{**TINY, **overrides, "out": str(tmp_path / "o")})
+        with pytest.raises(data_lib.DataError, match=pattern):
+            experiment.run(cfg, log=lambda line: None)
