@@ -161,8 +161,8 @@ def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
         assert a.read() == b.read()
     # The other runs really differ (different seed / lr / split).
     assert swept[0] != swept[1] and swept[2] != swept[1]
-    classes = experiment.run(cfgs[2], log=lambda line: None)
-    assert classes == swept[2]
+    alone_c = experiment.RunConfig(**{**cfgs[2].__dict__, "out": str(tmp_path / "c_alone")})
+    assert experiment.run(alone_c, log=lambda line: None) == swept[2]
 
 
 def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):

@@ -78,7 +78,7 @@ def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
 
 
 def test_overwrite_starts_over(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 1, "out": str(tmp_path)})
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
     first = experiment.run(cfg, log=lambda line: None)
     with pytest.raises(experiment.ConfigError, match="--out: .* already holds results"):
         experiment.run(cfg, log=lambda line: None)
