@@ -381,7 +381,9 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
         shutil.rmtree(checkpoint_dir)
     data = load_sweep_data(cfgs)
     n = data.train_x.shape[2]
-    schedule = [make_schedule(cfg, n) for cfg in cfgs][0]
+    for cfg in cfgs[1:]:  # each run's own sync period must fit the run
+        make_schedule(cfg, n)
+    schedule = make_schedule(first, n)
     local_x, local_y, test_x, test_y = eval_subsets(first, data)
     for cfg, group in zip(cfgs, data.groups):
         write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
