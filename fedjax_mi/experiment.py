@@ -139,7 +139,7 @@ def prepare_out(out: str, resume: bool = False, overwrite: bool = False) -> None
             elif os.path.exists(path):
                 os.remove(path)
     try:
-        os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+        os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write_test")
         with open(probe, "w") as fh:
             fh.write("ok")
