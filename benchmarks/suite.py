@@ -35,6 +35,7 @@ that subtraction.
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -354,6 +355,22 @@ def sizes_of(args, cfgs, n: int, schedule) -> dict:
                                                sync_period=c.sync_period) for c in cfgs})
 
 
+def jaxlib_version() -> str | None:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def save(record: dict, path: str) -> None:
+    """Writes the record (with the compile summary so far) to `path`."""
+    record["results"]["compile"] = compile_summary(record["results"])
+    record["load_after"] = os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=2)
+
+
 def git_version() -> str:
     """The commit of the code measured ('-dirty': with uncommitted edits)."""
     try:
@@ -369,7 +386,7 @@ def main(argv=None):
     log = CompileLog()
     device = jax.devices()[0]
     record = dict(device=str(device), device_kind=device.device_kind, jax=jax.__version__,
-                  jaxlib=jax.lib.__version__, argv=sys.argv, git=git_version(), preset=args.preset,
+                  jaxlib=jaxlib_version(), argv=sys.argv, git=git_version(), preset=args.preset,
                   compilation_cache_dir=jax.config.jax_compilation_cache_dir,
                   load_before=os.getloadavg(), sizes={}, results={})
     results = record["results"]
@@ -384,21 +401,19 @@ def main(argv=None):
         experiment.check_sweep(cfgs)
         record["sizes"] = sizes_of(args, cfgs, n, schedule)
         # Order matters: the sweep runs first so that its compiles are cold.
-        if "sweep" not in args.skip:
-            results["sweep"] = part_sweep(args, log, cfgs)
-        if "separate" not in args.skip:
-            results["separate"] = part_separate(log, cfgs)
-        if "seeds" not in args.skip:
-            results["seeds"] = part_seeds(args, log, cfgs)
-        if "steps" not in args.skip:
-            results["steps"] = part_steps(cfgs, args.steps_repeats)
+        # The record is written after every part, so a run stopped by a
+        # time limit keeps the parts it finished.
+        parts = dict(sweep=lambda: part_sweep(args, log, cfgs),
+                     separate=lambda: part_separate(log, cfgs),
+                     seeds=lambda: part_seeds(args, log, cfgs),
+                     steps=lambda: part_steps(cfgs, args.steps_repeats))
+        for name, part in parts.items():
+            if name not in args.skip:
+                results[name] = part()
+                save(record, args.out)
     if "edge" not in args.skip:
         results["edge"] = part_edge(args.steps_repeats)
-    results["compile"] = compile_summary(results)
-    record["load_after"] = os.getloadavg()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(record, fh, indent=2)
+    save(record, args.out)
     print(f"jax {record['jax']} on {record['device_kind']} ({record['device']}); sizes: "
           + ", ".join(f"{k}={v}" for k, v in record["sizes"].items() if k != "figures"))
     print(table(record))
