@@ -123,7 +123,8 @@ def paper_configs(args, out_root: str, total_steps: int = None) -> list[experime
     paper = reproduce.PRESETS["paper"]
     base = dict(paper, dataset=args.dataset, cifar_dir=args.cifar_dir,
                 epochs=args.epochs, eval_period=args.eval_period, per_worker=args.per_worker,
-                mi_samples=args.mi_samples, test_samples=args.test_samples)
+                mi_samples=args.mi_samples, test_samples=args.test_samples,
+                eval_chunk=args.eval_chunk)
     cfgs = []
     for name, fig in reproduce.FIGURES.items():
         fig = dict(fig)
@@ -270,6 +271,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval_period", type=int)
     parser.add_argument("--mi_samples", type=int, help="local samples measured (default all)")
     parser.add_argument("--test_samples", type=int, help="test samples measured (default all)")
+    parser.add_argument("--eval_chunk", type=int, default=experiment.RunConfig.eval_chunk,
+                        help="images per forward chunk in the measurement (RunConfig.eval_chunk)")
     parser.add_argument("--seed_runs", type=int, help="runs of the seed sweep")
     parser.add_argument("--steps_repeats", type=int, help="timed calls per steady-state figure")
     parser.add_argument("--warm_repeat", action=argparse.BooleanOptionalAction,
