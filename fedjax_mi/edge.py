@@ -477,12 +477,45 @@ def _log_ratio(nab, na, mb, n: int, dtype) -> jax.Array:
   return jnp.log2((f(nab) * f(n)) / (f(na) * f(mb)))
 
 
-def _base_estimate(p, q, wx, wy, bx, by, config: EdgeConfig) -> jax.Array:
-  """One grid's estimate in bits. p: (N, kx), q: (N, ky); widths/shifts: (k,)."""
+def _sorted_column(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A 1-D hash coordinate p (N, 1) sorted, and each sample's position in it."""
+  s = _sort_floats(p[:, 0])
+  return s, jnp.searchsorted(s, p[:, 0])
+
+
+def _side_ranks(p, shift, width, sorted_column=None):
+  """Dense bucket ranks (N,), bucket sizes by rank (N,) and K of one side.
+
+  With `sorted_column` (from `_sorted_column`, for a 1-D coordinate shared by
+  every grid): floor((p + b) / w) is nondecreasing in p, so in sorted order
+  equal buckets are neighbours and a running count ranks them; no sort or
+  search per grid (saves ~1.3 ms per grid at N = 25,000).
+  """
+  if sorted_column is None:
+    return _dense_ranks(_bucket_keys(_bucket_codes(p, shift, width)))
+  s, pos = sorted_column
+  codes = _bucket_codes(s[:, None], shift, width)[:, 0]
+  new = jnp.concatenate([jnp.ones(1, bool), codes[1:] != codes[:-1]])
+  dense = jnp.cumsum(new, dtype=jnp.int32) - 1
+  n = s.shape[0]
+  return dense[pos], jnp.bincount(dense, length=n).astype(jnp.int32), dense[-1] + 1
+
+
+def _base_estimate(p, q, wx, wy, bx, by, config: EdgeConfig,
+                   sorted_x=None, sorted_y=None) -> jax.Array:
+  """One grid's estimate in bits. p: (N, kx), q: (N, ky); widths/shifts: (k,).
+
+  sorted_x, sorted_y: optional `_sorted_column` of a 1-D p or q.
+  """
   n = p.shape[0]
-  hx = _bucket_keys(_bucket_codes(p, bx, wx))
-  hy = _bucket_keys(_bucket_codes(q, by, wy))
-  [(nab, na, mb)], (ka, kb, kab) = _grid_counts(hx, hy)
+  if n > _MAX_EXACT_JOINT_N or (sorted_x is None and sorted_y is None):
+    hx = _bucket_keys(_bucket_codes(p, bx, wx))
+    hy = _bucket_keys(_bucket_codes(q, by, wy))
+    [(nab, na, mb)], (ka, kb, kab) = _grid_counts(hx, hy)
+  else:
+    rx, size_x, ka = _side_ranks(p, bx, wx, sorted_x)
+    ry, size_y, kb = _side_ranks(q, by, wy, sorted_y)
+    nab, na, mb, kab = _joint_counts(rx, ry, size_x, size_y)
   dt = p.dtype
   log_ratio = _log_ratio(nab, na, mb, n, dt)
   if config.lower_clip is not None or math.isfinite(config.upper_clip):
@@ -645,6 +678,12 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     frac_y = top * jax.random.uniform(kby, (members, side_y.proj), dt)
   mult = jnp.asarray(mult, dt)[:, None]
 
+  # A 1-D coordinate shared by every grid (labels, 1-D inputs) is sorted once.
+  def sorted_once(a):
+    shared = a.shape[0] == 1 and a.shape[2] == 1 and n <= _MAX_EXACT_JOINT_N
+    return _sorted_column(a[0]) if shared else None
+  sorted_x, sorted_y = sorted_once(p), sorted_once(q)
+
   def one_pass(gamma_x, gamma_y):
     base_x = rx * cx * gamma_x  # (1 or M, k')
     base_y = ry * cy * gamma_y
@@ -652,7 +691,8 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     bx, by = frac_x * wx, frac_y * wy
     pm = jnp.broadcast_to(p, (members,) + p.shape[1:])
     qm = jnp.broadcast_to(q, (members,) + q.shape[1:])
-    est = jax.vmap(lambda *a: _base_estimate(*a, config))(pm, qm, wx, wy, bx, by)
+    est = jax.vmap(lambda *a: _base_estimate(*a, config, sorted_x, sorted_y))(
+        pm, qm, wx, wy, bx, by)
     return _combine(est, weights, config)
 
   s = config.gamma_scale

@@ -135,6 +135,7 @@ class ReferenceParityTest(parameterized.TestCase):
     cls.y = (0.8 * x[:, :2] + 0.6 * rs.standard_normal((n, 2))).astype(np.float32)
     cls.labels = (x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0.5).astype(np.int32)
     cls.wide = np.concatenate([x, rs.standard_normal((n, 7)).astype(np.float32)], axis=1)
+    cls.x1, cls.y1 = x[:, 0], cls.y[:, 0]  # 1-D sides: ranked from one sort per call
 
   @parameterized.named_parameters(
       ("v420_defaults", "4.2.0", "x", "y", {}),
@@ -145,6 +146,8 @@ class ReferenceParityTest(parameterized.TestCase):
        dict(U=10.0, L_ensemble=10, gamma=(1e-4, 0.52), epsilon=(0.2, 0.2), epsilon_vector="range")),
       ("v420_auto_range", "4.2.0", "wide", "y",
        dict(U=20.0, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range")),
+      ("v420_one_dim", "4.2.0", "x1", "y1", {}),
+      ("v420_one_dim_vs_wide", "4.2.0", "x1", "wide", dict(epsilon_vector="range")),
       ("v420_average_floor", "4.2.0", "x", "y",
        dict(ensemble_estimation="average", hashing="floor", normalize_epsilon=False, L_ensemble=4)),
   )
