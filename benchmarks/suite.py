@@ -229,7 +229,7 @@ def sweep_setup(cfgs):
     local_x, local_y, test_x, test_y = experiment.eval_subsets(first, data)
     model, opt, round_fn, measure_fn = experiment.programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.edge, first.edge_version, first.eval_chunk)
+        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
     states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
                                  first.workers, n, [c.lr for c in cfgs],

@@ -43,6 +43,10 @@ flags.DEFINE_integer("test_samples", None, "test samples measured (default: all)
 flags.DEFINE_string("edge", D.edge, "EDGE estimator: 'reference' (as the study's tools) or "
                     "'default' (the project's)")
 flags.DEFINE_string("edge_version", D.edge_version, "reference EDGE version")
+flags.DEFINE_string("edge_xz", D.edge_xz, "EDGE options for I(X;Z), 'NAME=VALUE; ...': with "
+                    "--edge=reference the reference's keywords (U, gamma, epsilon, L_ensemble, "
+                    "...) replacing the study's settings; with --edge=default EdgeConfig fields")
+flags.DEFINE_string("edge_zy", D.edge_zy, "EDGE options for I(Z;Y), as --edge_xz")
 flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
 flags.DEFINE_string("out", D.out, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every,

@@ -55,6 +55,8 @@ class RunConfig:
     test_samples: Optional[int] = None
     edge: str = "reference"
     edge_version: str = "4.2.0"
+    edge_xz: str = ""
+    edge_zy: str = ""
     eval_chunk: int = 500
     out: str = "runs/default"
     checkpoint_every: int = 10
@@ -116,6 +118,13 @@ def validate(cfg: RunConfig) -> None:
         _fail("resume", "and --overwrite exclude each other")
     if cfg.edge_version not in ("4.2.0", "4.3.1", "4.4.1"):
         _fail("edge_version", f"must be 4.2.0, 4.3.1 or 4.4.1, got {cfg.edge_version!r}")
+    for flag in ("edge_xz", "edge_zy"):
+        try:
+            options = measure.parse_edge_options(getattr(cfg, flag))
+            side = dict(edge_xz=(options, ()), edge_zy=((), options))[flag]
+            measure.paper_edge_configs(cfg.edge, cfg.edge_version, *side)
+        except (ValueError, TypeError) as e:
+            _fail(flag, f"{e} (--edge={cfg.edge})")
 
 
 RESULTS = ("metrics.jsonl", "config.json", "checkpoints", "figures", "summary.md", "runs.json")
@@ -183,7 +192,8 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
 # period, out) may differ per run.
 SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
           "epochs", "batch_size", "momentum", "opt_sync", "independent_init", "mi_samples",
-          "test_samples", "edge", "edge_version", "eval_chunk", "checkpoint_every", "resume",
+          "test_samples", "edge", "edge_version", "edge_xz", "edge_zy", "eval_chunk",
+          "checkpoint_every", "resume",
           "overwrite", "continue_on_divergence")
 # Settings that may change when a run is resumed (the rest must match its checkpoint).
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "continue_on_divergence",
@@ -285,7 +295,8 @@ def _duration(seconds: float) -> str:
 
 @functools.lru_cache(maxsize=8)
 def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
-             opt_sync: str, edge_mode: str, edge_version: str, eval_chunk: int):
+             opt_sync: str, edge_mode: str, edge_version: str, eval_chunk: int,
+             edge_xz: str = "", edge_zy: str = ""):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
     model = models.LeNet(num_classes=num_classes)
@@ -298,7 +309,10 @@ def programs(num_classes: int, momentum: float, batch_size: int, eval_period: in
     # H100 and as fast on the CPU (BUILD_NOTES "Measurement forward pass").
     eval_model = models.LeNet(num_classes=num_classes, conv_impl="xla")
     measure_fn = measure.make_sweep_measure(
-        eval_model, *measure.paper_edge_configs(edge_mode, edge_version), chunk=eval_chunk)
+        eval_model, *measure.paper_edge_configs(edge_mode, edge_version,
+                                                measure.parse_edge_options(edge_xz),
+                                                measure.parse_edge_options(edge_zy)),
+        chunk=eval_chunk)
     return model, opt, round_fn, measure_fn
 
 
@@ -333,6 +347,8 @@ def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
         return -1, template, [[] for _ in cfgs]
     step, states, meta = restored
     saved = meta.get("configs")
+    if saved is not None:  # settings added since the checkpoint was written take their defaults
+        saved = [{**_resumable(RunConfig()), **s} for s in saved]
     for i, cfg in enumerate(cfgs):
         if saved is None or len(saved) != len(cfgs) or saved[i] != _resumable(cfg):
             changed = sorted(k for k, v in _resumable(cfg).items()
@@ -395,7 +411,7 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
 
     model, opt, round_fn, measure_fn = programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.edge, first.edge_version, first.eval_chunk)
+        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
     init_keys, edge_keys = keys[:, 0], keys[:, 1]
     states = federated.init_runs(init_keys, model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),

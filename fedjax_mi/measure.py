@@ -12,6 +12,8 @@ same EDGE key at an eval point (common random numbers), so differences
 between models are not estimator noise of different projections.
 """
 
+import ast
+import dataclasses
 from typing import Callable, NamedTuple
 
 import chex
@@ -43,22 +45,54 @@ def models_to_measure(params: chex.ArrayTree) -> chex.ArrayTree:
     return jax.tree.map(lambda p, a: jnp.concatenate([p, a[None]], axis=0), params, avg)
 
 
-def paper_edge_configs(mode: str = "reference", version: str = "4.2.0"
-                       ) -> tuple[edge.EdgeConfig, edge.EdgeConfig]:
+# EDGE.md §5: the author's own keywords for the last hidden layer.
+PAPER_XZ = dict(U=20, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range")
+PAPER_ZY = dict(U=10, L_ensemble=10, gamma=(1e-4, 0.52), epsilon=(0.2, 0.2),
+                epsilon_vector="range")
+
+
+def parse_edge_options(text: str) -> tuple[tuple[str, object], ...]:
+    """'U=30; gamma=(0.2, 2); epsilon_vector=fixed' -> (("U", 30), ...).
+
+    Items are separated by ';'; each value is a Python literal (number,
+    tuple, True/False, None) or else a bare string. Raises ValueError on an
+    item without '='.
+    """
+    items = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected NAME=VALUE items separated by ';', got {item!r}")
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()
+        items.append((name.strip(), parsed))
+    return tuple(items)
+
+
+def paper_edge_configs(mode: str = "reference", version: str = "4.2.0", xz_options=(),
+                       zy_options=()) -> tuple[edge.EdgeConfig, edge.EdgeConfig]:
     """EDGE configs for (I(X;Z), I(Z;Y)).
 
     "reference": how the EDGE author's own deep-learning analysis called it
-    for the last hidden layer (EDGE.md §5: gamma_xt 1.4, gamma_ty 0.52).
-    "default": the project's default estimator for both.
+    for the last hidden layer (EDGE.md §5: gamma_xt 1.4, gamma_ty 0.52);
+    options are the reference's keywords (`EdgeConfig.reference`) and
+    replace those settings. "default": the project's default estimator for
+    both; options are `EdgeConfig` fields. Options: (name, value) pairs, as
+    `parse_edge_options` returns. Raises ValueError or TypeError on a bad
+    mode, name or value.
     """
     if mode == "default":
-        return edge.EdgeConfig(), edge.EdgeConfig()
+        fields = {f.name for f in dataclasses.fields(edge.EdgeConfig)}
+        for name, _ in tuple(xz_options) + tuple(zy_options):
+            if name not in fields:
+                raise TypeError(f"unknown EdgeConfig field {name!r}; known: {sorted(fields)}")
+        return edge.EdgeConfig(**dict(xz_options)), edge.EdgeConfig(**dict(zy_options))
     if mode != "reference":
         raise ValueError(f"EDGE mode must be 'reference' or 'default', got {mode!r}")
-    xz = edge.EdgeConfig.reference(version, U=20, L_ensemble=10, gamma=(0.2, 1.4),
-                                   epsilon_vector="range")
-    zy = edge.EdgeConfig.reference(version, U=10, L_ensemble=10, gamma=(1e-4, 0.52),
-                                   epsilon=(0.2, 0.2), epsilon_vector="range")
+    xz = edge.EdgeConfig.reference(version, **{**PAPER_XZ, **dict(xz_options)})
+    zy = edge.EdgeConfig.reference(version, **{**PAPER_ZY, **dict(zy_options)})
     return xz, zy
 
 

@@ -45,7 +45,9 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
         sync = "" if cfg.protocol == "nosync" else f", sync every {cfg.sync_period}"
         lines += [f"## {name}: {cfg.dataset}, {cfg.split}, {cfg.protocol}{sync}", "",
                   f"{cfg.workers} workers, {cfg.epochs:g} epochs, batch {cfg.batch_size}, "
-                  f"lr {cfg.lr:g}, eval every {cfg.eval_period} steps, EDGE {cfg.edge}.", "",
+                  f"lr {cfg.lr:g}, eval every {cfg.eval_period} steps, EDGE {cfg.edge}"
+                  + "".join(f"; {name} {getattr(cfg, name)!r}" for name in ("edge_xz", "edge_zy")
+                            if getattr(cfg, name)) + ".", "",
                   "| model | " + " | ".join(datasets) + " |",
                   "| --- |" + " --- |" * len(datasets)]
         for m in models:

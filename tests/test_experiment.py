@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fedjax_mi import experiment, metrics_io, plotting, summary
+from fedjax_mi import edge, experiment, measure, metrics_io, plotting, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 64 digits per worker, batch 16 -> 4 steps per epoch, 10 steps, eval every 4
@@ -203,6 +203,9 @@ BAD_SETTINGS = [
     (dict(edge="exact"), "edge"), (dict(resume=True, overwrite=True), "resume"),
     (dict(checkpoint_every=-1), "checkpoint_every"),
     (dict(protocol="sync", sync_period=1000), "sync_period"),
+    (dict(edge_zy="L=3"), "edge_zy"), (dict(edge_xz="gamma"), "edge_xz"),
+    (dict(edge_xz="U=abc"), "edge_xz"), (dict(edge="default", edge_zy="U=3"), "edge_zy"),
+    (dict(edge="default", edge_xz="ensemble_size=0"), "edge_xz"),
 ]
 
 
@@ -215,6 +218,20 @@ def test_every_bad_setting_is_refused_before_any_work(overrides, flag, tmp_path)
     # Nothing written: no metrics, no config, no checkpoint.
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
     assert not (out / "config.json").exists()
+
+
+def test_edge_options_parse_and_replace_the_paper_settings():
+    assert measure.parse_edge_options(" U=30; gamma=(0.2, 2);epsilon_vector=fixed; ") == (
+        ("U", 30), ("gamma", (0.2, 2)), ("epsilon_vector", "fixed"))
+    assert measure.parse_edge_options("") == ()
+    xz, zy = measure.paper_edge_configs("reference", "4.2.0", (("U", 30),),
+                                        (("L_ensemble", 3), ("gamma", (1e-4, 0.6))))
+    # Named options replace EDGE.md section 5's settings; the others stay.
+    assert (xz.upper_clip, xz.ensemble_size, xz.gamma) == (30.0, 10, (0.2, 1.4))
+    assert (zy.upper_clip, zy.ensemble_size, zy.gamma, zy.epsilon) == (10.0, 3, (1e-4, 0.6),
+                                                                       (0.2, 0.2))
+    xz, zy = measure.paper_edge_configs("default", "4.2.0", (), (("ensemble_size", 2),))
+    assert xz == edge.EdgeConfig() and zy.ensemble_size == 2
 
 
 def test_bad_data_inputs_are_named(tmp_path):
