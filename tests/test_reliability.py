@@ -122,3 +122,42 @@ def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
     records = experiment.run(cont, log=lines.append)
     assert max(r["step"] for r in records) == 12
     assert any(line.startswith("warning: training diverged") for line in lines)
+
+
+def test_sigkill_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_path):
+    # Two seeds x two protocols in one program, one checkpoint for all four
+    # runs under OUT/checkpoints; 9 eval points.
+    flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1",
+                         "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=8"]
+    out = tmp_path / "sweep"
+
+    def sweep(*extra):
+        return subprocess.Popen([sys.executable, "-m", "experiments.sweep", *flags,
+                                 f"--out={out}", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    proc = sweep()
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "runs.json").exists()  # killed before the end
+    assert "resumed from the checkpoint at step" in finish(sweep("--resume"))
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 4
+    # The same four runs uninterrupted, in-process, as one sweep.
+    whole = [experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 8.0, "checkpoint_every": 0,
+                                     "seed": r["seed"], "protocol": r["protocol"],
+                                     "sync_period": r["sync_period"],
+                                     "out": str(tmp_path / "whole" / os.path.basename(r["out"]))})
+             for r in runs]
+    experiment.run_sweep(whole, log=lambda line: None)
+    for r, cfg in zip(runs, whole):
+        with open(os.path.join(r["out"], "metrics.jsonl"), "rb") as a, \
+                open(os.path.join(cfg.out, "metrics.jsonl"), "rb") as b:
+            assert a.read() == b.read(), r["name"]
