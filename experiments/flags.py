@@ -56,6 +56,10 @@ flags.DEFINE_boolean("overwrite", D.overwrite, "delete the results already in --
 flags.DEFINE_boolean("continue_on_divergence", D.continue_on_divergence,
                      "warn instead of stopping when a training loss is NaN or inf")
 
+# Not a RunConfig field: how a sweep is placed, not what it computes.
+flags.DEFINE_integer("devices", 1, "split the runs of a sweep (experiments.sweep, reproduce) "
+                     "over this many devices; the number of runs must be a multiple of it")
+
 FLAGS = flags.FLAGS
 
 

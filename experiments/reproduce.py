@@ -83,10 +83,11 @@ def main(argv):
         out = FLAGS.out if FLAGS["out"].present else "runs/reproduce"
         configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
         experiment.check_sweep(list(configs.values()))  # every setting, before any work
+        experiment.check_devices(len(configs), FLAGS.devices)
         experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
         t0 = time.perf_counter()
         print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
-        experiment.run_sweep(list(configs.values()))
+        experiment.run_sweep(list(configs.values()), devices=FLAGS.devices)
         for figure, cfg in configs.items():
             plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
                               f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")

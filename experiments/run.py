@@ -18,6 +18,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
     def go():
+        if run_flags.FLAGS.devices != 1:
+            raise experiment.ConfigError("--devices: splits the runs of a sweep "
+                                         "(experiments.sweep, reproduce); a run has one")
         cfg = run_flags.config_from_flags()
         experiment.run(cfg)
         for path in plotting.plot_run(cfg.out):

@@ -62,8 +62,9 @@ def main(argv):
         out = FLAGS.out if FLAGS["out"].present else "runs/sweep"
         cfgs = sweep_configs(out)
         experiment.check_sweep(cfgs)
+        experiment.check_devices(len(cfgs), FLAGS.devices)
         experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-        experiment.run_sweep(cfgs)
+        experiment.run_sweep(cfgs, devices=FLAGS.devices)
         for cfg in cfgs:
             plotting.plot_run(cfg.out, title=run_name(cfg))
         metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import checkpoint, federated, measure, metrics_io, models
+from fedjax_mi import checkpoint, federated, measure, metrics_io, models, sharding
 
 
 class ConfigError(ValueError):
@@ -381,8 +381,18 @@ def check_finite(round_losses: np.ndarray, first_step: int, cfgs: Sequence[RunCo
     log(f"warning: {message}; continuing (--continue_on_divergence)")
 
 
+def check_devices(runs: int, devices: int) -> None:
+    """`devices` must be a device jax sees and split the `runs` evenly."""
+    available = len(jax.devices())
+    if not 1 <= devices <= available:
+        _fail("devices", f"must be in 1..{available} (the devices jax sees), got {devices}")
+    if runs % devices:
+        _fail("devices", f"{runs} runs do not split evenly over {devices} devices")
+
+
 def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
-              checkpoint_dir: Optional[str] = None) -> list[list[dict[str, Any]]]:
+              checkpoint_dir: Optional[str] = None, devices: int = 1
+              ) -> list[list[dict[str, Any]]]:
     """Train and measure R runs as one compiled program (vmapped over a run
     axis) and write each run's files under its `out`; returns each run's records.
 
@@ -391,9 +401,11 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     would produce alone. Every `checkpoint_every` eval points the whole state
     is saved in `checkpoint_dir` (default: `default_checkpoint_dir`); with
     `resume` a run continues from there and writes the metrics an
-    uninterrupted run would have written.
+    uninterrupted run would have written. `devices` > 1 splits the runs over
+    that many devices (`sharding.over_runs`; R must be a multiple of it).
     """
     check_sweep(cfgs)
+    check_devices(len(cfgs), devices)
     first = cfgs[0]
     for cfg in cfgs:
         prepare_out(cfg.out, first.resume, first.overwrite)
@@ -412,6 +424,9 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     model, opt, round_fn, measure_fn = programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
         first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
+    mesh = sharding.run_mesh(devices) if devices > 1 else None
+    if mesh is not None:
+        round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
     init_keys, edge_keys = keys[:, 0], keys[:, 1]
     states = federated.init_runs(init_keys, model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
@@ -430,6 +445,8 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     points = schedule.eval_steps
     mgr = checkpoint.manager(checkpoint_dir)
     last, states, records = resume_point(mgr, states, cfgs, points)
+    if mesh is not None:  # restored arrays sit on one device
+        states = sharding.place_runs(states, mesh)
     if last >= 0:
         log(f"{tag} resumed from the checkpoint at step {points[last]} in {checkpoint_dir}")
     meta = {"configs": [_resumable(c) for c in cfgs]}

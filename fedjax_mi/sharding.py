@@ -8,8 +8,9 @@ only collective is the `lax.pmean` of `federated.average` at a sync. Plain
 partitioner choose, and it inserts all-gathers into every step
 (`benchmarks/sharding_collectives.py` counts them; BUILD_NOTES.md).
 
-Runs of a sweep are independent, so the run axis shards with plain
-`jax.sharding` (`shard_leading(..., axis=RUNS)`): no collective at all.
+Runs of a sweep are independent: `over_runs` splits the run axis of the
+sweep's round and measurement over a "runs" mesh (`run_mesh`), each device
+running R / D runs with no collective at all (`experiments.sweep --devices`).
 
 Several hosts: call `jax.distributed.initialize()` first on every host; then
 `jax.devices()` lists the devices of all hosts and the same mesh and code run
@@ -82,6 +83,50 @@ def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation
                      jnp.asarray(sync_period, jnp.int32), jnp.asarray(active, jnp.int32))
 
     return round_fn
+
+
+def run_mesh(num_devices: int) -> Mesh:
+    """A 1-D mesh named "runs" over the first `num_devices` devices."""
+    devices = jax.devices()
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(f"num_devices must be in 1..{len(devices)} (the devices jax sees: "
+                         f"{len(devices)}), got {num_devices}")
+    return jax.make_mesh((num_devices,), (RUNS,), axis_types=(AxisType.Auto,),
+                         devices=devices[:num_devices])
+
+
+def over_runs(sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
+              ) -> tuple[Callable, Callable]:
+    """`experiment.programs`' sweep round and measurement with the run axis
+    split over the mesh's "runs" axis: each device trains and measures R / D
+    of the runs with the same vmapped code and no collective (runs are
+    independent; the data groups and test split are replicated). Same
+    arguments and results as the one-device programs; R must be a multiple
+    of the mesh size."""
+    runs, rep = P(RUNS), P()
+    # States are batched as federated.RUN_AXES: the step counter is shared.
+    states = federated.FedState(params=runs, opt_state=runs, data_keys=runs, perm=runs,
+                                lr=runs, step=rep)
+    round_fn = jax.jit(jax.shard_map(
+        sweep_round, mesh=mesh,
+        in_specs=(states, rep, rep, runs, runs, rep),
+        out_specs=(states, P(None, RUNS)), check_vma=False))
+    measure_fn = jax.jit(jax.shard_map(
+        sweep_measure, mesh=mesh,
+        in_specs=(runs, runs, rep, rep, runs, rep, rep),
+        out_specs=runs, check_vma=False))
+    return round_fn, measure_fn
+
+
+def place_runs(states: federated.FedState, mesh: Mesh) -> federated.FedState:
+    """Sweep states (batched as `federated.RUN_AXES`) split over the mesh's
+    "runs" axis, the shared step counter replicated: e.g. states restored
+    from a checkpoint onto one device."""
+    split = lambda t: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, P(RUNS))), t)
+    return states._replace(params=split(states.params), opt_state=split(states.opt_state),
+                           data_keys=split(states.data_keys), perm=split(states.perm),
+                           lr=split(states.lr),
+                           step=jax.device_put(states.step, NamedSharding(mesh, P())))
 
 
 def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):

@@ -134,6 +134,7 @@ def test_paper_flagfiles_match_reproduce_preset():
     (["--out=/proc/fedjax_mi_not_writable"], "out"),
     (["--split=dirichlet"], "alpha"),
     (["--lr=-1"], "lr"),
+    (["--devices=2"], "devices"),
 ])
 def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
     out = [] if any(a.startswith("--out=") for a in args) else [f"--out={tmp_path}"]
