@@ -34,6 +34,19 @@ def finish(proc):
     return stdout
 
 
+def kill_after_first_checkpoint(proc, ckpts):
+    """SIGKILL proc as soon as a checkpoint exists in ckpts: it is then mid-way."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "it ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
@@ -45,18 +58,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     out = tmp_path / "killed"
-    proc = start(out)
-    ckpts = out / "checkpoints"
-    deadline = time.time() + 300
-    # Kill as soon as the first checkpoint exists: the run is then mid-way.
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(start(out), out / "checkpoints")
     with open(out / "metrics.jsonl") as fh:  # whatever was there is complete lines
         partial = [json.loads(line) for line in fh]
     assert 0 < len(partial) < len(uninterrupted.splitlines())
@@ -136,16 +138,7 @@ def test_sigkill_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_p
                                  f"--out={out}", *extra], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    proc = sweep()
-    ckpts = out / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(sweep(), out / "checkpoints")
     assert not (out / "runs.json").exists()  # killed before the end
     assert "resumed from the checkpoint at step" in finish(sweep("--resume"))
     runs = json.loads((out / "runs.json").read_text())
