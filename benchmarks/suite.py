@@ -222,25 +222,16 @@ def part_edge(repeats: int) -> dict:
 
 
 def sweep_setup(cfgs):
-    """What run_sweep builds before its loop (the same calls, same arguments)."""
+    """What run_sweep builds before its loop (`experiment.prepare_sweep`)."""
     first = cfgs[0]
     data = experiment.load_sweep_data(cfgs)
-    n = data.train_x.shape[2]
     local_x, local_y, test_x, test_y = experiment.eval_subsets(first, data)
-    model, opt, round_fn, measure_fn = experiment.programs(
-        data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
-    keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
-    states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
-                                 first.workers, n, [c.lr for c in cfgs],
-                                 identical=not first.independent_init)
-    groups = jnp.asarray(data.groups, jnp.int32)
-    syncs = jnp.asarray([federated.sync_period_of(c.protocol, c.sync_period or 0) for c in cfgs],
-                        jnp.int32)
-    round_args = (states, jnp.asarray(data.train_x), jnp.asarray(data.train_y), groups, syncs,
+    sweep = experiment.prepare_sweep(cfgs, data)
+    round_args = (sweep.states, sweep.train_x, sweep.train_y, sweep.groups, sweep.sync_periods,
                   first.eval_period)
-    measure_args = (keys[:, 1], states.params, local_x, local_y, groups, test_x, test_y)
-    return round_fn, round_args, measure_fn, measure_args
+    measure_args = (sweep.edge_keys, sweep.states.params, local_x, local_y, sweep.groups, test_x,
+                    test_y)
+    return sweep.round_fn, round_args, sweep.measure_fn, measure_args
 
 
 def part_steps(cfgs, repeats: int) -> dict:

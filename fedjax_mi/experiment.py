@@ -381,6 +381,40 @@ def check_finite(round_losses: np.ndarray, first_step: int, cfgs: Sequence[RunCo
     log(f"warning: {message}; continuing (--continue_on_divergence)")
 
 
+class Sweep(NamedTuple):
+    """The compiled programs of a sweep and their arguments at the start."""
+    round_fn: Callable     # (states, train_x, train_y, groups, sync_periods, active)
+    measure_fn: Callable   # (step_keys, params, local_x, local_y, groups, test_x, test_y)
+    states: federated.FedState  # initial states of the R runs (RUN_AXES)
+    edge_keys: jax.Array   # (R,) keys folded with the step at each eval point
+    groups: jax.Array      # (R,) data group of each run
+    sync_periods: jax.Array  # (R,) 0 = no-sync
+    train_x: jax.Array     # (G, K, n, H, W, C) uint8
+    train_y: jax.Array     # (G, K, n)
+    mesh: Optional[Any]    # the "runs" mesh when split over devices, else None
+
+
+def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) -> Sweep:
+    """Programs (shared per setting, see `programs`), initial states, keys
+    and per-run arrays of a sweep over `data` (from `load_sweep_data`):
+    everything `run_sweep` builds before its loop, for it and for benchmarks."""
+    first = cfgs[0]
+    model, opt, round_fn, measure_fn = programs(
+        data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
+        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
+    mesh = sharding.run_mesh(devices) if devices > 1 else None
+    if mesh is not None:
+        round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
+    keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
+    states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
+                                 first.workers, data.train_x.shape[2], [c.lr for c in cfgs],
+                                 identical=not first.independent_init)
+    sync_periods = jnp.asarray([federated.sync_period_of(c.protocol, c.sync_period or 0)
+                                for c in cfgs], jnp.int32)
+    return Sweep(round_fn, measure_fn, states, keys[:, 1], jnp.asarray(data.groups, jnp.int32),
+                 sync_periods, jnp.asarray(data.train_x), jnp.asarray(data.train_y), mesh)
+
+
 def check_devices(runs: int, devices: int) -> None:
     """`devices` must be a device jax sees and split the `runs` evenly."""
     available = len(jax.devices())
@@ -421,21 +455,12 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     for cfg, group in zip(cfgs, data.groups):
         write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
 
-    model, opt, round_fn, measure_fn = programs(
-        data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
-    mesh = sharding.run_mesh(devices) if devices > 1 else None
-    if mesh is not None:
-        round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
-    keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
-    init_keys, edge_keys = keys[:, 0], keys[:, 1]
-    states = federated.init_runs(init_keys, model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
-                                 first.workers, n, [c.lr for c in cfgs],
-                                 identical=not first.independent_init)
-    groups = jnp.asarray(data.groups, jnp.int32)
-    sync_periods = jnp.asarray([federated.sync_period_of(c.protocol, c.sync_period or 0)
-                                for c in cfgs], jnp.int32)
-    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    sweep = prepare_sweep(cfgs, data, devices)
+    round_fn, measure_fn, states, edge_keys = (sweep.round_fn, sweep.measure_fn, sweep.states,
+                                               sweep.edge_keys)
+    groups, sync_periods, train_x, train_y = (sweep.groups, sweep.sync_periods, sweep.train_x,
+                                              sweep.train_y)
+    mesh = sweep.mesh
     tag = "[run]" if len(cfgs) == 1 else f"[sweep of {len(cfgs)}]"
     for cfg in cfgs:
         log(f"{tag} {cfg.dataset} {cfg.split} K={cfg.workers} n={n}/worker lr={cfg.lr:g} "
