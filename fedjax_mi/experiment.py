@@ -281,9 +281,12 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses) -> list[
         for d in range(num_datasets):
             records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset=f"local{d}",
                                 mi_xz=clean(m.mi_xz[i, d]), mi_zy=clean(m.mi_zy[i, d]),
-                                acc=clean(m.acc[i, d]), loss=loss))
+                                acc=clean(m.acc[i, d]), loss=loss,
+                                mi_xz_floor=clean(m.mi_xz_floor[i, d]),
+                                mi_zy_floor=clean(m.mi_zy_floor[i, d])))
         records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset="test",
-                            mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss))
+                            mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss,
+                            mi_xz_floor=None, mi_zy_floor=None))
     return records
 
 

@@ -3,7 +3,8 @@
 For every model — each worker's local model and the average of the workers,
 stacked as M = K + 1 models — on every local dataset (D = K of them): the
 representation Z (fc-84 activation) of the local samples, I(X;Z) and I(Z;Y)
-with EDGE (bits), and accuracy; and each model's accuracy on the test split.
+with EDGE (bits), the estimator's floor for both (the same estimates with the
+pairing shuffled), and accuracy; and each model's accuracy on the test split.
 
 One jitted function: a forward pass of each model over all measured images
 (models in sequence, images in chunks, to bound memory), then EDGE vmapped
@@ -32,11 +33,17 @@ class Measurement(NamedTuple):
       mi_zy: (M, D) I(Z;Y) in bits.
       acc: (M, D) accuracy on the measured local samples.
       test_acc: (M,) accuracy on the (measured part of the) test split.
+      mi_xz_floor, mi_zy_floor: (M, D) the same estimates with Z (resp. the
+        labels) shuffled against the other side: the estimator's floor, what
+        it reads for a pair with no information (`edge.shuffle_baseline`
+        with one shuffle; same EDGE key as the estimate).
     """
     mi_xz: jax.Array
     mi_zy: jax.Array
     acc: jax.Array
     test_acc: jax.Array
+    mi_xz_floor: jax.Array
+    mi_zy_floor: jax.Array
 
 
 def models_to_measure(params: chex.ArrayTree) -> chex.ArrayTree:
@@ -139,9 +146,13 @@ def _measure_fn(model, edge_xz, edge_zy, chunk):
 
     def mi_pair(key, x, y, z):
         x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
+        # One shuffle per eval point, shared by every model and dataset.
+        perm = jax.random.permutation(jax.random.fold_in(key, 1), x.shape[0])
         # Labels go on the first side, as in the reference analysis (EDGE.md §5).
         return (edge.mutual_information(key, x_flat, z, edge_xz),
-                edge.mutual_information(key, y, z, edge_zy))
+                edge.mutual_information(key, y, z, edge_zy),
+                edge.mutual_information(key, x_flat, z[perm], edge_xz),
+                edge.mutual_information(key, y[perm], z, edge_zy))
 
     def measure(key, params, local_x, local_y, test_x, test_y):
         stacked = models_to_measure(params)
@@ -157,8 +168,8 @@ def _measure_fn(model, edge_xz, edge_zy, chunk):
         test_acc = correct[:, num_local:].mean(-1)
         z_local = z[:, :num_local].reshape(-1, num_datasets, m, z.shape[-1])
         over_datasets = jax.vmap(mi_pair, in_axes=(None, 0, 0, 0))
-        mi_xz, mi_zy = jax.vmap(over_datasets, in_axes=(None, None, None, 0))(
+        mi_xz, mi_zy, floor_xz, floor_zy = jax.vmap(over_datasets, in_axes=(None, None, None, 0))(
             key, local_x, local_y, z_local)
-        return Measurement(mi_xz, mi_zy, acc, test_acc)
+        return Measurement(mi_xz, mi_zy, acc, test_acc, floor_xz, floor_zy)
 
     return measure

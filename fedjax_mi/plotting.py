@@ -1,7 +1,8 @@
 """Figures of one run, made from its `metrics.jsonl` alone.
 
 * `mi.png`: I(X;Z) (left) and I(Z;Y) (right) against the step, one line per
-  model per local dataset (as the paper's figures 1-4);
+  model per local dataset (as the paper's figures 1-4), over a grey band: the
+  estimator's floor (the same estimates with the pairing shuffled);
 * `accuracy.png`: accuracy of every model on every local dataset and the test split;
 * `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
 """
@@ -51,10 +52,24 @@ def _lines(ax, series, colors):
                 label=f"{model} on {dataset}")
 
 
+def _floor_band(ax, records, key):
+    """Grey band from the lowest to the highest floor of all models and
+    datasets at each step (records of older runs have none: no band)."""
+    by_step = defaultdict(list)
+    for r in records:
+        if r.get(key) is not None:
+            by_step[r["step"]].append(r[key])
+    if by_step:
+        steps = sorted(by_step)
+        ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                        color="grey", alpha=0.3, lw=0, label="estimator floor (pairing shuffled)")
+
+
 def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, key, label in zip(axes, ("mi_xz", "mi_zy"), ("I(X;Z) [bits]", "I(Z;Y) [bits]")):
         series = _series(records, key)
+        _floor_band(ax, records, f"{key}_floor")
         _lines(ax, series, _model_colors({m for m, _ in series}))
         ax.set_xlabel("local step")
         ax.set_ylabel(label)
