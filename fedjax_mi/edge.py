@@ -47,6 +47,12 @@ multi-coordinate buckets that collide in 32 bits are merged: the expected
 number of merged pairs per side and grid is n_buckets^2 / 2^33 (< 0.08 at
 N = 25,000), each moving an estimate by O(log2(N) / N) bits, far below 1e-3.
 Above N = 46,340 the joint key no longer fits in int32 and is hashed too.
+A 1-D coordinate shared by every grid (reference mode's labels) is sorted
+once per call and each grid ranks its buckets by a running count over the
+sorted codes (the floor is monotone). The default's shuffle-corrected
+estimate needs only the sizes of the joint buckets (its marginal terms
+cancel), so it sorts 32-bit hashes of the (x, y) bucket pairs, one sort for
+the paired and one for the shuffled pairing, with the same collision bound.
 
 Precision: arrays are float32 unless jax x64 is enabled and float64 inputs are
 passed (then float64 throughout). The reference computes in float64; float32

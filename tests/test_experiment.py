@@ -86,6 +86,19 @@ def test_plot_cli(tiny_run):
     assert "mi.png" in result.stdout
 
 
+def test_plots_of_records_without_floors(tmp_path):
+    # metrics.jsonl of runs made before the floors were measured still plot.
+    records = [dict(step=s, epoch=s / 10, model=m, dataset=d, mi_xz=1.0 + s / 10,
+                    mi_zy=0.5, acc=0.5, loss=None)
+               for s in (0, 10) for m in ("worker0", "average") for d in ("local0", "test")]
+    for r in records:
+        if r["dataset"] == "test":
+            r["mi_xz"] = r["mi_zy"] = None
+    metrics_io.write_records(str(tmp_path / "metrics.jsonl"), records)
+    paths = plotting.plot_run(str(tmp_path))
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
 def test_first_drop_on_hand_made_records():
     def rec(step, model, dataset, zy):
         return dict(step=step, epoch=step / 10, model=model, dataset=dataset, mi_xz=1.0,
