@@ -148,11 +148,14 @@ def _measure_fn(model, edge_xz, edge_zy, chunk):
         x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
         # One shuffle per eval point, shared by every model and dataset.
         perm = jax.random.permutation(jax.random.fold_in(key, 1), x.shape[0])
+        # Each estimate and its floor are one vmapped call (one traced
+        # estimator; the unshuffled side is unbatched, so computed once).
         # Labels go on the first side, as in the reference analysis (EDGE.md §5).
-        return (edge.mutual_information(key, x_flat, z, edge_xz),
-                edge.mutual_information(key, y, z, edge_zy),
-                edge.mutual_information(key, x_flat, z[perm], edge_xz),
-                edge.mutual_information(key, y[perm], z, edge_zy))
+        xz = jax.vmap(lambda zs: edge.mutual_information(key, x_flat, zs, edge_xz))(
+            jnp.stack([z, z[perm]]))
+        zy = jax.vmap(lambda ys: edge.mutual_information(key, ys, z, edge_zy))(
+            jnp.stack([y, y[perm]]))
+        return xz[0], zy[0], xz[1], zy[1]
 
     def measure(key, params, local_x, local_y, test_x, test_y):
         stacked = models_to_measure(params)
