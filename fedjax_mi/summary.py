@@ -1,5 +1,6 @@
-"""The reproduction summary: final accuracies and when the average's I(Z;Y)
-first falls clearly below the local models'."""
+"""The reproduction summary: final accuracies, final I(Z;Y) against the
+estimator's floor, and when the average's I(Z;Y) first falls clearly below
+the local models'."""
 
 from typing import Any, Mapping, Optional
 
@@ -12,6 +13,26 @@ def final_accuracies(records: list[dict[str, Any]]) -> dict[tuple[str, str], flo
     """{(model, dataset): accuracy} at the last eval point."""
     last = max(r["step"] for r in records)
     return {(r["model"], r["dataset"]): r["acc"] for r in records if r["step"] == last}
+
+
+def final_mi_table(records: list[dict[str, Any]], models: list[str], datasets: list[str]
+                   ) -> list[str]:
+    """Markdown rows of I(Z;Y) at the last eval point, "value (floor)" per
+    model and local dataset; the floor (the estimate with the labels
+    shuffled) is left out for records that have none."""
+    last = max(r["step"] for r in records)
+    at = {(r["model"], r["dataset"]): r for r in records if r["step"] == last}
+    rows = ["| I(Z;Y) [bits] (floor) | " + " | ".join(datasets) + " |",
+            "| --- |" + " --- |" * len(datasets)]
+    for m in models:
+        cells = []
+        for d in datasets:
+            r = at.get((m, d), {})
+            value, floor = r.get("mi_zy"), r.get("mi_zy_floor")
+            cells.append("-" if value is None else f"{value:.3f}"
+                         + ("" if floor is None else f" ({floor:.3f})"))
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION
@@ -32,11 +53,14 @@ def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION
 
 
 def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any]) -> str:
-    """Markdown with one accuracy table and one I(Z;Y)-drop line per run."""
+    """Markdown per run: final accuracies, final I(Z;Y) with its floor, and
+    the I(Z;Y)-drop line."""
     lines = ["# Reproduction summary", "",
-             f"Final accuracy of every model on every dataset, and the first eval point at which "
-             f"the average's I(Z;Y) falls below {DROP_FRACTION:g} x the local model's own "
-             f"(worker d on local dataset d).", ""]
+             f"Final accuracy of every model on every dataset, final I(Z;Y) on every local "
+             f"dataset with the estimator's floor (the same estimate with the labels "
+             f"shuffled) in brackets, and the first eval point at which the average's I(Z;Y) "
+             f"falls below {DROP_FRACTION:g} x the local model's own (worker d on local "
+             f"dataset d).", ""]
     for name, records in runs.items():
         cfg = configs[name]
         acc = final_accuracies(records)
@@ -53,6 +77,8 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
         for m in models:
             cells = [("-" if acc.get((m, d)) is None else f"{acc[(m, d)]:.3f}") for d in datasets]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        local = [d for d in datasets if d != "test"]
+        lines += [""] + final_mi_table(records, models, local)
         drop = first_drop(records)
         lines += ["", ("The average's I(Z;Y) never fell clearly below the local models'."
                        if drop is None else

@@ -99,6 +99,14 @@ def test_plots_of_records_without_floors(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
+def test_final_mi_table_on_hand_made_records():
+    records = [dict(step=s, model=m, dataset="local0", mi_zy=v, mi_zy_floor=f)
+               for s, m, v, f in [(0, "worker0", 9.0, 9.0), (10, "worker0", 1.25, 0.0625),
+                                  (10, "average", 0.5, None)]]
+    rows = summary.final_mi_table(records, ["worker0", "average", "worker1"], ["local0"])
+    assert rows[2:] == ["| worker0 | 1.250 (0.062) |", "| average | 0.500 |", "| worker1 | - |"]
+
+
 def test_first_drop_on_hand_made_records():
     def rec(step, model, dataset, zy):
         return dict(step=step, epoch=step / 10, model=model, dataset=dataset, mi_xz=1.0,
@@ -123,7 +131,10 @@ def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     for fig in ("fig1", "fig2", "fig3", "fig4"):
         assert f"## {fig}" in text
         assert os.path.exists(os.path.join(out, fig, "figures", "mi.png"))
-    assert text.count("| average |") == 4
+    # Per figure: an accuracy row and an I(Z;Y) row (with its floor) of the average.
+    assert text.count("| average |") == 8
+    assert text.count("| I(Z;Y) [bits] (floor) |") == 4
+    assert re.search(r"\| average \| \d+\.\d{3} \(-?\d+\.\d{3}\) \|", text)
 
 
 def test_paper_flagfiles_match_reproduce_preset():
