@@ -149,6 +149,14 @@ class ReferenceParityTest(parameterized.TestCase):
       ("v420_one_dim_vs_wide", "4.2.0", "x1", "wide", dict(epsilon_vector="range")),
       ("v420_average_floor", "4.2.0", "x", "y",
        dict(ensemble_estimation="average", hashing="floor", normalize_epsilon=False, L_ensemble=4)),
+      # Labels on one side are counted with one sort per grid (edge._labelled_grid_counts):
+      # labels as y; label buckets that hold several label values; and widths so narrow
+      # that the other side's codes overflow the exact mixed-radix word (hashed instead).
+      ("v420_wide_vs_labels", "4.2.0", "wide", "labels", dict(epsilon_vector="range")),
+      ("v420_labels_merged_buckets", "4.2.0", "labels", "wide",
+       dict(U=10.0, L_ensemble=10, gamma=(4.0, 0.52), epsilon=(0.2, 0.2))),
+      ("v420_labels_hashed", "4.2.0", "labels", "wide",
+       dict(U=10.0, gamma=(1e-4, 0.002), epsilon=(0.2, 0.2))),
   )
   def test_matches_numpy(self, version, xname, yname, kw):
     x, y = getattr(self, xname), getattr(self, yname)
@@ -340,6 +348,30 @@ class CountingTest(parameterized.TestCase):
     expected = sum(math.log2(counts[k]) for k in keys.tolist())
     # float32 sum of <= 500 terms of <= 9 bits: 1e-3 absolute.
     self.assertAlmostEqual(float(edge._sum_log_sizes(jnp.asarray(keys))), expected, delta=1e-3)
+
+  @parameterized.named_parameters(
+      ("exact_words", 0, 1.0), ("hashed_words", 2, 1.0), ("merged_label_buckets", 0, 2.5))
+  def test_labelled_grid_counts_match_dictionary_counts(self, wide_columns, label_width):
+    # One sort yields every sample's (N_ab, N_a, M_b); compared as multisets of
+    # triples with dictionary counts: exact integers, no tolerance. Two columns
+    # spanning 2^20 codes make the mixed-radix word need 42 bits, so the words
+    # hold 32-bit hashes (which could merge buckets: with <= 500 buckets,
+    # p ~ 1e-4 here); wrapped mixed-radix words would drop the third column.
+    rs = np.random.RandomState(wide_columns)
+    codes = rs.randint(0, 4, size=(N_SMALL, 3)).astype(np.int32)
+    for c in range(wide_columns):
+      codes[c, c] = (1 << 20) - 1
+    values = rs.randint(0, 6, size=N_SMALL)
+    shift, width = 0.3, label_width
+    classes = edge._classes(edge._sorted_column(jnp.asarray(values, jnp.float32)[:, None]))
+    got = edge._labelled_grid_counts(jnp.asarray(codes), classes, jnp.asarray([shift]),
+                                     jnp.asarray([width]))
+    a = [tuple(c) for c in codes.tolist()]
+    b = [math.floor((v + shift) / width) for v in values.tolist()]
+    count = lambda keys: {k: keys.count(k) for k in set(keys)}
+    ca, cb, cab = count(a), count(b), count(list(zip(a, b)))
+    expected = sorted((cab[ai, bi], ca[ai], cb[bi]) for ai, bi in zip(a, b))
+    self.assertEqual(sorted(zip(*[np.asarray(g).tolist() for g in got])), expected)
 
   def test_default_shortcut_equals_per_sample_path(self):
     # The default counts only the paired and shuffled joint buckets (their
