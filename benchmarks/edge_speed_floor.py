@@ -26,17 +26,29 @@ Z groups and joint groups).
 Every timed part is run both as one vmapped op and as separate ops (XLA:CPU
 runs separate sorts on both cores, a vmapped sort on one), and the faster is
 kept. The last line printed is one JSON record.
+
+--ablation instead times the two reference-mode calls on the study's shapes
+(Z from a random LeNet, as benchmarks/edge_speed.py) with each of the
+estimator's speed devices switched off, interleaved call by call so that the
+machine's drift hits every variant alike: the one-sort labels path (off:
+labels passed as floats, which take the general path) and the unrolled
+renormalising pass (`edge._UNROLL_PASSES`). Each variant is compiled after
+`jax.clear_caches()`: `mutual_information` is itself jitted, and a cached
+trace would otherwise hide the switch.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import edge_speed
 from benchmarks.edge_speed import N, REF_XZ, REF_ZY, time_call
 from fedjax_mi import edge
 
@@ -104,15 +116,55 @@ def measure(repeats: int = 7) -> dict:
   # The estimator itself on the same shapes, for comparison.
   k = jax.random.key(1)
   labels = jax.random.randint(k, (N,), 0, 10)
-  out["zy_estimator_s"] = time_call(
-      jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_ZY)), labels, z, repeats=repeats)[0]
+  zy = jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_ZY))
+  out["zy_estimator_s"] = time_call(zy, labels, z, repeats=repeats)[0]
+  # The same labels as floats take the general path (two sorts and a search a
+  # grid instead of one sort): same estimate, the gain of the labels path.
+  out["zy_estimator_float_labels_s"] = time_call(
+      zy, labels.astype(jnp.float32), z, repeats=repeats)[0]
   out["xz_estimator_s"] = time_call(
       jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_XZ)), x, z, repeats=repeats)[0]
   return out
 
 
+def ablation(rounds: int = 10) -> dict:
+  """Median ms per call of each variant, interleaved over `rounds` rounds."""
+  images, labels = edge_speed.cifar_like(jax.random.key(0), N)
+  z = edge_speed.features_in_chunks(edge_speed.random_lenet(jax.random.key(100)), images)
+  x = images.reshape(N, -1)
+  k = jax.random.key(1)
+  calls = {"xz": (REF_XZ, x, z), "zy": (REF_ZY, labels, z),
+           "zy_float_labels": (REF_ZY, labels.astype(jnp.float32), z)}
+  compiled = {}
+  for unroll in (True, False):
+    jax.clear_caches()
+    edge._UNROLL_PASSES = unroll
+    for name, (cfg, a, b) in calls.items():
+      fn = jax.jit(lambda a, b, cfg=cfg: edge.mutual_information(k, a, b, cfg))
+      compiled[f"{name}_{'unrolled' if unroll else 'looped'}"] = (fn.lower(a, b).compile(), a, b)
+  edge._UNROLL_PASSES = True
+  times = {name: [] for name in compiled}
+  for _ in range(rounds):
+    for name, (fn, a, b) in compiled.items():
+      jax.block_until_ready(fn(a, b))
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(a, b))
+      times[name].append(time.perf_counter() - t0)
+  out = {name: round(float(np.median(t)) * 1e3, 1) for name, t in times.items()}
+  for name, ms in out.items():
+    print(f"{name:28s} {ms:7.1f} ms")
+  return out
+
+
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--ablation", action="store_true",
+                      help="time the estimator with its speed devices switched off instead")
+  args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, N = {N}, {GRIDS} grids")
+  if args.ablation:
+    print(json.dumps({"n": N, "ablation_ms": ablation()}))
+    return
   t = measure()
   record = {"n": N, **t}
   for mi in ("zy", "xz"):
@@ -124,6 +176,8 @@ def main():
           f"subset (lower bound) {floor * 1e3:6.1f} ms = {REFERENCE_S[mi] / floor:5.0f}x at best   "
           f"estimator {t[f'{mi}_estimator_s'] * 1e3:6.1f} ms = "
           f"{REFERENCE_S[mi] / t[f'{mi}_estimator_s']:4.0f}x", flush=True)
+  print(f"I(Z;Y) with the labels as floats (general path): "
+        f"{t['zy_estimator_float_labels_s'] * 1e3:.1f} ms")
   print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
 
 

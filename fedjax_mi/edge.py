@@ -53,11 +53,11 @@ sorted codes (the floor is monotone). With class labels on one side, one
 sort per grid does all the counting: each sample's word holds its label
 value's index in the low bits and its other-side bucket above them, as an
 exact mixed-radix number when the codes' spans fit (else a hash, merging
-about K^2 2^b / 2^33 bucket pairs for b label bits). Under vmap on a CPU,
-sorts are split into two batched ops that run on both cores. The default's shuffle-corrected
-estimate needs only the sizes of the joint buckets (its marginal terms
-cancel), so it sorts 32-bit hashes of the (x, y) bucket pairs, one sort for
-the paired and one for the shuffled pairing, with the same collision bound.
+about K^2 2^b / 2^33 bucket pairs for b label bits). The default's
+shuffle-corrected estimate needs only the sizes of the joint buckets (its
+marginal terms cancel), so it sorts 32-bit hashes of the (x, y) bucket
+pairs, one sort for the paired and one for the shuffled pairing, with the
+same collision bound.
 
 Precision: arrays are float32 unless jax x64 is enabled and float64 inputs are
 passed (then float64 throughout). The reference computes in float64; float32
@@ -87,8 +87,13 @@ _MIN_SAMPLES = 20  # floor(log2(N / 10)) >= 1 needs N >= 20.
 # float32 for I < ~0.004; clip its exponent. Any exponent this large already
 # makes every bucket wider than the data, as in the reference.
 _MAX_RENORM_EXPONENT = 60.0
-_RUN_BLOCK = 128  # row length of the blocked running count (_run_ids).
-_SORT_GROUPS = 2  # separate batched sorts per vmapped sort on a CPU (_sort_apart).
+
+# The two passes of section 4 are a scan, unrolled: XLA:CPU runs a loop
+# body's ops on one thread (section 5 I(Z; Y) at N = 25,000: 38-39 ms
+# unrolled, 61-62 ms looped; I(X; Z): 168-173 against 169-214 ms, no clear
+# gain; about 1 s more compile; `python benchmarks/edge_speed_floor.py
+# --ablation`).
+_UNROLL_PASSES = True
 
 _VERSION_SCALE = {"4.2.0": 1.0, "4.3.1": 0.9, "4.4.1": 0.4}
 
@@ -386,47 +391,6 @@ def _joint_keys(kx: jax.Array, ky: jax.Array) -> jax.Array:
   return _mix32(_mix32(kx + jnp.uint32(0x27D4EB2F)) ^ (ky * jnp.uint32(0x165667B1)))
 
 
-@jax.custom_batching.custom_vmap
-def _sort_apart(a: jax.Array) -> jax.Array:
-  """jnp.sort of a 1-D array; under vmap on a CPU, rows sorted in groups.
-
-  XLA:CPU runs one batched sort on one thread; a few separate sorts run on
-  every core (ten rows of 25,000 uint32: 8.7 ms batched, 6.3 ms as separate
-  ops on 2 cores). The rows are split into at most `_SORT_GROUPS` batched
-  sorts (not one op per row: nested vmaps would multiply the ops and the
-  compile time), so the result is jnp.sort's.
-  """
-  return jnp.sort(a)
-
-
-@_sort_apart.def_vmap
-def _sort_apart_vmap(axis_size, in_batched, a):
-  if not in_batched[0]:
-    return _sort_apart(a), False
-  groups = min(axis_size, _SORT_GROUPS)
-  if groups == 1 or jax.default_backend() != "cpu":
-    return jnp.sort(a, axis=-1), True
-  return jnp.concatenate([jnp.sort(g, axis=-1) for g in jnp.array_split(a, groups)]), True
-
-
-def _run_ids(new: jax.Array) -> jax.Array:
-  """cumsum(new) - 1 as int32 for (N,) bool `new`: each sorted position's run.
-
-  A blocked sum, (N/128, 128) rows times a triangular matrix of ones plus
-  the running row totals, instead of jnp.cumsum: exact (integers below 2^24
-  in float32) and about 3x faster on XLA:CPU under vmap (measured 0.59 ms
-  against 1.82 ms for ten rows of 25,000).
-  """
-  n = new.shape[0]
-  if n >= 2 ** 24:
-    return jnp.cumsum(new, dtype=jnp.int32) - 1
-  rows = -(-n // _RUN_BLOCK)
-  v = jnp.pad(new.astype(jnp.float32), (0, rows * _RUN_BLOCK - n)).reshape(rows, _RUN_BLOCK)
-  within = v @ jnp.triu(jnp.ones((_RUN_BLOCK, _RUN_BLOCK), jnp.float32))
-  before = jnp.cumsum(within[:, -1]) - within[:, -1]
-  return (within + before[:, None]).reshape(-1)[:n].astype(jnp.int32) - 1
-
-
 def _counts(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-sample bucket sizes and the number of occupied buckets.
 
@@ -452,9 +416,9 @@ def _dense_ranks(keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   bucket sizes by rank (zero past K) and K.
   """
   n = keys.shape[0]
-  s = _sort_apart(keys)
+  s = jnp.sort(keys)
   new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
-  dense = _run_ids(new)  # rank at each sorted position
+  dense = jnp.cumsum(new, dtype=jnp.int32) - 1  # rank at each sorted position
   ranks = dense[jnp.searchsorted(s, keys)]
   return ranks, jnp.bincount(dense, length=n).astype(jnp.int32), jnp.sum(new, dtype=jnp.int32)
 
@@ -468,9 +432,9 @@ def _joint_counts(ra: jax.Array, rb: jax.Array, size_a: jax.Array, size_b: jax.A
   of both sides, so nothing is mapped back to sample positions.
   """
   n = ra.shape[0]
-  s = _sort_apart(ra * n + rb)
+  s = jnp.sort(ra * n + rb)
   new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
-  segment = _run_ids(new)
+  segment = jnp.cumsum(new, dtype=jnp.int32) - 1
   nab = jnp.bincount(segment, length=n).astype(jnp.int32)[segment]
   return nab, size_a[s // n], size_b[s % n], jnp.sum(new, dtype=jnp.int32)
 
@@ -483,9 +447,9 @@ def _sum_log_sizes(keys: jax.Array) -> jax.Array:
   back to samples.
   """
   n = keys.shape[0]
-  s = _sort_apart(keys)
+  s = jnp.sort(keys)
   new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
-  sizes = jnp.bincount(_run_ids(new), length=n).astype(jnp.float32)
+  sizes = jnp.bincount(jnp.cumsum(new, dtype=jnp.int32) - 1, length=n).astype(jnp.float32)
   return jnp.sum(sizes * jnp.log2(jnp.maximum(sizes, 1.0)))
 
 
@@ -530,7 +494,7 @@ def _classes(sorted_column: tuple[jax.Array, jax.Array]) -> _Classes:
   s, pos = sorted_column
   n = s.shape[0]
   new = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
-  run = _run_ids(new)
+  run = jnp.cumsum(new, dtype=jnp.int32) - 1
   first = jnp.nonzero(new, size=n, fill_value=n - 1)[0].astype(jnp.int32)
   bits = (32 - lax.clz(run[-1].astype(jnp.uint32))).astype(jnp.uint32)
   return _Classes(sorted_column, run[pos], first, bits)
@@ -560,13 +524,13 @@ def _labelled_grid_counts(codes: jax.Array, classes: _Classes, shift, width):
   radix = jnp.cumprod(jnp.concatenate([jnp.ones(1, jnp.uint32), span[:-1].astype(jnp.uint32)]))
   exact = jnp.sum((codes - low).astype(jnp.uint32) * radix, axis=1, dtype=jnp.uint32)
   t = jnp.where(fits, exact, _bucket_keys(codes) >> b)
-  words = _sort_apart((t << b) | classes.of_sample.astype(jnp.uint32))
+  words = jnp.sort((t << b) | classes.of_sample.astype(jnp.uint32))
   # Label bucket of every value index, and the bucket sizes (EDGE.md section 3).
   ranks, sizes, _ = _side_ranks(None, shift, width, classes.sorted_column, sorted_order=True)
   label = ranks[classes.first][(words & ((jnp.uint32(1) << b) - 1)).astype(jnp.int32)]
   first = jnp.ones(1, bool)
   def run_sizes(new):
-    run = _run_ids(jnp.concatenate([first, new]))
+    run = jnp.cumsum(jnp.concatenate([first, new]), dtype=jnp.int32) - 1
     return jnp.bincount(run, length=n).astype(jnp.int32)[run]
   new_other = (words[1:] >> b) != (words[:-1] >> b)
   nab = run_sizes(new_other | (label[1:] != label[:-1]))
@@ -612,7 +576,7 @@ def _side_ranks(p, shift, width, sorted_column=None, sorted_order=False):
   s, pos = sorted_column
   codes = _bucket_codes(s[:, None], shift, width)[:, 0]
   new = jnp.concatenate([jnp.ones(1, bool), codes[1:] != codes[:-1]])
-  dense = _run_ids(new)
+  dense = jnp.cumsum(new, dtype=jnp.int32) - 1
   n = s.shape[0]
   sizes = jnp.bincount(dense, length=n).astype(jnp.int32)
   return (dense if sorted_order else dense[pos]), sizes, dense[-1] + 1
@@ -808,8 +772,9 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     return _sorted_column(a[0]) if shared else None
   sorted_x, sorted_y = sorted_once(p), sorted_once(q)
   # Class labels on one sorted side (EDGE.md section 5's I(T; Y)): one sort a grid.
-  labelled = ((sorted_x is None) != (sorted_y is None)) and config.bias_correction != (
-      "miller_madow") and jnp.issubdtype(x_dtype if sorted_x is not None else y_dtype, jnp.integer)
+  label_dtype = x_dtype if sorted_x is not None else y_dtype
+  labelled = ((sorted_x is None) != (sorted_y is None) and jnp.issubdtype(label_dtype, jnp.integer)
+              and config.bias_correction != "miller_madow")  # (which needs K_ab)
   classes = _classes(sorted_x if sorted_x is not None else sorted_y) if labelled else None
 
   def one_pass(gamma_x, gamma_y):
@@ -829,9 +794,7 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
   def step(previous, second):
     # Section 4: the second pass multiplies gamma by 2^(-sqrt(2 I1) + 0.5 / I1)
     # (and by s again in 4.3.1/4.4.1). Both passes are one scanned step, so
-    # the estimator is traced once; the scan is unrolled because XLA:CPU
-    # runs a loop body's ops on one thread (measured 36 ms unrolled against
-    # 50 ms looped for the section 5 I(Z; Y) at N = 25,000; ~1 s more compile).
+    # the estimator is traced once (the scan is unrolled: _UNROLL_PASSES).
     first = jnp.maximum(previous, 1e-6)  # Only unclipped configs can reach 0.
     exponent = jnp.minimum(-jnp.sqrt(2.0 * first) + 0.5 / first, _MAX_RENORM_EXPONENT)
     factor = jnp.where(second, jnp.exp2(exponent), 1.0).astype(dt)
@@ -840,7 +803,7 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     return estimate, None
 
   passes = jnp.arange(2 if config.renormalize else 1) > 0
-  estimate, _ = lax.scan(step, jnp.ones((), dt), passes, unroll=True)
+  estimate, _ = lax.scan(step, jnp.ones((), dt), passes, unroll=_UNROLL_PASSES)
 
   finite = jnp.all(jnp.isfinite(p)) & jnp.all(jnp.isfinite(q))
   return jnp.where(finite, estimate, jnp.nan)
