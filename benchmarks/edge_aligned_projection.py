@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_mi import edge
+from fedjax_mi.mi import edge
 
 
 def canonical_directions(x: np.ndarray, y: np.ndarray, k: int, ridge: float = 1e-6):

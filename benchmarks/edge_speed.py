@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_mi import edge
+from fedjax_mi.mi import edge
 
 N = 25_000
 CLASSES = 10

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_mi import edge, federated, measure, models
+from fedjax_mi import federated, measure, models
+from fedjax_mi import mi
 
 
 def median_seconds(fn, *args, repeats: int = 5) -> dict:
@@ -57,19 +58,20 @@ def main(m: int = 25_000, t_n: int = 10_000):
   for impl in ("patches", "xla"):
     model = models.LeNet(conv_impl=impl)
     for chunk in (500, 5000):
-      fn = measure.make_measure(model, *measure.paper_edge_configs("reference"), chunk)
+      fn = measure.make_measure(
+          model, measure.study_estimators(measure.StudySettings(mi="edge_reference"), 10), chunk)
       record(f"measure_{impl}_{chunk}", fn, key, params, local_x, local_y, test_x, test_y)
     forward = jax.jit(lambda s, im, model=model: jax.lax.map(
         lambda p: measure.chunked_forward(model, p, im, 5000), s))
     record(f"forward_{impl}_5000", forward, stacked, images)
   z = jax.nn.relu(jax.random.normal(jax.random.key(2), (3, 2, m, 84)))
-  for mode in ("reference", "default"):
-    cfg_xz, cfg_zy = measure.paper_edge_configs(mode)
+  modes = {"reference": measure.paper_edge_configs(),
+           "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
+  for mode, (cfg_xz, cfg_zy) in modes.items():
 
     def pair(key, x, y, z, cfg_xz=cfg_xz, cfg_zy=cfg_zy):
       flat = federated.scale_images(x).reshape(x.shape[0], -1)
-      return (edge.mutual_information(key, flat, z, cfg_xz),
-              edge.mutual_information(key, y, z, cfg_zy))
+      return (mi.estimate_traced(key, flat, z, cfg_xz), mi.estimate_traced(key, y, z, cfg_zy))
 
     batch = jax.jit(jax.vmap(jax.vmap(pair, in_axes=(None, 0, 0, 0)), in_axes=(None, None, None, 0)))
     record(f"edge_batch12_{mode}", batch, key, local_x, local_y, z)

@@ -15,7 +15,7 @@ any of them):
   edge      EDGE seconds per call after compilation at N = 25,000:
             I(X;Z) (3,072-dim pixels vs 84-dim z) and I(Z;Y) (10 labels vs z),
             in the reference 4.2.0 and the default configs of
-            `measure.paper_edge_configs`.
+            `measure.paper_edge_configs` and the quantile variant.
   steps     steady-state training steps/s of the sweep round (the four runs)
             and of one run's round, and seconds per eval-point measurement.
   compile   (from `sweep` and `separate`) compile time of the round and of the
@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import reproduce
-from fedjax_mi import edge, experiment, federated, measure, models
+from fedjax_mi import experiment, federated, measure, models
+from fedjax_mi import mi
 
 PARTS = ("sweep", "separate", "seeds", "edge", "steps")
 EDGE_N = 25_000
@@ -211,13 +212,14 @@ def part_edge(repeats: int) -> dict:
     argument order is measure's (labels on the first side of I(Z;Y))."""
     x, z, y = edge_inputs(EDGE_N)
     key, out = jax.random.key(2), {}
-    for mode in ("reference", "default"):
-        cfg_xz, cfg_zy = measure.paper_edge_configs(mode)
+    modes = {"reference": measure.paper_edge_configs(),
+             "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
+    for mode, (cfg_xz, cfg_zy) in modes.items():
         for pair, a, b, cfg in (("xz", x, z, cfg_xz), ("zy", y, z, cfg_zy)):
-            first, steady = time_call(lambda: edge.mutual_information(key, a, b, cfg), repeats)
+            first, steady = time_call(lambda: mi.estimate(key, a, b, cfg), repeats)
             out[f"{mode}_{pair}"] = dict(s_per_call=round(steady, 4),
                                          first_call_s=round(first, 3),
-                                         bits=round(float(edge.mutual_information(key, a, b, cfg)), 4))
+                                         bits=round(float(mi.estimate(key, a, b, cfg)), 4))
     return dict(n=EDGE_N, x_dim=int(x.shape[1]), z_dim=int(z.shape[1]), classes=10, **out)
 
 
@@ -343,7 +345,7 @@ def sizes_of(args, cfgs, n: int, schedule) -> dict:
         epochs=args.epochs, batch_size=first.batch_size, eval_period=args.eval_period,
         total_steps=schedule.total_steps, eval_points=len(schedule.eval_steps),
         mi_samples=args.mi_samples or n, test_samples=args.test_samples or "all",
-        seed_runs=args.seed_runs, edge=first.edge, edge_version=first.edge_version,
+        seed_runs=args.seed_runs, mi=first.mi, edge_version=first.edge_version,
         eval_chunk=first.eval_chunk, edge_n=EDGE_N, steps_repeats=args.steps_repeats,
         figures={os.path.basename(c.out): dict(split=c.split, protocol=c.protocol,
                                                sync_period=c.sync_period) for c in cfgs})

@@ -40,13 +40,21 @@ flags.DEFINE_integer("seed", D.seed, "seed of the initial weights, data order an
 flags.DEFINE_integer("data_seed", None, "seed of the data partition (default: --seed)")
 flags.DEFINE_integer("mi_samples", None, "local samples measured per dataset (default: all)")
 flags.DEFINE_integer("test_samples", None, "test samples measured (default: all)")
-flags.DEFINE_string("edge", D.edge, "EDGE estimator: 'reference' (as the study's tools) or "
-                    "'default' (the project's)")
-flags.DEFINE_string("edge_version", D.edge_version, "reference EDGE version")
-flags.DEFINE_string("edge_xz", D.edge_xz, "EDGE options for I(X;Z), 'NAME=VALUE; ...': with "
-                    "--edge=reference the reference's keywords (U, gamma, epsilon, L_ensemble, "
-                    "...) replacing the study's settings; with --edge=default EdgeConfig fields")
-flags.DEFINE_string("edge_zy", D.edge_zy, "EDGE options for I(Z;Y), as --edge_xz")
+flags.DEFINE_string("mi", D.mi, "estimators to record, comma-separated, from "
+                    "edge_reference, quantile, knn, probe, kde (docs/estimators.md), or 'none' "
+                    "(accuracy and the head's bounds only); the first defining a quantity also "
+                    "fills mi_xz / mi_zy")
+flags.DEFINE_string("edge_version", D.edge_version, "EDGE reference version (4.2.0, 4.3.1, 4.4.1)")
+flags.DEFINE_string("edge_xz", D.edge_xz, "edge_reference options for I(X;Z), 'NAME=VALUE; ...': "
+                    "the reference's keywords (U, gamma, epsilon, L_ensemble, ...) replacing the "
+                    "study's settings")
+flags.DEFINE_string("edge_zy", D.edge_zy, "edge_reference options for I(Z;Y), as --edge_xz")
+flags.DEFINE_float("kde_noise_var", D.kde_noise_var, "KDE noise variance s^2: a fraction of Z's "
+                   "mean per-dimension variance (--kde_relative, the default) or absolute")
+flags.DEFINE_boolean("kde_relative", D.kde_relative, "KDE noise relative to Z's own scale "
+                     "(--nokde_relative: absolute s^2)")
+flags.DEFINE_integer("kde_queries", D.kde_queries, "KDE query rows per estimate (all N rows "
+                     "enter each sum); default as docs/estimators.md measured")
 flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
 flags.DEFINE_string("out", D.out, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every,

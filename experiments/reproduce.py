@@ -33,13 +33,13 @@ PRESETS = {
     # lr 0.05: the smallest of {0.01, 0.02, 0.05} with which the iid no-sync
     # locals pass 75% training accuracy in 20 epochs (DESIGN.md §5; BUILD_NOTES.md).
     "paper": dict(dataset="cifar10", workers=2, epochs=20.0, batch_size=32, eval_period=100,
-                  lr=0.05, momentum=0.0, edge="reference", edge_version="4.2.0"),
+                  lr=0.05, momentum=0.0, mi="edge_reference,kde,probe", edge_version="4.2.0"),
     # The embedded digits, small enough for the README's one-minute main job;
     # sync periods keep the paper's order (fig2 rarely, fig4 at every eval
-    # point). The project's EDGE: the reference saturates at H(Y) with the
-    # 750 samples of a digits share (EDGE.md §6.2), so its curves are flat.
+    # point). The validated default estimators (EDGE reference mode
+    # saturates at H(Y) with the 750 samples of a digits share).
     "quick": dict(dataset="digits", workers=2, epochs=6.0, batch_size=32, eval_period=10,
-                  lr=0.05, momentum=0.0, edge="default", edge_version="4.2.0"),
+                  lr=0.05, momentum=0.0),
 }
 QUICK_SYNC = {"fig2": 50, "fig4": 10}
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from fedjax_mi import data as data_lib
 from fedjax_mi import checkpoint, federated, measure, metrics_io, models, sharding
+from fedjax_mi.mi import edge_reference
 
 
 class ConfigError(ValueError):
@@ -53,10 +54,13 @@ class RunConfig:
     data_seed: Optional[int] = None
     mi_samples: Optional[int] = None
     test_samples: Optional[int] = None
-    edge: str = "reference"
+    mi: str = measure.DEFAULT_MI
     edge_version: str = "4.2.0"
     edge_xz: str = ""
     edge_zy: str = ""
+    kde_noise_var: float = measure.StudySettings.kde_noise_var
+    kde_relative: bool = True
+    kde_queries: Optional[int] = measure.StudySettings.kde_queries
     eval_chunk: int = 500
     out: str = "runs/default"
     checkpoint_every: int = 10
@@ -68,6 +72,12 @@ class RunConfig:
     def seeds(self) -> tuple[int, int]:
         """(data seed for the partition, seed of the training/EDGE keys)."""
         return (self.seed if self.data_seed is None else self.data_seed), self.seed
+
+    @property
+    def study(self) -> measure.StudySettings:
+        """The estimator settings (`--mi`, `--edge_*`, `--kde_*`)."""
+        return measure.StudySettings(**{f.name: getattr(self, f.name)
+                                        for f in dataclasses.fields(measure.StudySettings)})
 
 
 def _fail(flag: str, message: str):
@@ -110,21 +120,27 @@ def validate(cfg: RunConfig) -> None:
         _fail("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if cfg.opt_sync not in federated.OPT_SYNCS:
         _fail("opt_sync", f"unknown choice {cfg.opt_sync!r}; choose from {federated.OPT_SYNCS}")
-    if cfg.edge not in ("reference", "default"):
-        _fail("edge", f"must be 'reference' or 'default', got {cfg.edge!r}")
     if cfg.checkpoint_every < 0:
         _fail("checkpoint_every", f"must be >= 0 (0: never), got {cfg.checkpoint_every}")
     if cfg.resume and cfg.overwrite:
         _fail("resume", "and --overwrite exclude each other")
-    if cfg.edge_version not in ("4.2.0", "4.3.1", "4.4.1"):
-        _fail("edge_version", f"must be 4.2.0, 4.3.1 or 4.4.1, got {cfg.edge_version!r}")
+    try:
+        measure.parse_mi(cfg.mi)
+    except ValueError as e:
+        _fail("mi", str(e))
+    if cfg.edge_version not in edge_reference.VERSIONS:
+        _fail("edge_version", f"must be one of {edge_reference.VERSIONS}, got {cfg.edge_version!r}")
     for flag in ("edge_xz", "edge_zy"):
         try:
             options = measure.parse_edge_options(getattr(cfg, flag))
             side = dict(edge_xz=(options, ()), edge_zy=((), options))[flag]
-            measure.paper_edge_configs(cfg.edge, cfg.edge_version, *side)
+            measure.paper_edge_configs(cfg.edge_version, *side)
         except (ValueError, TypeError) as e:
-            _fail(flag, f"{e} (--edge={cfg.edge})")
+            _fail(flag, f"{e} (EDGE reference keywords)")
+    if not (cfg.kde_noise_var > 0 and math.isfinite(cfg.kde_noise_var)):
+        _fail("kde_noise_var", f"must be > 0, got {cfg.kde_noise_var}")
+    if cfg.kde_queries is not None and cfg.kde_queries < 2:
+        _fail("kde_queries", f"must be >= 2 when given, got {cfg.kde_queries}")
 
 
 RESULTS = ("metrics.jsonl", "config.json", "checkpoints", "figures", "summary.md", "runs.json")
@@ -192,7 +208,8 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
 # period, out) may differ per run.
 SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
           "epochs", "batch_size", "momentum", "opt_sync", "independent_init", "mi_samples",
-          "test_samples", "edge", "edge_version", "edge_xz", "edge_zy", "eval_chunk",
+          "test_samples", "mi", "edge_version", "edge_xz", "edge_zy", "kde_noise_var",
+          "kde_relative", "kde_queries", "eval_chunk",
           "checkpoint_every", "resume",
           "overwrite", "continue_on_divergence")
 # Settings that may change when a run is resumed (the rest must match its checkpoint).
@@ -271,7 +288,13 @@ def environment() -> dict[str, Any]:
 
 
 def to_records(step: int, epoch: float, m: measure.Measurement, losses) -> list[dict[str, Any]]:
-    """One record per (model, dataset) of one eval point."""
+    """One record per (model, dataset) of one eval point.
+
+    Every record has `mi_xz`, `mi_zy` and their floors (the primary
+    estimator's, `measure.primary`; null on the test split and where no
+    chosen estimator defines them), every estimator's own fields
+    (`measure.Measurement.mi`, null on the test split), and the head's
+    bounds `mi_zy_head` (Barber–Agakov) and `mi_zy_fano`."""
     num_models, num_datasets = m.acc.shape
     names = [f"worker{k}" for k in range(num_models - 1)] + ["average"]
     clean = lambda v: None if not math.isfinite(v) else round(float(v), 6)
@@ -283,10 +306,14 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses) -> list[
                                 mi_xz=clean(m.mi_xz[i, d]), mi_zy=clean(m.mi_zy[i, d]),
                                 acc=clean(m.acc[i, d]), loss=loss,
                                 mi_xz_floor=clean(m.mi_xz_floor[i, d]),
-                                mi_zy_floor=clean(m.mi_zy_floor[i, d])))
+                                mi_zy_floor=clean(m.mi_zy_floor[i, d]),
+                                mi_zy_head=clean(m.head[i, d]), mi_zy_fano=clean(m.fano[i, d]),
+                                **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}))
         records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset="test",
                             mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss,
-                            mi_xz_floor=None, mi_zy_floor=None))
+                            mi_xz_floor=None, mi_zy_floor=None,
+                            mi_zy_head=clean(m.test_head[i]), mi_zy_fano=clean(m.test_fano[i]),
+                            **{k: None for k in sorted(m.mi)}))
     return records
 
 
@@ -298,8 +325,7 @@ def _duration(seconds: float) -> str:
 
 @functools.lru_cache(maxsize=8)
 def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
-             opt_sync: str, edge_mode: str, edge_version: str, eval_chunk: int,
-             edge_xz: str = "", edge_zy: str = ""):
+             opt_sync: str, study: measure.StudySettings, eval_chunk: int):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
     model = models.LeNet(num_classes=num_classes)
@@ -312,10 +338,7 @@ def programs(num_classes: int, momentum: float, batch_size: int, eval_period: in
     # H100 and as fast on the CPU (BUILD_NOTES "Measurement forward pass").
     eval_model = models.LeNet(num_classes=num_classes, conv_impl="xla")
     measure_fn = measure.make_sweep_measure(
-        eval_model, *measure.paper_edge_configs(edge_mode, edge_version,
-                                                measure.parse_edge_options(edge_xz),
-                                                measure.parse_edge_options(edge_zy)),
-        chunk=eval_chunk)
+        eval_model, measure.study_estimators(study, num_classes), chunk=eval_chunk)
     return model, opt, round_fn, measure_fn
 
 
@@ -404,7 +427,7 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     first = cfgs[0]
     model, opt, round_fn, measure_fn = programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.edge, first.edge_version, first.eval_chunk, first.edge_xz, first.edge_zy)
+        first.study, first.eval_chunk)
     mesh = sharding.run_mesh(devices) if devices > 1 else None
     if mesh is not None:
         round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)

@@ -2,60 +2,77 @@
 
 For every model — each worker's local model and the average of the workers,
 stacked as M = K + 1 models — on every local dataset (D = K of them): the
-representation Z (fc-84 activation) of the local samples, I(X;Z) and I(Z;Y)
-with EDGE (bits), the estimator's floor for both (the same estimates with the
-pairing shuffled), and accuracy; and each model's accuracy on the test split.
+representation Z (fc-84 activation) of the local samples; for every chosen
+estimator (`--mi`, docs/estimators.md) its I(X;Z) and I(Z;Y) in bits and
+their floors (the same estimates with the pairing shuffled); accuracy; and
+the classifier bounds on I(Z;Y) that the model's own head gives for free
+(Barber–Agakov from its cross-entropy, Fano from its accuracy). On the
+test split: accuracy and the head's bounds.
 
 One jitted function: a forward pass of each model over all measured images
-(models in sequence, images in chunks, to bound memory), then EDGE vmapped
-over models and datasets. Every (model, dataset) pair uses the
-same EDGE key at an eval point (common random numbers), so differences
-between models are not estimator noise of different projections.
+(models in sequence, images in chunks, to bound memory), then each
+estimator vmapped over models and datasets. Every (model, dataset) pair
+uses the same key at an eval point (common random numbers), so differences
+between models are not estimator noise. The X side of an EDGE I(X;Z)
+estimate depends on the dataset and key only: under the vmap over models it
+stays unbatched, so XLA computes its projection once per dataset per eval
+point, not once per model.
 """
 
 import ast
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_mi import edge, federated
+from fedjax_mi import federated
+from fedjax_mi import mi
+from fedjax_mi.mi import bounds, kde
+
+# The estimators a study can record, by their `--mi` names.
+ESTIMATORS = ("edge_reference", "quantile", "knn", "probe", "kde")
+# Default for new runs: the most accurate estimator of each quantity on the
+# validation tasks (docs/estimators.md, "Which estimator for which
+# question"): KDE for I(X;Z) (the only well-defined one for a deterministic
+# network) and the probe for I(Z;Y).
+DEFAULT_MI = "probe,kde"
 
 
-class Measurement(NamedTuple):
-    """Metrics of M models on D local datasets (model M-1 is the average).
-
-    Attributes:
-      mi_xz: (M, D) I(X;Z) in bits.
-      mi_zy: (M, D) I(Z;Y) in bits.
-      acc: (M, D) accuracy on the measured local samples.
-      test_acc: (M,) accuracy on the (measured part of the) test split.
-      mi_xz_floor, mi_zy_floor: (M, D) the same estimates with Z (resp. the
-        labels) shuffled against the other side: the estimator's floor, what
-        it reads for a pair with no information (`edge.shuffle_baseline`
-        with one shuffle; same EDGE key as the estimate).
-    """
-    mi_xz: jax.Array
-    mi_zy: jax.Array
-    acc: jax.Array
-    test_acc: jax.Array
-    mi_xz_floor: jax.Array
-    mi_zy_floor: jax.Array
+@dataclasses.dataclass(frozen=True)
+class StudyEstimator:
+    """One `--mi` estimator: its configs for I(X;Z) and I(Z;Y) (None: it
+    does not define that quantity for a deterministic network)."""
+    name: str
+    xz: Optional[mi.Config]
+    zy: Optional[mi.Config]
 
 
-def models_to_measure(params: chex.ArrayTree) -> chex.ArrayTree:
-    """Stack the K local models and their average: leading axis K + 1."""
-    avg = federated.average(params)
-    return jax.tree.map(lambda p, a: jnp.concatenate([p, a[None]], axis=0), params, avg)
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """Estimator settings of a study (the `--mi`, `--edge_*` and `--kde_*` flags)."""
+    mi: str = DEFAULT_MI
+    edge_version: str = "4.2.0"
+    edge_xz: str = ""
+    edge_zy: str = ""
+    kde_noise_var: float = kde.KDE.noise_var
+    kde_relative: bool = True
+    kde_queries: Optional[int] = kde.KDE.queries
 
 
-# EDGE.md §5: the author's own keywords for the last hidden layer.
-PAPER_XZ = dict(U=20, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range")
-PAPER_ZY = dict(U=10, L_ensemble=10, gamma=(1e-4, 0.52), epsilon=(0.2, 0.2),
-                epsilon_vector="range")
+def parse_mi(text: str) -> tuple[str, ...]:
+    """'kde, probe' -> ('kde', 'probe'); 'none' or '' -> (). Raises ValueError."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names in ((), ("none",)):
+        return ()
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)} or 'none'")
+    if len(set(names)) < len(names):
+        raise ValueError(f"an estimator is listed twice in {text!r}")
+    return names
 
 
 def parse_edge_options(text: str) -> tuple[tuple[str, object], ...]:
@@ -78,29 +95,81 @@ def parse_edge_options(text: str) -> tuple[tuple[str, object], ...]:
     return tuple(items)
 
 
-def paper_edge_configs(mode: str = "reference", version: str = "4.2.0", xz_options=(),
-                       zy_options=()) -> tuple[edge.EdgeConfig, edge.EdgeConfig]:
-    """EDGE configs for (I(X;Z), I(Z;Y)).
-
-    "reference": how the EDGE author's own deep-learning analysis called it
-    for the last hidden layer (EDGE.md §5: gamma_xt 1.4, gamma_ty 0.52);
-    options are the reference's keywords (`EdgeConfig.reference`) and
-    replace those settings. "default": the project's default estimator for
-    both; options are `EdgeConfig` fields. Options: (name, value) pairs, as
-    `parse_edge_options` returns. Raises ValueError or TypeError on a bad
-    mode, name or value.
+def paper_edge_configs(version: str = "4.2.0", xz_options=(), zy_options=()
+                       ) -> tuple[mi.EdgeReference, mi.EdgeReference]:
+    """EDGE reference configs for (I(X;Z), I(Z;Y)) as the EDGE author's own
+    deep-learning analysis called it for the last hidden layer
+    (docs/estimators.md, "EDGE reference mode"); options are the reference's
+    keywords, (name, value) pairs as `parse_edge_options` returns, and
+    replace those settings. Raises ValueError or TypeError on a bad name or value.
     """
-    if mode == "default":
-        fields = {f.name for f in dataclasses.fields(edge.EdgeConfig)}
-        for name, _ in tuple(xz_options) + tuple(zy_options):
-            if name not in fields:
-                raise TypeError(f"unknown EdgeConfig field {name!r}; known: {sorted(fields)}")
-        return edge.EdgeConfig(**dict(xz_options)), edge.EdgeConfig(**dict(zy_options))
-    if mode != "reference":
-        raise ValueError(f"EDGE mode must be 'reference' or 'default', got {mode!r}")
-    xz = edge.EdgeConfig.reference(version, **{**PAPER_XZ, **dict(xz_options)})
-    zy = edge.EdgeConfig.reference(version, **{**PAPER_ZY, **dict(zy_options)})
-    return xz, zy
+    return (mi.EdgeReference.paper_xz(version, **dict(xz_options)),
+            mi.EdgeReference.paper_zy(version, **dict(zy_options)))
+
+
+def study_estimators(settings: StudySettings, num_classes: int) -> tuple[StudyEstimator, ...]:
+    """The configs of every estimator `settings.mi` names, in its order.
+    Raises ValueError or TypeError on a bad setting."""
+    names = parse_mi(settings.mi)
+    out = []
+    for name in names:
+        if name == "edge_reference":
+            xz, zy = paper_edge_configs(settings.edge_version,
+                                        parse_edge_options(settings.edge_xz),
+                                        parse_edge_options(settings.edge_zy))
+        elif name == "quantile":
+            xz, zy = mi.EdgeQuantile(), mi.EdgeQuantile()
+        elif name == "knn":
+            # KSG's I(X;Z) is infinite for a deterministic network (and its
+            # 3,072-dim neighbour search would dominate the run): not recorded.
+            xz, zy = None, mi.MixedKNN()
+        elif name == "probe":
+            xz, zy = None, mi.Probe(num_classes=num_classes)
+        else:
+            xz = zy = mi.KDE(noise_var=settings.kde_noise_var, relative=settings.kde_relative,
+                             queries=settings.kde_queries)
+        out.append(StudyEstimator(name, xz, zy))
+    return tuple(out)
+
+
+def primary(estimators: tuple[StudyEstimator, ...], quantity: str) -> Optional[str]:
+    """Name of the first estimator defining `quantity` ("xz" or "zy"): its
+    values are also recorded as plain `mi_xz` / `mi_zy` (and floors)."""
+    return next((e.name for e in estimators if getattr(e, quantity) is not None), None)
+
+
+class Measurement(NamedTuple):
+    """Metrics of M models on D local datasets (model M-1 is the average).
+
+    Attributes:
+      acc: (M, D) accuracy on the measured local samples.
+      test_acc: (M,) accuracy on the (measured part of the) test split.
+      head: (M, D) Barber–Agakov bound H(Y) - CE of the model's own head (bits).
+      fano: (M, D) Fano bound implied by the accuracy (bits).
+      test_head, test_fano: (M,) the same on the test split.
+      mi: {field: (M, D)} every estimator's values in bits, named
+        `mi_<xz|zy>_<estimator>`, `..._floor` (pairing shuffled) and, for
+        KDE, `..._lower` (the Bhattacharyya value; the plain field is the KL one).
+      mi_xz, mi_zy, mi_xz_floor, mi_zy_floor: (M, D) the primary estimator's
+        values (`primary`); NaN where no estimator defines the quantity.
+    """
+    acc: jax.Array
+    test_acc: jax.Array
+    head: jax.Array
+    fano: jax.Array
+    test_head: jax.Array
+    test_fano: jax.Array
+    mi: dict
+    mi_xz: jax.Array
+    mi_zy: jax.Array
+    mi_xz_floor: jax.Array
+    mi_zy_floor: jax.Array
+
+
+def models_to_measure(params: chex.ArrayTree) -> chex.ArrayTree:
+    """Stack the K local models and their average: leading axis K + 1."""
+    avg = federated.average(params)
+    return jax.tree.map(lambda p, a: jnp.concatenate([p, a[None]], axis=0), params, avg)
 
 
 def chunked_forward(model: nn.Module, params: chex.ArrayTree, x: jax.Array,
@@ -117,22 +186,22 @@ def chunked_forward(model: nn.Module, params: chex.ArrayTree, x: jax.Array,
     return (logits.reshape(-1, logits.shape[-1])[:n], z.reshape(-1, z.shape[-1])[:n])
 
 
-def make_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge.EdgeConfig,
+def make_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
                  chunk: int = 500) -> Callable:
     """The jitted eval-point measurement:
     `(key, params, local_x, local_y, test_x, test_y) -> Measurement`, with
     params stacked over K workers, local_x (D, m, H, W, C) uint8, local_y
     (D, m) int, test_x (T, H, W, C) uint8, test_y (T,) int."""
-    return jax.jit(_measure_fn(model, edge_xz, edge_zy, chunk))
+    return jax.jit(_measure_fn(model, estimators, chunk))
 
 
-def make_sweep_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge.EdgeConfig,
+def make_sweep_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
                        chunk: int = 500) -> Callable:
     """The measurement of R runs, one after the other (`lax.map`: each run's
     forwards already fill the device):
     `(keys (R,), params (R, K, ...), local_x (G, D, m, ...), local_y (G, D, m),
     groups (R,), test_x, test_y) -> Measurement` with a leading R axis."""
-    one = _measure_fn(model, edge_xz, edge_zy, chunk)
+    one = _measure_fn(model, estimators, chunk)
 
     @jax.jit
     def measure(keys, params, local_x, local_y, groups, test_x, test_y):
@@ -142,37 +211,76 @@ def make_sweep_measure(model: nn.Module, edge_xz: edge.EdgeConfig, edge_zy: edge
     return measure
 
 
-def _measure_fn(model, edge_xz, edge_zy, chunk):
+def pair_estimates(estimators: tuple[StudyEstimator, ...], key: jax.Array, x: jax.Array,
+                   y: jax.Array, z: jax.Array) -> dict:
+    """Every estimator's fields for one model on one dataset (bits).
 
-    def mi_pair(key, x, y, z):
-        x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
-        # One shuffle per eval point, shared by every model and dataset.
-        perm = jax.random.permutation(jax.random.fold_in(key, 1), x.shape[0])
-        # Each estimate and its floor are one vmapped call (one traced
-        # estimator; the unshuffled side is unbatched, so computed once).
-        # Labels go on the first side, as in the reference analysis (EDGE.md §5).
-        xz = jax.vmap(lambda zs: edge.mutual_information(key, x_flat, zs, edge_xz))(
-            jnp.stack([z, z[perm]]))
-        zy = jax.vmap(lambda ys: edge.mutual_information(key, ys, z, edge_zy))(
-            jnp.stack([y, y[perm]]))
-        return xz[0], zy[0], xz[1], zy[1]
+    x: (m, H, W, C) uint8 images, y: (m,) labels, z: (m, 84) the model's
+    representation of x. One shuffle per eval point, shared by every model,
+    dataset and estimator; each estimate and its floor are one vmapped
+    call (the unshuffled side is unbatched, so computed once). Labels go
+    on the first side, as in the EDGE author's analysis.
+    """
+    perm = jax.random.permutation(jax.random.fold_in(key, 1), y.shape[0])
+    x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
+    out = {}
+    for est in estimators:
+        if isinstance(est.xz, mi.KDE):
+            # I(X; Z+e) needs Z alone: shuffling X changes nothing, no floor.
+            b = kde.xz_bounds(key, z, est.xz)
+            out[f"mi_xz_{est.name}"], out[f"mi_xz_{est.name}_lower"] = b.upper, b.lower
+        elif est.xz is not None:
+            v = jax.vmap(lambda zs: mi.estimate_traced(key, x_flat, zs, est.xz))(
+                jnp.stack([z, z[perm]]))
+            out[f"mi_xz_{est.name}"], out[f"mi_xz_{est.name}_floor"] = v[0], v[1]
+        ys = jnp.stack([y, y[perm]])
+        if isinstance(est.zy, mi.KDE):
+            b = jax.vmap(lambda yy: kde.zy_bounds(key, yy, z, est.zy))(ys)
+            out[f"mi_zy_{est.name}"], out[f"mi_zy_{est.name}_floor"] = b.upper[0], b.upper[1]
+            out[f"mi_zy_{est.name}_lower"] = b.lower[0]
+        elif est.zy is not None:
+            v = jax.vmap(lambda yy: mi.estimate_traced(key, yy, z, est.zy))(ys)
+            out[f"mi_zy_{est.name}"], out[f"mi_zy_{est.name}_floor"] = v[0], v[1]
+    return out
+
+
+def head_bounds(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(Barber–Agakov, Fano) lower bounds on I(Z;Y) in bits from a model's own
+    head: logits (n, C) and labels (n,)."""
+    num_classes = logits.shape[-1]
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    entropy = bounds.label_entropy(labels, num_classes)
+    return bounds.barber_agakov(logits, labels), bounds.fano(accuracy, entropy, num_classes)
+
+
+def _measure_fn(model, estimators, chunk):
+    xz_name, zy_name = primary(estimators, "xz"), primary(estimators, "zy")
 
     def measure(key, params, local_x, local_y, test_x, test_y):
         stacked = models_to_measure(params)
         num_datasets, m = local_y.shape
         # One forward pass per model over every local and test image: models
         # in sequence (lax.map), images in chunks; measured faster on CPU than
-        # vmapping over models and datasets (BUILD_NOTES.md).
+        # vmapping over models and datasets (docs/performance.md).
         images = jnp.concatenate([local_x.reshape((-1,) + local_x.shape[2:]), test_x])
         logits, z = jax.lax.map(lambda p: chunked_forward(model, p, images, chunk), stacked)
-        correct = jnp.argmax(logits, -1) == jnp.concatenate([local_y.reshape(-1), test_y])
         num_local = num_datasets * m
+        all_y = jnp.concatenate([local_y.reshape(-1), test_y])
+        correct = jnp.argmax(logits, -1) == all_y
         acc = correct[:, :num_local].reshape(-1, num_datasets, m).mean(-1)
         test_acc = correct[:, num_local:].mean(-1)
+        local_logits = logits[:, :num_local].reshape(-1, num_datasets, m, logits.shape[-1])
+        head, fano = jax.vmap(jax.vmap(head_bounds), in_axes=(0, None))(local_logits, local_y)
+        test_head, test_fano = jax.vmap(head_bounds, in_axes=(0, None))(
+            logits[:, num_local:], test_y)
         z_local = z[:, :num_local].reshape(-1, num_datasets, m, z.shape[-1])
-        over_datasets = jax.vmap(mi_pair, in_axes=(None, 0, 0, 0))
-        mi_xz, mi_zy, floor_xz, floor_zy = jax.vmap(over_datasets, in_axes=(None, None, None, 0))(
-            key, local_x, local_y, z_local)
-        return Measurement(mi_xz, mi_zy, acc, test_acc, floor_xz, floor_zy)
+        one = lambda x, y, zz: pair_estimates(estimators, key, x, y, zz)
+        over_datasets = jax.vmap(one, in_axes=(0, 0, 0))
+        fields = jax.vmap(over_datasets, in_axes=(None, None, 0))(local_x, local_y, z_local)
+        nan = jnp.full(acc.shape, jnp.nan, acc.dtype)
+        get = lambda name: fields[name] if name in fields else nan
+        return Measurement(acc, test_acc, head, fano, test_head, test_fano, fields,
+                           get(f"mi_xz_{xz_name}"), get(f"mi_zy_{zy_name}"),
+                           get(f"mi_xz_{xz_name}_floor"), get(f"mi_zy_{zy_name}_floor"))
 
     return measure

@@ -1,8 +1,11 @@
 """Figures of one run, made from its `metrics.jsonl` alone.
 
-* `mi.png`: I(X;Z) (left) and I(Z;Y) (right) against the step, one line per
-  model per local dataset (as the paper's figures 1-4), over a grey band: the
-  estimator's floor (the same estimates with the pairing shuffled);
+* `mi.png`: one row of panels per recorded estimator, I(X;Z) (left) and
+  I(Z;Y) (right) against the step, one line per model per local dataset (as
+  the paper's figures 1-4), over a grey band: the estimator's floor (the same
+  estimates with the pairing shuffled); KDE's Bhattacharyya value shades
+  below its KL value; every I(Z;Y) panel also draws the head's
+  Barber–Agakov bound (thin dotted lines), and panels share their axes;
 * `accuracy.png`: accuracy of every model on every local dataset and the test split;
 * `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
 """
@@ -65,16 +68,62 @@ def _floor_band(ax, records, key):
                         color="grey", alpha=0.3, lw=0, label="estimator floor (pairing shuffled)")
 
 
+def estimator_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(label, I(X;Z) field, I(Z;Y) field) per estimator in the records, in
+    the order of their fields; the plain mi_xz / mi_zy for older runs."""
+    names = []
+    for r in records:
+        for k in r:
+            for prefix in ("mi_xz_", "mi_zy_"):
+                name = k[len(prefix):] if k.startswith(prefix) else None
+                if name and not name.endswith(("_floor", "_lower")) and name not in (
+                        "head", "fano", "floor") and name not in names:
+                    names.append(name)
+    if not names:
+        return [("EDGE", "mi_xz", "mi_zy")]
+    return [(name, f"mi_xz_{name}", f"mi_zy_{name}") for name in names]
+
+
+def _lower_shading(ax, records, key, colors):
+    """Shade from the `key`_lower value up to `key` (KDE's two values)."""
+    lower = _series(records, f"{key}_lower")
+    upper = _series(records, key)
+    for series_key, (steps, values) in lower.items():
+        top = dict(zip(*upper.get(series_key, ([], []))))
+        pairs = [(s, v, top[s]) for s, v in zip(steps, values) if s in top]
+        if pairs:
+            ax.fill_between([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
+                            color=colors[series_key[0]], alpha=0.12, lw=0)
+
+
 def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, key, label in zip(axes, ("mi_xz", "mi_zy"), ("I(X;Z) [bits]", "I(Z;Y) [bits]")):
-        series = _series(records, key)
-        _floor_band(ax, records, f"{key}_floor")
-        _lines(ax, series, _model_colors({m for m, _ in series}))
+    rows = estimator_rows(records)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 3.6 * len(rows) + 0.6), squeeze=False,
+                             sharex=True, sharey="col")
+    head = _series(records, "mi_zy_head")
+    for row, (name, xz_key, zy_key) in zip(axes, rows):
+        for ax, key, label in zip(row, (xz_key, zy_key), ("I(X;Z)", "I(Z;Y)")):
+            series = _series(records, key)
+            colors = _model_colors({m for m, _ in series} | {m for m, _ in head})
+            _floor_band(ax, records, f"{key}_floor")
+            _lower_shading(ax, records, key, colors)
+            _lines(ax, series, colors)
+            if label == "I(Z;Y)":
+                for (model, dataset), (steps, values) in sorted(head.items()):
+                    ax.plot(steps, values, ":", color=colors[model], lw=0.8)
+            if not series:
+                ax.text(0.5, 0.5, f"{name} does not define {label}\n(see docs/estimators.md)",
+                        ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_ylabel(f"{label} [bits], {name}")
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
         ax.set_xlabel("local step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    handles, labels = axes[0][1].get_legend_handles_labels()
+    if head:
+        handles.append(plt.Line2D([], [], ls=":", color="grey"))
+        labels.append("head bound (Barber-Agakov)")
+    if handles:
+        axes[0][1].legend(handles, labels, fontsize=7, ncol=2)
     fig.suptitle(title or "mutual information at every eval point")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -97,7 +146,7 @@ def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> 
 
 
 def plot_info_plane(records: list[dict[str, Any]], path: str, title: str = "") -> None:
-    points = [r for r in records if r["mi_xz"] is not None and r["mi_zy"] is not None]
+    points = [r for r in records if r.get("mi_xz") is not None and r.get("mi_zy") is not None]
     models = sorted({r["model"] for r in points}, key=lambda m: (m == "average", m))
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 3.8),
                              squeeze=False, sharex=True, sharey=True)

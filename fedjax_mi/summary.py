@@ -1,6 +1,7 @@
-"""The reproduction summary: final accuracies, final I(Z;Y) against the
-estimator's floor, and when the average's I(Z;Y) first falls clearly below
-the local models'."""
+"""The reproduction summary: final accuracies, final I(Z;Y) of every
+recorded estimator against its floor and the head's bounds, and when the
+average's I(Z;Y) first falls clearly below the local models', read with
+each estimator."""
 
 from typing import Any, Mapping, Optional
 
@@ -15,28 +16,42 @@ def final_accuracies(records: list[dict[str, Any]]) -> dict[tuple[str, str], flo
     return {(r["model"], r["dataset"]): r["acc"] for r in records if r["step"] == last}
 
 
-def final_mi_table(records: list[dict[str, Any]], models: list[str], datasets: list[str]
-                   ) -> list[str]:
-    """Markdown rows of I(Z;Y) at the last eval point, "value (floor)" per
-    model and local dataset; the floor (the estimate with the labels
-    shuffled) is left out for records that have none."""
+# Bounds from the model's own head, recorded with every estimator choice.
+HEAD_BOUNDS = {"mi_zy_head": "head (Barber-Agakov)", "mi_zy_fano": "Fano"}
+
+
+def zy_fields(records: list[dict[str, Any]]) -> dict[str, str]:
+    """{record field: label} of every I(Z;Y) estimator in the records, then
+    the head's bounds; the plain `mi_zy` for records of older runs."""
+    names = sorted({k for r in records for k in r if k.startswith("mi_zy_")
+                    and not k.endswith(("_floor", "_lower")) and k not in HEAD_BOUNDS})
+    fields = {k: k[len("mi_zy_"):] for k in names} or {"mi_zy": "I(Z;Y)"}
+    fields.update({k: v for k, v in HEAD_BOUNDS.items() if any(k in r for r in records)})
+    return fields
+
+
+def final_mi_table(records: list[dict[str, Any]], models: list[str], datasets: list[str],
+                   key: str = "mi_zy", label: str = "I(Z;Y)") -> list[str]:
+    """Markdown rows of `key` at the last eval point, "value (floor)" per
+    model and local dataset; the floor (`key`_floor, the estimate with the
+    labels shuffled) is left out for records that have none."""
     last = max(r["step"] for r in records)
     at = {(r["model"], r["dataset"]): r for r in records if r["step"] == last}
-    rows = ["| I(Z;Y) [bits] (floor) | " + " | ".join(datasets) + " |",
+    rows = [f"| {label} [bits] (floor) | " + " | ".join(datasets) + " |",
             "| --- |" + " --- |" * len(datasets)]
     for m in models:
         cells = []
         for d in datasets:
             r = at.get((m, d), {})
-            value, floor = r.get("mi_zy"), r.get("mi_zy_floor")
+            value, floor = r.get(key), r.get(f"{key}_floor")
             cells.append("-" if value is None else f"{value:.3f}"
                          + ("" if floor is None else f" ({floor:.3f})"))
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     return rows
 
 
-def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION
-               ) -> Optional[tuple[int, float, str]]:
+def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION,
+               key: str = "mi_zy") -> Optional[tuple[int, float, str]]:
     """(step, epoch, dataset) of the first eval point where, on some local
     dataset d, the average's I(Z;Y) < fraction x worker d's I(Z;Y); None if never."""
     by_key = {(r["step"], r["model"], r["dataset"]): r for r in records}
@@ -45,9 +60,9 @@ def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION
             if s != step or model != "average" or not dataset.startswith("local"):
                 continue
             own = by_key.get((step, f"worker{dataset[len('local'):]}", dataset))
-            if own is None or r["mi_zy"] is None or own["mi_zy"] is None:
+            if own is None or r.get(key) is None or own.get(key) is None:
                 continue
-            if r["mi_zy"] < fraction * own["mi_zy"]:
+            if r[key] < fraction * own[key]:
                 return step, r["epoch"], dataset
     return None
 
@@ -69,7 +84,7 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
         sync = "" if cfg.protocol == "nosync" else f", sync every {cfg.sync_period}"
         lines += [f"## {name}: {cfg.dataset}, {cfg.split}, {cfg.protocol}{sync}", "",
                   f"{cfg.workers} workers, {cfg.epochs:g} epochs, batch {cfg.batch_size}, "
-                  f"lr {cfg.lr:g}, eval every {cfg.eval_period} steps, EDGE {cfg.edge}"
+                  f"lr {cfg.lr:g}, eval every {cfg.eval_period} steps, estimators {cfg.mi!r}"
                   + "".join(f"; {name} {getattr(cfg, name)!r}" for name in ("edge_xz", "edge_zy")
                             if getattr(cfg, name)) + ".", "",
                   "| model | " + " | ".join(datasets) + " |",
@@ -78,10 +93,13 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
             cells = [("-" if acc.get((m, d)) is None else f"{acc[(m, d)]:.3f}") for d in datasets]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         local = [d for d in datasets if d != "test"]
-        lines += [""] + final_mi_table(records, models, local)
-        drop = first_drop(records)
-        lines += ["", ("The average's I(Z;Y) never fell clearly below the local models'."
-                       if drop is None else
-                       f"The average's I(Z;Y) first fell clearly below the local model's at "
-                       f"step {drop[0]} (epoch {drop[1]:g}) on {drop[2]}."), ""]
+        for key, label in zy_fields(records).items():
+            lines += [""] + final_mi_table(records, models, local, key, f"I(Z;Y) {label}")
+        lines += ["", "Does the average's I(Z;Y) fall below the local models'?", ""]
+        for key, label in zy_fields(records).items():
+            drop = first_drop(records, key=key)
+            lines.append(f"- {label}: " + (
+                "never clearly below." if drop is None else
+                f"first clearly below at step {drop[0]} (epoch {drop[1]:g}) on {drop[2]}."))
+        lines.append("")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from fedjax_mi import edge
+from fedjax_mi.mi import counting, edge
 
 REF = edge.EdgeConfig.reference("4.2.0")
 DEFAULT = edge.EdgeConfig()
@@ -149,7 +149,7 @@ class ReferenceParityTest(parameterized.TestCase):
       ("v420_one_dim_vs_wide", "4.2.0", "x1", "wide", dict(epsilon_vector="range")),
       ("v420_average_floor", "4.2.0", "x", "y",
        dict(ensemble_estimation="average", hashing="floor", normalize_epsilon=False, L_ensemble=4)),
-      # Labels on one side are counted with one sort per grid (edge._labelled_grid_counts):
+      # Labels on one side are counted with one sort per grid (counting.labelled_grid_counts):
       # labels as y; label buckets that hold several label values; and widths so narrow
       # that the other side's codes overflow the exact mixed-radix word (hashed instead).
       ("v420_wide_vs_labels", "4.2.0", "wide", "labels", dict(epsilon_vector="range")),
@@ -363,7 +363,7 @@ class CountingTest(parameterized.TestCase):
       counts[k] = counts.get(k, 0) + 1
     expected = sum(math.log2(counts[k]) for k in keys.tolist())
     # float32 sum of <= 500 terms of <= 9 bits: 1e-3 absolute.
-    self.assertAlmostEqual(float(edge._sum_log_sizes(jnp.asarray(keys))), expected, delta=1e-3)
+    self.assertAlmostEqual(float(counting.sum_log_sizes(jnp.asarray(keys))), expected, delta=1e-3)
 
   @parameterized.named_parameters(
       ("exact_words", 0, 1.0), ("hashed_words", 2, 1.0), ("merged_label_buckets", 0, 2.5))
@@ -379,8 +379,8 @@ class CountingTest(parameterized.TestCase):
       codes[c, c] = (1 << 20) - 1
     values = rs.randint(0, 6, size=N_SMALL)
     shift, width = 0.3, label_width
-    classes = edge._classes(edge._sorted_column(jnp.asarray(values, jnp.float32)[:, None]))
-    got = edge._labelled_grid_counts(jnp.asarray(codes), classes, jnp.asarray([shift]),
+    classes = counting.label_classes(counting.sorted_column(jnp.asarray(values, jnp.float32)[:, None]))
+    got = counting.labelled_grid_counts(jnp.asarray(codes), classes, jnp.asarray([shift]),
                                      jnp.asarray([width]))
     a = [tuple(c) for c in codes.tolist()]
     b = [math.floor((v + shift) / width) for v in values.tolist()]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fedjax_mi import edge, experiment, measure, metrics_io, plotting, summary
+from fedjax_mi import experiment, measure, metrics_io, plotting, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 64 digits per worker, batch 16 -> 4 steps per epoch, 10 steps, eval every 4
@@ -47,16 +47,27 @@ def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
         for field in metrics_io.FIELDS:
             assert field in r
         assert 0.0 <= r["acc"] <= 1.0
+        # The head's bounds on I(Z;Y) are recorded on every dataset; Fano's
+        # lies in [0, log2 10] with 10 classes; the head's is <= H(Y) <= log2 10.
+        assert 0.0 <= r["mi_zy_fano"] <= 3.33 and r["mi_zy_head"] <= 3.33
+        estimator_fields = [k for k in r if k.startswith(("mi_xz_", "mi_zy_"))
+                            and k not in ("mi_xz_floor", "mi_zy_floor", "mi_zy_head", "mi_zy_fano")]
+        assert sorted(estimator_fields) == ["mi_xz_kde", "mi_xz_kde_lower", "mi_zy_kde",
+                                            "mi_zy_kde_floor", "mi_zy_kde_lower", "mi_zy_probe",
+                                            "mi_zy_probe_floor"]
         if r["dataset"] == "test":
+            assert all(r[k] is None for k in estimator_fields)
             assert r["mi_xz"] is None and r["mi_zy"] is None
             assert r["mi_xz_floor"] is None and r["mi_zy_floor"] is None
         else:
-            # EDGE is capped at log2 N and, with 10 classes, at log2 10 for
-            # I(Z;Y); so are its floors (the same estimates, pairing shuffled).
-            for key in ("mi_xz", "mi_xz_floor"):
-                assert 0.0 <= r[key] <= 6.0 + 1e-6
-            for key in ("mi_zy", "mi_zy_floor"):
-                assert 0.0 <= r[key] <= 3.33
+            # The default estimators: KDE's I(X;Z+e) (no pairing to shuffle,
+            # so no floor) is capped at log2 N = 6 bits for 64 samples; the
+            # probe's I(Z;Y) at H(Y) <= log2 10.
+            assert (r["mi_xz"], r["mi_xz_floor"]) == (r["mi_xz_kde"], None)
+            assert (r["mi_zy"], r["mi_zy_floor"]) == (r["mi_zy_probe"], r["mi_zy_probe_floor"])
+            assert 0.0 <= r["mi_xz_kde_lower"] <= r["mi_xz_kde"] <= 6.0 + 1e-6
+            for key in ("mi_zy_probe", "mi_zy_probe_floor", "mi_zy_kde", "mi_zy_kde_floor"):
+                assert r[key] <= 3.33
     assert {r["epoch"] for r in parsed} == {0.0, 1.0, 2.0, 2.5}
 
 
@@ -229,12 +240,13 @@ BAD_SETTINGS = [
     (dict(epochs=0.0), "epochs"), (dict(batch_size=100), "batch_size"),
     (dict(mi_samples=1000), "mi_samples"), (dict(dataset="mnist"), "dataset"),
     (dict(cifar_dir="/tmp"), "cifar_dir"), (dict(opt_sync="merge"), "opt_sync"),
-    (dict(edge="exact"), "edge"), (dict(resume=True, overwrite=True), "resume"),
+    (dict(mi="exact"), "mi"), (dict(mi="kde,kde"), "mi"), (dict(resume=True, overwrite=True), "resume"),
     (dict(checkpoint_every=-1), "checkpoint_every"),
     (dict(protocol="sync", sync_period=1000), "sync_period"),
     (dict(edge_zy="L=3"), "edge_zy"), (dict(edge_xz="gamma"), "edge_xz"),
-    (dict(edge_xz="U=abc"), "edge_xz"), (dict(edge="default", edge_zy="U=3"), "edge_zy"),
-    (dict(edge="default", edge_xz="ensemble_size=0"), "edge_xz"),
+    (dict(edge_xz="U=abc"), "edge_xz"), (dict(edge_xz="L_ensemble=0"), "edge_xz"),
+    (dict(edge_version="5.0"), "edge_version"), (dict(kde_noise_var=0.0), "kde_noise_var"),
+    (dict(kde_noise_var=-1.0), "kde_noise_var"), (dict(kde_queries=1), "kde_queries"),
 ]
 
 
@@ -253,14 +265,25 @@ def test_edge_options_parse_and_replace_the_paper_settings():
     assert measure.parse_edge_options(" U=30; gamma=(0.2, 2);epsilon_vector=fixed; ") == (
         ("U", 30), ("gamma", (0.2, 2)), ("epsilon_vector", "fixed"))
     assert measure.parse_edge_options("") == ()
-    xz, zy = measure.paper_edge_configs("reference", "4.2.0", (("U", 30),),
+    xz, zy = measure.paper_edge_configs("4.2.0", (("U", 30),),
                                         (("L_ensemble", 3), ("gamma", (1e-4, 0.6))))
-    # Named options replace EDGE.md section 5's settings; the others stay.
+    # Named options replace the author's settings for the last hidden layer;
+    # the others stay.
+    xz, zy = xz.settings(), zy.settings()
     assert (xz.upper_clip, xz.ensemble_size, xz.gamma) == (30.0, 10, (0.2, 1.4))
     assert (zy.upper_clip, zy.ensemble_size, zy.gamma, zy.epsilon) == (10.0, 3, (1e-4, 0.6),
                                                                        (0.2, 0.2))
-    xz, zy = measure.paper_edge_configs("default", "4.2.0", (), (("ensemble_size", 2),))
-    assert xz == edge.EdgeConfig() and zy.ensemble_size == 2
+
+
+def test_mi_flag_selects_estimators_in_order():
+    assert measure.parse_mi("none") == () and measure.parse_mi("") == ()
+    settings = measure.StudySettings(mi="probe, edge_reference,kde")
+    ests = measure.study_estimators(settings, num_classes=10)
+    assert [e.name for e in ests] == ["probe", "edge_reference", "kde"]
+    # The probe defines no I(X;Z): the first estimator that does fills mi_xz.
+    assert measure.primary(ests, "xz") == "edge_reference"
+    assert measure.primary(ests, "zy") == "probe"
+    assert ests[0].zy.num_classes == 10 and ests[2].xz.noise_var == settings.kde_noise_var
 
 
 def test_bad_data_inputs_are_named(tmp_path):
