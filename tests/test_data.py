@@ -325,6 +325,45 @@ def test_cifar_malicious_pickle_refused(tmp_path, monkeypatch, protocol, where, 
     assert sentinel.exists()
 
 
+
+
+class _Call:
+    """Pickles as the call fn(*args)."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+# numpy's test helper that exec()s a string (a private module: skipped where absent).
+_RUNSTRING = getattr(__import__("numpy.testing._private.utils", fromlist=["_"]), "runstring",
+                     None)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("fn,args,made", [
+    # numpy functions that write a file or run a string as code: a global is
+    # not safe because it comes from numpy; only the array-rebuilding ones are.
+    (np.save, ("SENTINEL", 0), "SENTINEL.npy"),
+    pytest.param(_RUNSTRING, ("open('SENTINEL', 'w').close()", {}), "SENTINEL",
+                 marks=pytest.mark.skipif(_RUNSTRING is None, reason="no numpy runstring"))])
+def test_cifar_other_numpy_globals_refused(tmp_path, monkeypatch, protocol, fn, args, made):
+    folder, *_ = _write_folder(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join(folder, "data_batch_3")
+    with open(path, "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": _Call(fn, args)}, fh,
+                    protocol=protocol)
+    with pytest.raises(data.DataError, match=f"data_batch_3: refused .*numpy.*{fn.__name__}"):
+        data.load_cifar_folder(folder)
+    assert not (tmp_path / made).exists()
+    # Control: the payload is live, a plain pickle.load runs it.
+    with open(path, "rb") as fh:
+        pickle.load(fh)
+    assert (tmp_path / made).exists()
+
 def test_cifar_truncated(tmp_path):
     folder, *_ = _write_folder(str(tmp_path))
     path = os.path.join(folder, "data_batch_4")

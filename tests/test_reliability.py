@@ -3,10 +3,10 @@ refusal to overwrite, divergence, damaged checkpoints."""
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -34,17 +34,55 @@ def finish(proc):
     return stdout
 
 
-def kill_after_first_checkpoint(proc, ckpts):
-    """SIGKILL proc as soon as a checkpoint exists in ckpts: it is then mid-way."""
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "it ended before it could be killed"
+# Runs module argv[2] with arguments argv[3:], with `checkpoint.save` wrapped:
+# its second call (one checkpoint complete, the next eval point's records
+# written but not yet checkpointed) writes one byte to the pipe fd argv[1]
+# and then blocks until the process is killed.
+_PAUSED = """
+import os, runpy, sys, threading
+from fedjax_mi import checkpoint
+fd, module = int(sys.argv[1]), sys.argv[2]
+save, calls = checkpoint.save, []
+def paused_save(*args, **kwargs):
+    calls.append(None)
+    if len(calls) == 2:
+        os.write(fd, b"!")
+        threading.Event().wait()
+    return save(*args, **kwargs)
+checkpoint.save = paused_save
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def kill_at_second_checkpoint(module, args, log_dir):
+    """Run `python -m module args` until it starts its second checkpoint, then
+    SIGKILL it. The child announces that moment on a pipe and waits there, so
+    the kill always lands mid-run, after a checkpoint and after records that
+    the resumed run must drop, however fast the machine is."""
+    read_fd, write_fd = os.pipe()
+    with open(log_dir / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSED, str(write_fd), module, *args],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                pass_fds=(write_fd,))
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], 300)
+        signalled = os.read(read_fd, 1) if ready else b""
+    finally:
+        os.close(read_fd)
+    if signalled != b"!":  # it ended (EOF) or hung before its second checkpoint
+        proc.kill()
+        proc.wait()
+        pytest.fail("never reached its second checkpoint:\n"
+                    + (log_dir / "killed.log").read_text()[-3000:])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def checkpoint_steps(ckpts):
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +96,13 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     out = tmp_path / "killed"
-    kill_after_first_checkpoint(start(out), out / "checkpoints")
+    kill_at_second_checkpoint("experiments.run", [*FLAGS, f"--out={out}"], tmp_path)
+    assert checkpoint_steps(out / "checkpoints") == [4]
     with open(out / "metrics.jsonl") as fh:  # whatever was there is complete lines
         partial = [json.loads(line) for line in fh]
+    # The eval point at step 8 is written but not checkpointed: --resume must
+    # drop and recompute it.
+    assert {r["step"] for r in partial} == {0, 4, 8}
     assert 0 < len(partial) < len(uninterrupted.splitlines())
     refused = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -138,7 +180,8 @@ def test_sigkill_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_p
                                  f"--out={out}", *extra], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    kill_after_first_checkpoint(sweep(), out / "checkpoints")
+    kill_at_second_checkpoint("experiments.sweep", [*flags, f"--out={out}"], tmp_path)
+    assert checkpoint_steps(out / "checkpoints") == [4]
     assert not (out / "runs.json").exists()  # killed before the end
     assert "resumed from the checkpoint at step" in finish(sweep("--resume"))
     runs = json.loads((out / "runs.json").read_text())

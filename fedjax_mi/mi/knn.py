@@ -18,7 +18,8 @@ The k-th smallest distance of each query row is found without a sort
 the row is cut into chunks of `_CHUNK` columns, the k chunks with the
 smallest minima are kept (they hold the k smallest values, see
 `_kth_smallest`), and the k-th smallest of those k * _CHUNK values is found
-by k passes over distinct values, which counts ties correctly.
+by k passes over distinct values, which counts ties correctly. Neighbour
+counts go through one packed float reduction (`_count_true`).
 """
 
 import dataclasses
@@ -32,8 +33,8 @@ from jax.scipy.special import digamma
 
 from fedjax_mi.mi import inputs, pairwise
 
-# Columns per chunk in `_kth_smallest`; 64 measured fastest of 32/64/128 on
-# the 2-core CPU (docs/estimators.md, "kNN").
+# Columns per chunk in `_kth_smallest` and `_count_true` (which needs
+# <= 64); 64 measured ~10% faster than 32 on the 2-core CPU.
 _CHUNK = 64
 
 
@@ -45,10 +46,12 @@ class KSG:
       k: neighbour order in the joint space (>= 1). Kraskov et al. (2004)
         recommend 2-4; larger k lowers variance and raises bias.
       block: query rows per `lax.map` step; memory is O(block x N) floats.
-        Changes speed only, never the estimate.
+        Changes speed only, never the estimate. 32-256 ran within timing
+        noise on the 2-core CPU at N = 25,000; 64 keeps the (block, N)
+        arrays cache-sized (docs/estimators.md, "kNN").
     """
     k: int = 3
-    block: int = 256
+    block: int = 64
 
     def __post_init__(self):
         if not isinstance(self.k, int) or self.k < 1:
@@ -65,17 +68,19 @@ class MixedKNN:
       k: neighbour order within a sample's own class (>= 1). Classes with
         <= k samples are skipped (see `mixed_knn`).
       block: query rows per `lax.map` step; memory is O(block x N) floats.
-        Changes speed only, never the estimate.
+        Changes speed only, never the estimate (default as for `KSG`).
       distances: how squared Euclidean distances are computed (same metric,
         different rounding). "gemm": |q|^2 + |x|^2 - 2 q.x, one matrix
-        product per block, ~5x faster at d = 84 but with absolute error
-        ~ d * 2^-24 * (|q|^2 + |x|^2), which swamps neighbour distances that
-        are tiny next to the norms (low-dimensional or tightly clustered
-        data). "direct": summed coordinate differences, error relative to
-        the distance itself. "auto": "direct" for d <= 8, else "gemm".
+        product per block; at d = 84 the whole estimator runs 2.5x faster
+        than with "direct" (the distances alone 5x; max-norm distances
+        would be 7x slower), but the absolute error ~ d 2^-24 (|q|^2 + |x|^2)
+        swamps neighbour distances that are tiny next to the norms
+        (low-dimensional or tightly clustered data). "direct": summed
+        coordinate differences, error relative to the distance itself.
+        "auto": "direct" for d <= 8, else "gemm".
     """
     k: int = 3
-    block: int = 128
+    block: int = 64
     distances: str = "auto"
 
     def __post_init__(self):
@@ -251,24 +256,24 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
     del key
     n = inputs.check_pair(a, b, min_samples=config.k + 1, name="KSG")
     a_raw, b_raw = jnp.asarray(a), jnp.asarray(b)
-    # The barrier makes queries and columns copies of one computed array:
-    # left to fuse, XLA computed the standardisation separately for each
-    # and the two could differ in the last bit, so duplicates were no longer
-    # at distance exactly 0.
-    za, zb = lax.optimization_barrier((pairwise.standardize(inputs.as_matrix(a_raw)),
-                                       pairwise.standardize(inputs.as_matrix(b_raw))))
+    za = pairwise.standardize(inputs.as_matrix(a_raw))
+    zb = pairwise.standardize(inputs.as_matrix(b_raw))
     za_cols, zb_cols = _pad_rows(za, _CHUNK).T, _pad_rows(zb, _CHUNK).T  # (d, Np)
     index = jnp.arange(za_cols.shape[1])
     valid = index < n
 
-    def block(qa, qb, qi):
-        # Materialise both marginal distances before reducing them: XLA:CPU
-        # fusing the 2 x d column loop into the reductions ran ~5x slower.
-        da, db = lax.optimization_barrier(
-            (_chebyshev(qa, za_cols), _chebyshev(qb, zb_cols)))      # (B, Np) each
+    def block(qi):
+        # Queries are read from the column arrays inside the loop body, where
+        # those are materialised loop operands: taken from za, zb outside the
+        # loop, XLA:CPU recomputed the standardisation separately for queries
+        # and columns, with reductions rounded differently, and duplicated
+        # rows ended up 1 ulp apart instead of at distance 0.
+        qa, qb = za_cols[:, qi].T, zb_cols[:, qi].T                   # (B, d)
+        da = _chebyshev(qa, za_cols)                                 # (B, Np)
+        db = _chebyshev(qb, zb_cols)
         other = (qi[:, None] != index[None, :]) & valid[None, :]
         dz = jnp.where(other, jnp.maximum(da, db), jnp.inf)
-        eps = _kth_smallest(dz, config.k)                        # (B,)
+        eps = _kth_smallest(dz, config.k)                            # (B,)
         # "Strictly closer than eps" is "<= the float below eps"; at eps = 0
         # the Gao et al. rule counts "<= 0".
         radius = jnp.where(eps > 0, jnp.nextafter(eps, jnp.zeros_like(eps)), 0.0)[:, None]
@@ -277,7 +282,7 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
         k_i = jnp.where(eps > 0, config.k, at_zero)
         return k_i, n_a, n_b
 
-    k_i, n_a, n_b = pairwise.map_row_blocks(block, config.block, za, zb, jnp.arange(n))
+    k_i, n_a, n_b = pairwise.map_row_blocks(block, config.block, jnp.arange(n))
     f = lambda c: digamma(c.astype(za.dtype))
     nats = digamma(jnp.asarray(n, za.dtype)) + jnp.mean(f(k_i) - f(n_a + 1) - f(n_b + 1))
     return inputs.nan_unless_finite(nats / math.log(2.0), a_raw, b_raw)
@@ -316,9 +321,9 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
 
     Columns of x are standardised (z-scored over the kept samples, see
     below; a constant column is only centred), so the estimate does not
-    depend on the units of each column; distances are Euclidean,
-    computed by one GEMM per block (about 6x faster than max-norm for
-    84-dim x on this CPU; Ross's argument holds for any norm). For sample i
+    depend on the units of each column. Distances are Euclidean (Ross's
+    argument holds for any norm), computed as `config.distances` says: by
+    one GEMM per block for d > 8, by summed differences otherwise. For sample i
     of class y_i: d_i is the distance to its k-th nearest neighbour among the
     other samples of class y_i; m_i counts the other samples of any class at
     distance <= d_i (so the k same-class neighbours count, m_i >= k); N_y is
@@ -331,14 +336,17 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     Small classes: a class with <= k samples has no k-th neighbour, so its
     samples are removed before estimation: they get zero weight, do not count
     in m_i of other samples nor in the standardisation, and N is the number
-    of samples kept (the result equals that on the kept rows alone). If no class
-    has more than k samples the result is NaN. Done with masks under jit.
+    of samples kept (the result equals that on the kept rows alone). If no
+    class has more than k samples the result is NaN. Done with masks under
+    jit; the number of classes need not be static.
 
-    Ties: duplicated samples of a class give d_i = 0 and m_i counts every
-    sample at distance 0; no special rule is needed (m_i >= k holds). The
-    GEMM gives exact zeros for exactly representable small-integer data but
-    only ~d x 2^-24 relative accuracy in general, so for duplicated general
-    float rows the tie count among the duplicates follows float rounding.
+    Ties need no special rule: m_i counts with <=, so every sample tied with
+    the k-th neighbour counts and m_i >= k even when d_i = 0 (duplicates).
+    Summed differences put duplicates at exactly 0. The GEMM puts them at a
+    rounding-size distance instead, equal for all copies of a point on
+    XLA:CPU (tested), so ties among duplicates still count as ties; exact
+    ties between distinct points survive only where the GEMM is exact
+    (e.g. small-integer data).
 
     Args:
       key: unused (the estimator is deterministic).
@@ -366,29 +374,30 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     labels = inputs.as_labels(labels)
     sizes = _class_sizes(labels)
     kept = sizes > config.k
-    # One materialised array for queries and columns (see `ksg`).
-    z = lax.optimization_barrier(_standardize_kept(inputs.as_matrix(x_raw), kept))
+    z = _standardize_kept(inputs.as_matrix(x_raw), kept)
 
     gemm = config.distances == "gemm" or (
         config.distances == "auto" and z.shape[1] > _DIRECT_MAX_DIM)
-    z_cols = _pad_rows(z, _CHUNK)                                 # (Np, d)
-    distances = _sq_euclidean if gemm else _sq_differences
+    z_cols = _pad_rows(z, _CHUNK)                     # (Np, d) rows for the GEMM
     if not gemm:
-        z_cols = z_cols.T                                         # (d, Np)
+        z_cols = z_cols.T                             # (d, Np) coordinate rows
     labels_cols = _pad_rows(labels, _CHUNK)
     index = jnp.arange(labels_cols.shape[0])
     counted = _pad_rows(kept, _CHUNK)  # padding rows are False
 
-    def block(q, q_label, qi):
-        # Materialised once (see `ksg`), then reduced twice.
-        d2 = lax.optimization_barrier(distances(q, z_cols))      # (B, Np)
+    def block(qi):
+        # Queries read from the loop operand, as in `ksg` (exact duplicates).
+        if gemm:
+            d2 = _sq_euclidean(z_cols[qi], z_cols)                   # (B, Np)
+        else:
+            d2 = _sq_differences(z_cols[:, qi].T, z_cols)
         other = qi[:, None] != index[None, :]
-        same = (q_label[:, None] == labels_cols[None, :]) & counted[None, :]
+        same = (labels[qi][:, None] == labels_cols[None, :]) & counted[None, :]
         radius = _kth_smallest(jnp.where(same & other, d2, jnp.inf), config.k)
         (m,) = _count_true(other & counted[None, :] & (d2 <= radius[:, None]))
         return m
 
-    m = pairwise.map_row_blocks(block, config.block, z, labels, jnp.arange(n))
+    m = pairwise.map_row_blocks(block, config.block, jnp.arange(n))
     weight = kept.astype(z.dtype)
     n_kept = jnp.sum(weight)
     mean = lambda v: jnp.sum(weight * v) / n_kept        # NaN if nothing is kept
