@@ -49,7 +49,7 @@ flags.DEFINE_string("edge_xz", D.edge_xz, "edge_reference options for I(X;Z), 'N
                     "the reference's keywords (U, gamma, epsilon, L_ensemble, ...) replacing the "
                     "study's settings")
 flags.DEFINE_string("edge_zy", D.edge_zy, "edge_reference options for I(Z;Y), as --edge_xz")
-flags.DEFINE_float("kde_noise_var", D.kde_noise_var, "KDE noise variance s^2: a fraction of Z's "
+flags.DEFINE_float("kde_noise_var", D.kde_noise_var, "KDE noise variance s^2: a multiple of Z's "
                    "mean per-dimension variance (--kde_relative, the default) or absolute")
 flags.DEFINE_boolean("kde_relative", D.kde_relative, "KDE noise relative to Z's own scale "
                      "(--nokde_relative: absolute s^2)")

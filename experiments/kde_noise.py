@@ -1,7 +1,7 @@
 """The effect of the KDE noise variance s^2 on one run (docs/estimators.md, "KDE").
 
     python -m experiments.kde_noise --out=runs/kde_noise             # digits, relative s^2
-    python -m experiments.kde_noise --nokde_relative --noise_vars=0.01,0.1,1,10
+    python -m experiments.kde_noise --nokde_relative --noise_vars=0.1,1,10,100
 
 Trains the same run (same flags and seed, so the same weights at every eval
 point: the measurement does not touch training) once per s^2 with `--mi=kde`
@@ -20,7 +20,7 @@ from absl import app, flags
 from experiments import flags as run_flags
 from fedjax_mi import experiment
 
-flags.DEFINE_list("noise_vars", ["0.01", "0.03", "0.1", "0.3", "1", "3"],
+flags.DEFINE_list("noise_vars", ["1", "3", "10", "30", "100"],
                   "KDE noise variances to compare (relative to Z's scale unless --nokde_relative)")
 FLAGS = flags.FLAGS
 

@@ -1,0 +1,140 @@
+"""The measurement's wiring against a direct computation written here.
+
+Each record (model m, dataset d) must equal a forward pass of model m on
+dataset d's samples (`model.apply`, not the measurement's chunked forward),
+followed by the estimator call with the same key; the average's record
+must come from the hand-computed mean of the workers' weights. Floors must
+use a shuffled pairing: far below the estimate on informative data, and
+within the estimator's spread of it on independent data.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_mi import experiment, measure, mi, models
+
+M = 120          # samples per local dataset
+NUM_CLASSES = 10
+MODEL = models.LeNet(num_classes=NUM_CLASSES, conv_impl="xla")
+# One estimator per path of `measure.pair_estimates`: EDGE quantile (I(X;Z)
+# from the flattened images, with a floor), KDE (I(X;Z+e) from Z alone, and
+# I(Z+e;Y) with a floor and a lower value), the mixed kNN (I(Z;Y) with a floor).
+SETTINGS = measure.StudySettings(mi="quantile,kde,knn", kde_noise_var=30.0)
+ESTIMATORS = measure.study_estimators(SETTINGS, NUM_CLASSES)
+
+
+def informative_data(seed):
+    """Two local datasets whose labels are written into the images (the
+    label sets a bright band), and random test data: (D, M, 32, 32, 3) uint8."""
+    rs = np.random.RandomState(seed)
+    y = rs.randint(0, NUM_CLASSES, size=(2, M)).astype(np.int32)
+    x = rs.randint(0, 160, size=(2, M, 32, 32, 3))
+    for d in range(2):
+        for i in range(M):
+            x[d, i, 3 * y[d, i]:3 * y[d, i] + 3] += 60
+    return x.astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def setting():
+    key = jax.random.key(0)
+    keys = jax.random.split(key, 2)
+    params = jax.vmap(lambda k: MODEL.init(k, jnp.zeros((1, 32, 32, 3)))["params"])(keys)
+    # Non-zero biases, so that the average of two models differs from either.
+    params = jax.tree.map(lambda p, k=jax.random.key(3): p + 0.05 * jax.random.normal(
+        jax.random.fold_in(k, p.size), p.shape), params)
+    local_x, local_y = informative_data(1)
+    test_x, test_y = local_x[0, :40], local_y[0, :40]
+    step_key = jax.random.key(7)
+    fn = measure.make_measure(MODEL, ESTIMATORS, chunk=64)
+    m = jax.device_get(fn(step_key, params, jnp.asarray(local_x), jnp.asarray(local_y),
+                          jnp.asarray(test_x), jnp.asarray(test_y)))
+    return params, local_x, local_y, test_x, test_y, step_key, m
+
+
+def direct(params, x, y, key):
+    """Fields of one model on one dataset, computed without `measure`."""
+    logits, z = MODEL.apply({"params": params}, jnp.asarray(x, jnp.float32) / 255.0)
+    logits, z = np.asarray(logits, np.float64), z
+    out = {"acc": float(np.mean(np.argmax(logits, -1) == y))}
+    # Barber-Agakov from the head: H(Y) - CE in bits, written out here.
+    p_y = np.bincount(y, minlength=NUM_CLASSES) / len(y)
+    h_y = -sum(p * math.log2(p) for p in p_y if p > 0)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_q = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    out["mi_zy_head"] = h_y + float(np.mean(log_q[np.arange(len(y)), y])) / math.log(2)
+    x_flat = jnp.asarray(x, jnp.float32).reshape(len(x), -1) / 255.0
+    yy = jnp.asarray(y)
+    out["mi_xz_quantile"] = float(mi.estimate(key, x_flat, z, mi.EdgeQuantile()))
+    kde_cfg = ESTIMATORS[1].xz
+    xz = mi.kde.xz_bounds(key, z, kde_cfg)
+    zy = mi.kde.zy_bounds(key, yy, z, kde_cfg)
+    out["mi_xz_kde"], out["mi_xz_kde_lower"] = float(xz.upper), float(xz.lower)
+    out["mi_zy_kde"], out["mi_zy_kde_lower"] = float(zy.upper), float(zy.lower)
+    out["mi_zy_knn"] = float(mi.estimate_traced(key, yy, z, mi.MixedKNN()))
+    return out
+
+
+def test_every_record_equals_a_direct_forward_and_estimate(setting):
+    params, local_x, local_y, test_x, test_y, key, m = setting
+    workers = [jax.tree.map(lambda p, k=k: p[k], params) for k in range(2)]
+    mean = jax.tree.map(lambda a, b: (a + b) / 2.0, *workers)  # hand-computed average
+    records = experiment.to_records(10, 1.0, m, None)
+    by = {(r["model"], r["dataset"]): r for r in records}
+    for name, p in (("worker0", workers[0]), ("worker1", workers[1]), ("average", mean)):
+        for d in range(2):
+            expected = direct(p, local_x[d], local_y[d], key)
+            got = by[(name, f"local{d}")]
+            for field, value in expected.items():
+                # float32 forwards, vmapped vs unbatched: rounding only.
+                assert got[field] == pytest.approx(value, abs=2e-3, rel=1e-4), (name, d, field)
+        test = direct(p, test_x, test_y, key)
+        assert by[(name, "test")]["acc"] == pytest.approx(test["acc"], abs=1e-6)
+        assert by[(name, "test")]["mi_zy_head"] == pytest.approx(test["mi_zy_head"], abs=2e-3)
+
+
+def test_models_and_datasets_differ_so_the_comparison_can_fail(setting):
+    """The check above is only as strong as the differences it could confuse."""
+    *_, m = setting
+    # (The kNN I(Z;Y) is not used here: labels written into the images
+    # separate the classes for every model, so it reads H(Y) for all.)
+    for field in ("mi_zy_kde", "mi_xz_kde", "mi_zy_head"):
+        values = m.mi[field] if field in m.mi else m.head
+        assert np.min(np.abs(values[:, 0] - values[:, 1])) > 2e-3, (field, values)  # datasets
+        assert np.min(np.abs(values[0] - values[2])) > 2e-3, (field, values)  # worker0 vs average
+        assert np.min(np.abs(values[0] - values[1])) > 2e-3, (field, values)  # the two workers
+
+
+def test_floors_shuffle_the_pairing(setting):
+    *_, m = setting
+    # Informative data (labels written in the images): the estimate is
+    # above its floor, which shuffling brings near 0 (an unshuffled floor
+    # would equal the estimate exactly).
+    for name in ("mi_zy_knn", "mi_zy_kde"):
+        gap = m.mi[name] - m.mi[f"{name}_floor"]
+        assert np.all(gap > 0.1), (name, gap)
+    assert np.all(np.abs(m.mi["mi_zy_knn_floor"]) < 0.5)
+
+
+def test_floor_matches_the_estimate_on_independent_data():
+    """Labels independent of the images: estimate and floor are two draws of
+    the same estimator at independence; they must agree within its spread,
+    measured here over shuffles (5 standard deviations)."""
+    params = MODEL.init(jax.random.key(4), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.tree.map(lambda p: jnp.stack([p, p]), params)
+    rs = np.random.RandomState(5)
+    x = rs.randint(0, 255, size=(2, M, 32, 32, 3)).astype(np.uint8)
+    y = rs.randint(0, NUM_CLASSES, size=(2, M)).astype(np.int32)
+    fn = measure.make_measure(MODEL, (ESTIMATORS[2],), chunk=64)
+    m = fn(jax.random.key(6), params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(x[0, :8]),
+           jnp.asarray(y[0, :8]))
+    _, z = MODEL.apply({"params": jax.tree.map(lambda p: p[0], params)}, x[0] / 255.0)
+    draws = [float(mi.estimate(jax.random.key(0), jnp.asarray(y[0])[jax.random.permutation(
+        jax.random.key(s), M)], z, mi.MixedKNN())) for s in range(12)]
+    spread = np.std(draws)
+    gap = np.abs(np.asarray(m.mi["mi_zy_knn"]) - np.asarray(m.mi["mi_zy_knn_floor"]))
+    assert np.all(gap <= 5 * spread + 1e-6), (gap, spread)
