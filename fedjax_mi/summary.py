@@ -37,7 +37,8 @@ def final_mi_table(records: list[dict[str, Any]], models: list[str], datasets: l
     labels shuffled) is left out for records that have none."""
     last = max(r["step"] for r in records)
     at = {(r["model"], r["dataset"]): r for r in records if r["step"] == last}
-    rows = [f"| {label} [bits] (floor) | " + " | ".join(datasets) + " |",
+    has_floor = any(r.get(f"{key}_floor") is not None for r in records)
+    rows = [f"| {label} [bits]{' (floor)' if has_floor else ''} | " + " | ".join(datasets) + " |",
             "| --- |" + " --- |" * len(datasets)]
     for m in models:
         cells = []
@@ -60,8 +61,8 @@ def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION,
             if s != step or model != "average" or not dataset.startswith("local"):
                 continue
             own = by_key.get((step, f"worker{dataset[len('local'):]}", dataset))
-            if own is None or r.get(key) is None or own.get(key) is None:
-                continue
+            if own is None or r.get(key) is None or own.get(key) is None or own[key] <= 0:
+                continue  # a bound at or below 0 (e.g. the head at initialisation) says nothing
             if r[key] < fraction * own[key]:
                 return step, r["epoch"], dataset
     return None
