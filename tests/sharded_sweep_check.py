@@ -13,7 +13,7 @@ import jax
 from fedjax_mi import experiment
 
 TINY = dict(dataset="digits", per_worker=48, batch_size=16, epochs=2.0, eval_period=3, lr=0.05,
-            mi_samples=40, test_samples=40, checkpoint_every=0)
+            mi_samples=40, test_samples=40, checkpoint_every=0, mi="kde")
 
 
 def main(root: str):

@@ -142,10 +142,14 @@ def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     for fig in ("fig1", "fig2", "fig3", "fig4"):
         assert f"## {fig}" in text
         assert os.path.exists(os.path.join(out, fig, "figures", "mi.png"))
-    # Per figure: an accuracy row and an I(Z;Y) row (with its floor) of the average.
-    assert text.count("| average |") == 8
-    assert text.count("| I(Z;Y) [bits] (floor) |") == 4
-    assert re.search(r"\| average \| \d+\.\d{3} \(-?\d+\.\d{3}\) \|", text)
+    # Per figure: an accuracy row of the average, and one per I(Z;Y) table:
+    # the default estimators (probe, kde, each with its floor) and the
+    # head's two bounds.
+    assert text.count("| average |") == 4 * 5
+    assert text.count("| I(Z;Y) probe [bits] (floor) |") == 4
+    assert text.count("| I(Z;Y) Fano [bits] |") == 4
+    assert re.search(r"\| average \| -?\d+\.\d{3} \(-?\d+\.\d{3}\) \|", text)
+    assert text.count("- probe: ") == 4
 
 
 def test_paper_flagfiles_match_reproduce_preset():
@@ -184,9 +188,25 @@ def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
     assert message[0].startswith(f"error: --{flag}"), message
 
 
+def assert_same_run(a, b):
+    """Records of one run computed twice, once inside a sweep: training
+    (accuracy, loss) bit for bit; the estimates to float32 rounding, which
+    XLA orders differently in the sweep's program (KDE differs by ~1e-6 bits,
+    the probe's L-BFGS carries it to ~1e-4; 2e-3 bits is far below any
+    difference the study reads)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k, va in ra.items():
+            if k.startswith("mi_") and va is not None and rb[k] is not None:
+                assert va == pytest.approx(rb[k], abs=2e-3), (ra["step"], ra["model"], k)
+            else:
+                assert va == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
+
+
 def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     """Run r of a sweep (vmapped over runs that differ in seed, lr, split and
-    protocol) writes the same metrics as that run alone, bit for bit."""
+    protocol) writes the same metrics as that run alone (`assert_same_run`)."""
     alone_cfg, alone_records, _ = tiny_run
     base = dict(TINY)
     cfgs = [experiment.RunConfig(**{**base, "lr": 0.02}, protocol="nosync", seed=1,
@@ -195,14 +215,13 @@ def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
             experiment.RunConfig(**base, split="classes", protocol="sync", sync_period=8, seed=2,
                                  out=str(tmp_path / "c"))]
     swept = experiment.run_sweep(cfgs, log=lambda line: None)
-    assert swept[1] == alone_records  # cfgs[1] is the tiny_run's config
-    with open(os.path.join(cfgs[1].out, "metrics.jsonl")) as a, \
-            open(os.path.join(alone_cfg.out, "metrics.jsonl")) as b:
-        assert a.read() == b.read()
+    assert_same_run(swept[1], alone_records)  # cfgs[1] is the tiny_run's config
+    assert metrics_io.read_records(os.path.join(cfgs[1].out, "metrics.jsonl")) == swept[1]
     # The other runs really differ (different seed / lr / split).
-    assert swept[0] != swept[1] and swept[2] != swept[1]
+    acc = lambda records: [r["acc"] for r in records]
+    assert acc(swept[0]) != acc(swept[1]) and acc(swept[2]) != acc(swept[1])
     alone_c = experiment.RunConfig(**{**cfgs[2].__dict__, "out": str(tmp_path / "c_alone")})
-    assert experiment.run(alone_c, log=lambda line: None) == swept[2]
+    assert_same_run(experiment.run(alone_c, log=lambda line: None), swept[2])
 
 
 def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):

@@ -13,13 +13,15 @@ import pytest
 from fedjax_mi import experiment, metrics_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one.
+# 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
+# alone measures (what is tested here does not depend on the estimator, and
+# each subprocess compiles its measurement anew: the probe's would dominate).
 FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=12.5", "--eval_period=4", "--lr=0.05",
-         "--protocol=sync", "--sync_period=8", "--checkpoint_every=1"]
+         "--protocol=sync", "--sync_period=8", "--checkpoint_every=1", "--mi=kde"]
 # The same run as a config (in-process runs share the compiled programs).
 CONFIG = experiment.RunConfig(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
                               eval_period=4, lr=0.05, protocol="sync", sync_period=8,
-                              checkpoint_every=1)
+                              checkpoint_every=1, mi="kde")
 
 
 def start(out, *extra):
@@ -171,7 +173,7 @@ def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
 def test_sigkill_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_path):
     # Two seeds x two protocols in one program, one checkpoint for all four
     # runs under OUT/checkpoints; 9 eval points.
-    flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1",
+    flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1", "--mi=kde",
                          "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=8"]
     out = tmp_path / "sweep"
 
