@@ -204,16 +204,7 @@ def _sq_differences(q: jax.Array, xt: jax.Array) -> jax.Array:
     return out
 
 
-def _sq_euclidean(q: jax.Array, x: jax.Array) -> jax.Array:
-    """(B, N) squared Euclidean distances by one GEMM, at full float precision.
-
-    The formula of `pairwise.sq_euclidean`; the product is pinned to
-    Precision.HIGHEST because accelerators may otherwise use reduced-precision
-    float32 products (TF32, bf16), which would blur neighbour order.
-    """
-    cross = jnp.matmul(q, x.T, precision=lax.Precision.HIGHEST)
-    d2 = jnp.sum(q * q, -1)[:, None] + jnp.sum(x * x, -1)[None, :] - 2.0 * cross
-    return jnp.maximum(d2, 0.0)
+_sq_euclidean = pairwise.sq_euclidean
 
 
 # ---------------------------------------------------------------------------

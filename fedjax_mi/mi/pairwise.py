@@ -29,9 +29,12 @@ def standardize(x: jax.Array) -> jax.Array:
 def sq_euclidean(q: jax.Array, x: jax.Array) -> jax.Array:
     """(B, N) squared Euclidean distances of rows of q (B, d) to rows of x (N, d).
 
-    One GEMM (|q|^2 + |x|^2 - 2 q.x), clamped at 0 against rounding.
+    One GEMM (|q|^2 + |x|^2 - 2 q.x), clamped at 0 against rounding. The
+    product is pinned to full float32 precision: accelerators may otherwise
+    use reduced-precision products (TF32, bf16), which would blur neighbour
+    order.
     """
-    cross = q @ x.T
+    cross = jnp.matmul(q, x.T, precision=jax.lax.Precision.HIGHEST)
     d2 = jnp.sum(q * q, -1)[:, None] + jnp.sum(x * x, -1)[None, :] - 2.0 * cross
     return jnp.maximum(d2, 0.0)
 
