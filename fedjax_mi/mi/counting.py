@@ -204,7 +204,7 @@ def labelled_grid_counts(codes: jax.Array, classes: LabelClasses, shift, width):
   exact = jnp.sum((codes - low).astype(jnp.uint32) * radix, axis=1, dtype=jnp.uint32)
   t = jnp.where(fits, exact, bucket_keys(codes) >> b)
   words = jnp.sort((t << b) | classes.of_sample.astype(jnp.uint32))
-  # Label bucket of every value index, and the bucket sizes (EDGE.md section 3).
+  # Label bucket of every value index, and the bucket sizes (docs/estimators.md, EDGE step 3).
   ranks, sizes, _ = side_ranks(None, shift, width, classes.sorted_column, sorted_order=True)
   label = ranks[classes.first][(words & ((jnp.uint32(1) << b) - 1)).astype(jnp.int32)]
   first = jnp.ones(1, bool)
@@ -217,7 +217,7 @@ def labelled_grid_counts(codes: jax.Array, classes: LabelClasses, shift, width):
 
 
 def bucket_codes(p: jax.Array, shift: jax.Array, width: jax.Array) -> jax.Array:
-  """floor((p + shift) / width) as int32 (EDGE.md section 3), saturating."""
+  """floor((p + shift) / width) as int32 (docs/estimators.md, EDGE step 3), saturating."""
   z = jnp.floor((p + shift) / width)
   bound = 2.0 ** 30  # Codes beyond it only arise for widths ~1e-9 of the data.
   return jnp.clip(z, -bound, bound).astype(jnp.int32)

@@ -19,10 +19,10 @@ Two families of settings live in one `EdgeConfig`:
 
 * `EdgeConfig.reference(version, **kw)` reproduces the author's code
   (github mrtnoshad/EDGE, versions 4.2.0, 4.3.1, 4.4.1) as described in
-  `EDGE.md`, quirks included, with the reference's keyword names. The fixed
+  `docs/estimators.md` ("EDGE reference mode, step by step"), quirks included, with the reference's keyword names. The fixed
   projection matrices and the 500 nearest-neighbour query indices come from
   `numpy.random.RandomState(3334)` on the host (they depend only on shapes).
-* `EdgeConfig()` is this project's default, which fixes what EDGE.md section 6
+* `EdgeConfig()` is this project's default, which fixes what docs/estimators.md, EDGE step 6
   shows to be wrong: every ensemble member draws its own Gaussian projection
   and uniform shifts from the PRNG key (no fixed grid dressed as an
   ensemble); no gamma scaling at all, hence none twice; no 0.001 floor under
@@ -79,7 +79,7 @@ from jax import lax
 
 from fedjax_mi.mi import counting
 
-# EDGE.md section 1 and 2: constants of the reference implementation.
+# docs/estimators.md, EDGE steps 1 and 2: constants of the reference implementation.
 _REFERENCE_SEED = 3334  # numpy.random.RandomState seed of the reference.
 _KNN_QUERIES = 500  # query points for the automatic widths.
 _KNN_OFFSET = 1e-4  # added to the mean k-NN distance.
@@ -102,7 +102,7 @@ VERSION_SCALE = {"4.2.0": 1.0, "4.3.1": 0.9, "4.4.1": 0.4}
 
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
-  """Every knob of EDGE (EDGE.md sections 1-5). Hashable: a static jit arg.
+  """Every knob of EDGE (docs/estimators.md, EDGE steps 1-5). Hashable: a static jit arg.
 
   Build reference behaviour with `EdgeConfig.reference(version, **kw)`; the
   no-argument constructor gives the project default.
@@ -111,7 +111,7 @@ class EdgeConfig:
     upper_clip: U, the upper clip of each per-sample log ratio (bits);
       `math.inf` for none.
     lower_clip: lower clip of each per-sample log ratio (bits); the reference
-      uses 0.001 (EDGE.md section 3), `None` for none.
+      uses 0.001 (docs/estimators.md, EDGE step 3), `None` for none.
     gamma: smoothness (gamma_X, gamma_Y) multiplying the base widths.
     gamma_scale: the version's scale s applied to gamma (section 2).
     epsilon: manual base widths (e_X, e_Y); `epsilon[0] == 0` switches both
@@ -276,7 +276,7 @@ class EdgeConfig:
 
 
 # --------------------------------------------------------------------------
-# Host-side constants that depend only on shapes (EDGE.md section 7).
+# Host-side constants that depend only on shapes (docs/estimators.md, EDGE step 7).
 
 
 @functools.lru_cache(maxsize=64)
@@ -296,11 +296,11 @@ def _reference_query_indices(n: int, queries: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _optimal_weights(size: int, dim: int, multipliers: tuple[float, ...], n: int) -> np.ndarray:
-  """Ensemble weights of the reference's "optimal_weights" (EDGE.md section 4).
+  """Ensemble weights of the reference's "optimal_weights" (docs/estimators.md, EDGE step 4).
 
   Minimise t subject to sum(w) = 1, ||w||_2 <= t / 2 and, for i = 1 .. L-1,
   sum_j w_j (T_j / N)^(i / (2 d)) <= 2 t. For L <= 16 the solution is the
-  uniform weight (EDGE.md); larger L is solved here once per shape.
+  uniform weight (docs/estimators.md); larger L is solved here once per shape.
   """
   if size <= 16:
     return np.full(size, 1.0 / size)
@@ -320,7 +320,7 @@ def _optimal_weights(size: int, dim: int, multipliers: tuple[float, ...], n: int
 
 
 def _projected_dim(d: int, n: int, config: EdgeConfig) -> int:
-  """k = min(d, floor(log2(N / 10))) (EDGE.md section 1)."""
+  """k = min(d, floor(log2(N / 10))) (docs/estimators.md, EDGE step 1)."""
   k = min(d, math.floor(math.log(n / config.dim_divisor, 2)))
   if config.max_projected_dim is not None:
     k = min(k, config.max_projected_dim)
@@ -328,7 +328,7 @@ def _projected_dim(d: int, n: int, config: EdgeConfig) -> int:
 
 
 def _knn_order(k_proj: int, n: int, exponent: float) -> int:
-  """Neighbour order of the automatic widths (EDGE.md section 2)."""
+  """Neighbour order of the automatic widths (docs/estimators.md, EDGE step 2)."""
   k = math.floor(0.43 * n ** (2.0 / 3.0 + exponent * (k_proj / (k_proj + 1.0)))
                  * math.exp(-1.0 / max(10000, k_proj ** 4)))
   return min(max(k, 1), n)
@@ -412,7 +412,7 @@ def _column_std(data: jax.Array, rows: int | None = None) -> jax.Array:
 
 def _project(key, data, side: _Side, members: int, fixed: np.ndarray | None,
              scale_rows: int | None = None):
-  """Hash-space coordinates (members, N, k') (EDGE.md section 1).
+  """Hash-space coordinates (members, N, k') (docs/estimators.md, EDGE step 1).
 
   data: (N, d). The projection is W = G / (sigma_i sqrt(d)) row-wise, sigma the
   column standard deviations (1 where below 1e-4). With `fixed` (d, k') all
@@ -476,7 +476,7 @@ def estimate(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig) -> 
 
 
 def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig) -> jax.Array:
-  """The reference's estimator (EDGE.md sections 1-4): k-NN widths, renormalisation."""
+  """The reference's estimator (docs/estimators.md, EDGE steps 1-4): k-NN widths, renormalisation."""
   n = x.shape[0]
   dt = _float_dtype(x, y)
   x_dtype, y_dtype = x.dtype, y.dtype
@@ -527,7 +527,7 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     shared = a.shape[0] == 1 and a.shape[2] == 1 and n <= counting.MAX_EXACT_JOINT_N
     return counting.sorted_column(a[0]) if shared else None
   sorted_x, sorted_y = sorted_once(p), sorted_once(q)
-  # Class labels on one sorted side (EDGE.md section 5's I(T; Y)): one sort a grid.
+  # Class labels on one sorted side (docs/estimators.md, EDGE step 5's I(T; Y)): one sort a grid.
   label_dtype = x_dtype if sorted_x is not None else y_dtype
   labelled = ((sorted_x is None) != (sorted_y is None) and jnp.issubdtype(label_dtype, jnp.integer)
               and config.bias_correction != "miller_madow")  # (which needs K_ab)
@@ -592,7 +592,7 @@ def _quantile_dims(n: int, a: jax.Array, b: jax.Array, config: EdgeConfig) -> tu
   """Hash-space dimensions (k_x, k_y) of the quantile rule; 0 for a discrete side.
 
   The two sides share one budget of B = floor(log2(N / 10)) coordinates (the
-  reference's per-side rule, EDGE.md section 1, applied to the joint space),
+  reference's per-side rule, docs/estimators.md, EDGE step 1, applied to the joint space),
   so that even 2 bins per coordinate give at most N / 10 joint cells: with
   B per side, the joint space of two high-dimensional inputs has 2^(2B) ~ N^2
   cells, every sample sits alone, and nothing can be estimated. A discrete
