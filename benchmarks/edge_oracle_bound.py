@@ -8,7 +8,7 @@ absolute error of reference 4.2.0 on the correlated-Gaussian grid (d = 1, 2,
 case, the most that ANY estimator of the MI of a discretised pair can read
 when its joint grid is a product grid (EDGE's hashing: a floor per
 coordinate) with no more cells than samples (the condition that keeps
-an estimate off the log2 N saturation of EDGE.md section 6.2), even with
+an estimate off the log2 N saturation of docs/estimators.md, EDGE step 6), even with
 oracle knowledge: the d coordinate pairs are already aligned (the pair
 structure is known), each coordinate is cut into m equiprobable bins, k of
 the d pairs are used, m^(2k) <= N, and the discretised MI is computed exactly

@@ -6,10 +6,10 @@ Run:  python benchmarks/edge_speed.py   (or  python -m benchmarks.edge_speed)
 Times one call after compilation at N = 25,000 for I(X; Z) (X 3,072-dim
 images, Z the 84-dim representation) and I(Z; Y) (10-class labels), in
 reference 4.2.0 mode with the settings the reference's own CNN analysis used
-(EDGE.md section 5) and in the project default; then the whole eval-point
+(docs/estimators.md, EDGE step 5) and in the project default; then the whole eval-point
 batch (3 models x 2 local datasets x 2 MI values) vmapped. The reference
 implementation takes about 13 s and 4.5 s per call on a 2-core machine
-(EDGE.md section 6.6). The last line printed is one JSON record with the
+(docs/estimators.md, EDGE step 6). The last line printed is one JSON record with the
 seconds per call.
 
 Z comes from a randomly initialised LeNet-like network (conv 6@5x5, max pool,
@@ -35,7 +35,7 @@ N = 25_000
 CLASSES = 10
 MODELS, DATASETS = 3, 2
 
-# EDGE.md section 5: the reference's information_plane_CNN/main.py settings.
+# docs/estimators.md, EDGE step 5: the reference's information_plane_CNN/main.py settings.
 REF_XZ = edge.EdgeConfig.reference("4.2.0", U=20, L_ensemble=10, gamma=(0.2, 1.4),
                                    epsilon_vector="range")
 REF_ZY = edge.EdgeConfig.reference("4.2.0", U=10, L_ensemble=10, gamma=(1e-4, 0.52),
@@ -114,7 +114,7 @@ def speed():
     t_xz, v_xz = time_call(lambda a, b: mi(k, a, b, cfg_xz), x[0], z[0, 0])
     if name == "default":
       t_zy, v_zy = time_call(lambda a, b: mi(k, a, b, cfg_zy), z[0, 0], y[0])
-    else:  # EDGE.md section 5 calls EDGE(labels, T, ...).
+    else:  # docs/estimators.md, EDGE step 5: the author calls EDGE(labels, T, ...).
       t_zy, v_zy = time_call(lambda a, b: mi(k, a, b, cfg_zy), y[0], z[0, 0])
 
     @jax.jit

@@ -9,7 +9,7 @@ the estimate must equal the reference's, so some work cannot be skipped.
 This script times jitted programs that do only a strict subset of that work
 and nothing else; whatever they take, an exact reference mode takes longer.
 
-I(Z; Y), EDGE.md section 5 settings (labels vs 84-dim Z, manual widths,
+I(Z; Y), docs/estimators.md EDGE step 5 settings (labels vs 84-dim Z, manual widths,
 L = 10, renormalising pass): 20 grids. Each grid must compute the 11 bucket
 codes of every sample of Z and group equal bucket vectors; the subset timed
 is the codes, their 32-bit hash and ONE integer sort per grid (an exact
