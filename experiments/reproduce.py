@@ -19,7 +19,7 @@ from absl import app, flags
 from experiments import flags as run_flags
 from fedjax_mi import experiment, metrics_io, plotting, summary
 
-# What distinguishes the four experiments (DESIGN.md §1).
+# What distinguishes the four experiments (the paper's figures 1-4).
 FIGURES = {
     "fig1": dict(split="iid", protocol="nosync", sync_period=None),
     "fig2": dict(split="iid", protocol="sync", sync_period=1000),
@@ -29,9 +29,9 @@ FIGURES = {
 
 # Shared settings of each preset; the figure settings above come on top.
 PRESETS = {
-    # DESIGN.md §1 at full size (the same as experiments/configs/figN.flags).
+    # The paper's setting at full size (the same as experiments/configs/figN.flags).
     # lr 0.05: the smallest of {0.01, 0.02, 0.05} with which the iid no-sync
-    # locals pass 75% training accuracy in 20 epochs (DESIGN.md §5; BUILD_NOTES.md).
+    # locals pass 75% training accuracy in 20 epochs (BUILD_NOTES.md, "Learning rate").
     "paper": dict(dataset="cifar10", workers=2, epochs=20.0, batch_size=32, eval_period=100,
                   lr=0.05, momentum=0.0, mi="edge_reference,kde,probe", edge_version="4.2.0"),
     # The embedded digits, small enough for the README's one-minute main job;

@@ -3,7 +3,7 @@
 Ground truths: analytic MI of correlated Gaussians (d independent pairs with
 correlation rho have I = -d/2 log2(1 - rho^2) bits), the label entropy bound,
 and, for reference mode, a small numpy re-implementation of EDGE written here
-from EDGE.md (dictionaries and Python loops, float64) - not the code under
+from docs/estimators.md, "EDGE reference mode, step by step" (dictionaries and Python loops, float64) - not the code under
 test. Every tolerance says where it comes from.
 """
 
@@ -42,7 +42,7 @@ def batched_mi(key, x, y, config):
 
 
 # ---------------------------------------------------------------------------
-# Independent numpy EDGE (EDGE.md sections 1-4), for reference-mode parity.
+# Independent numpy EDGE (docs/estimators.md, EDGE steps 1-4), for reference-mode parity.
 
 def numpy_edge(x, y, version="4.2.0", U=10.0, gamma=(1.0, 1.0), epsilon=(0.0, 0.0),
                epsilon_vector=None, eps_range_factor=0.1, normalize_epsilon=True,
@@ -227,7 +227,7 @@ class GaussianGridTest(parameterized.TestCase):
       self.assertLessEqual(e, true + 0.1, msg=f"rho={rho}")
 
   def test_reference_bias_at_independence(self):
-    # EDGE.md section 6.3-6.5: 4.2.0 reads ~0.7 bits for 10-dim independent
+    # docs/estimators.md, EDGE step 6: 4.2.0 reads ~0.7 bits for 10-dim independent
     # pairs at N = 25,000 (its clipped per-sample terms). Kept as a check
     # that reference mode really is the reference's estimator.
     self.assertGreater(grid_estimates(25_000, 10)["reference"][0], 0.3)
@@ -345,7 +345,7 @@ class PropertiesTest(chex.TestCase):
     # estimate of independent data has mean +0.018 and sd 0.013 bits (16
     # seeds); tolerance 0.08 bits for the mean of two = bias + 6 sd.
     self.assertLess(abs(float(edge.shuffle_baseline(key, self.x, self.y, DEFAULT, n=2))), 0.08)
-    # Reference 4.2.0 at d = 10, N = 2,000: a floor of ~0.4 bits (EDGE.md 6.3).
+    # Reference 4.2.0 at d = 10, N = 2,000: a floor of ~0.4 bits (docs/estimators.md, EDGE step 6).
     x, y = gaussian_pairs(9, 2_000, 10, (0.9,))
     self.assertGreater(float(edge.shuffle_baseline(key, x[0], y[0], REF, n=2)), 0.2)
 
