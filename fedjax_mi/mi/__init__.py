@@ -4,10 +4,11 @@
 >>> from fedjax_mi import mi
 >>> x = jax.random.normal(jax.random.key(0), (2000, 2))
 >>> y = x + jax.random.normal(jax.random.key(1), (2000, 2))
->>> bits = mi.estimate(jax.random.key(2), x, y)            # KSG, the continuous default
+>>> bits = mi.estimate(jax.random.key(2), x, y)            # KSG on normal scores, the continuous default
 >>> labels = (x[:, 0] > 0).astype(int)
 >>> bits = mi.estimate(jax.random.key(2), x, labels)       # the labels default
 >>> bits = mi.estimate(jax.random.key(2), x, y, mi.KSG(k=5))
+>>> bits = mi.estimate(jax.random.key(2), x, y, mi.KSG(k=None, lnc_quantile=0.01, copula=True))
 >>> base = mi.floor(jax.random.key(3), x, y, mi.KSG(), n=5)
 
 Configs: `KSG`, `MixedKNN`, `Probe`, `KDE`, `EdgeReference`, `EdgeQuantile`.

@@ -6,7 +6,10 @@ and computed blockwise, so memory is O(block x N) and never O(N^2):
 * `ksg`: Kraskov, Stögbauer and Grassberger, "Estimating mutual
   information" (2004), algorithm 1, for two continuous sides, with the tie
   rule of Gao, Kannan, Oh and Viswanath, "Estimating mutual information for
-  discrete-continuous mixtures" (2017) for duplicated samples.
+  discrete-continuous mixtures" (2017) for duplicated samples; optionally
+  on normal scores (copula) and with the local non-uniformity correction
+  of Gao, Ver Steeg and Galstyan, "Efficient estimation of mutual
+  information for strongly dependent variables" (2015).
 * `mixed_knn`: Ross, "Mutual information between discrete and continuous
   data sets" (2014), for integer class labels and a continuous side.
 
@@ -25,11 +28,13 @@ counts go through one packed float reduction (`_count_true`).
 import dataclasses
 import functools
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
-from jax.scipy.special import digamma
+from jax.scipy.special import digamma, ndtri
 
 from fedjax_mi.mi import inputs, pairwise
 
@@ -43,21 +48,47 @@ class KSG:
     """Configuration of `ksg`. Hashable: a static jit argument.
 
     Attributes:
-      k: neighbour order in the joint space (>= 1). Kraskov et al. (2004)
-        recommend 2-4; larger k lowers variance and raises bias.
+      k: neighbour order in the joint space (>= 1), or None for the
+        automatic order of the local non-uniformity correction,
+        max(2 d, 5) with d = da + db (needs `lnc_quantile`). Kraskov et al.
+        (2004) recommend 2-4 for the plain estimator; larger k lowers
+        variance and raises bias. The correction needs k > d (k neighbours
+        span at most k directions).
       block: query rows per `lax.map` step; memory is O(block x N) floats.
         Changes speed only, never the estimate. 32-256 ran within timing
         noise on the 2-core CPU at N = 25,000; 64 keeps the (block, N)
         arrays cache-sized (docs/estimators.md, "kNN").
+      lnc_quantile: None for plain KSG, or q in (0, 1) for the local
+        non-uniformity correction (LNC) of Gao, Ver Steeg and Galstyan,
+        "Efficient estimation of mutual information for strongly dependent
+        variables" (2015): a sample is corrected where its neighbourhood's
+        volume ratio falls below alpha, the q-quantile of that ratio for
+        uniformly scattered neighbours (`lnc_log_alpha`).
+      copula: replace each column by its normal scores (rank-based, ties
+        averaged) before standardising. MI is unchanged by monotone
+        per-coordinate maps; the scores undo heavy tails and skew.
     """
-    k: int = 3
+    k: Optional[int] = 3
     block: int = 64
+    lnc_quantile: Optional[float] = None
+    copula: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"KSG.k must be an integer >= 1, got {self.k!r}")
+        if self.k is None:
+            if self.lnc_quantile is None:
+                raise ValueError("KSG.k=None (automatic) needs lnc_quantile")
+        elif not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"KSG.k must be an integer >= 1 or None, got {self.k!r}")
         if not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"KSG.block must be an integer >= 1, got {self.block!r}")
+        if self.lnc_quantile is not None and not 0.0 < self.lnc_quantile < 1.0:
+            raise ValueError(f"KSG.lnc_quantile must be in (0, 1) or None, got {self.lnc_quantile!r}")
+        if not isinstance(self.copula, bool):
+            raise ValueError(f"KSG.copula must be a bool, got {self.copula!r}")
+
+    def neighbours(self, d: int) -> int:
+        """The neighbour order used for a joint dimension d (static)."""
+        return max(2 * d, 5) if self.k is None else self.k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,20 +153,14 @@ def _kth_by_passes(d: jax.Array, k: int) -> jax.Array:
     return result
 
 
-def _kth_smallest(d: jax.Array, k: int, chunk: int = _CHUNK) -> jax.Array:
-    """(B,) k-th smallest value of each row of (B, M) `d` (M a multiple of chunk).
+def _pick_chunks(d: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """The k chunks of `chunk` columns with the smallest minima, per row of (B, M) d.
 
-    Why the k chunks with the smallest minima suffice (let S be those chunks,
-    tau the largest of their minima, v the k-th smallest value of the row):
-    S holds k entries <= tau, so v <= tau; every entry outside S is >= tau.
-    All entries < v are therefore in S, and S holds at least k entries <= v
-    (all of them if v < tau, its k minima if v = tau), so the k-th smallest
-    value of S is v.
+    Returns (values (B, k * chunk), columns (B, k * chunk) int32). Why these
+    chunks hold the k smallest values of the row: see `_kth_smallest`.
     """
     b, m = d.shape
     groups = m // chunk
-    if groups <= k:
-        return _kth_by_passes(d, k)
     blocks = d.reshape(b, groups, chunk)
     minima = jnp.min(blocks, axis=-1)                       # (B, G)
     iota = lax.broadcasted_iota(jnp.int32, minima.shape, 1)
@@ -148,8 +173,42 @@ def _kth_smallest(d: jax.Array, k: int, chunk: int = _CHUNK) -> jax.Array:
         pick = jnp.min(jnp.where(~taken & (minima <= low), iota, groups), axis=-1)
         taken = taken | (iota == pick[:, None])
         picks.append(pick)
-    chosen = jnp.take_along_axis(blocks, jnp.stack(picks, 1)[:, :, None], axis=1)
-    return _kth_by_passes(chosen.reshape(b, k * chunk), k)
+    picks = jnp.stack(picks, 1)                                  # (B, k)
+    chosen = jnp.take_along_axis(blocks, picks[:, :, None], axis=1)
+    columns = picks[:, :, None] * chunk + jnp.arange(chunk, dtype=jnp.int32)
+    return chosen.reshape(b, k * chunk), columns.reshape(b, k * chunk)
+
+
+def _kth_smallest(d: jax.Array, k: int, chunk: int = _CHUNK) -> jax.Array:
+    """(B,) k-th smallest value of each row of (B, M) `d` (M a multiple of chunk).
+
+    Why the k chunks with the smallest minima suffice (let S be those chunks,
+    tau the largest of their minima, v the k-th smallest value of the row):
+    S holds k entries <= tau, so v <= tau; every entry outside S is >= tau.
+    All entries < v are therefore in S, and S holds at least k entries <= v
+    (all of them if v < tau, its k minima if v = tau), so the k-th smallest
+    value of S is v.
+    """
+    if d.shape[1] // chunk <= k:
+        return _kth_by_passes(d, k)
+    return _kth_by_passes(_pick_chunks(d, k, chunk)[0], k)
+
+
+def _k_nearest(d: jax.Array, k: int, chunk: int = _CHUNK) -> tuple[jax.Array, jax.Array]:
+    """The k smallest values of each row of (B, M) `d` and their columns.
+
+    Returns (values (B, k) ascending, columns (B, k) int32); among tied
+    values any k are returned. `lax.top_k` runs on the k chunks of
+    `_pick_chunks` only (k * chunk columns), not the whole row, where it is
+    slow on XLA:CPU. Used for large k (the LNC correction), where the k
+    passes of `_kth_by_passes` would cost O(k^2 chunk) per row.
+    """
+    if d.shape[1] // chunk <= k:
+        values, columns = d, lax.broadcasted_iota(jnp.int32, d.shape, 1)
+    else:
+        values, columns = _pick_chunks(d, k, chunk)
+    neg, pos = lax.top_k(-values, k)
+    return -neg, jnp.take_along_axis(columns, pos, axis=1)
 
 
 def _count_true(*masks: jax.Array, chunk: int = _CHUNK) -> tuple[jax.Array, ...]:
@@ -208,6 +267,81 @@ _sq_euclidean = pairwise.sq_euclidean
 
 
 # ---------------------------------------------------------------------------
+# Copula scores and the local non-uniformity correction.
+
+def normal_scores(x: jax.Array) -> jax.Array:
+    """(N, d) columns replaced by their normal scores ndtri(rank / (N + 1)).
+
+    Ranks are 1-based, tied values share their average rank (so duplicates
+    stay duplicates and a constant column becomes constant 0). Every column
+    map is monotone, so the MI of the pair is unchanged.
+    """
+    n = x.shape[0]
+    s = jnp.sort(x, axis=0)
+    side = lambda which: jax.vmap(lambda c, v: jnp.searchsorted(c, v, side=which),
+                                  in_axes=(1, 1), out_axes=1)(s, x)
+    rank = (side("left") + side("right") + 1).astype(x.dtype) / 2.0
+    return ndtri(rank / (n + 1))
+
+
+def _box_log_ratio(offsets: jax.Array, eps: jax.Array, kept: jax.Array) -> jax.Array:
+    """log(V_pca / V_max) per sample (nats), NaN where it is undefined.
+
+    Args:
+      offsets: (B, k, d) neighbours minus the sample, in standardised units.
+      eps: (B,) max-norm distance to the k-th neighbour.
+      kept: (d,) bool, the non-constant columns (a constant column has
+        offsets exactly 0 and is left out of both volumes).
+
+    V_max = (2 eps)^d' is the max-norm box of the k neighbours (d' kept
+    columns); V_pca is the box centred at the sample, aligned with the
+    principal axes of the sample and its neighbours, just holding every
+    neighbour. Undefined (NaN) where eps = 0 or a principal half-side is 0
+    (the neighbours span fewer than d' directions).
+    """
+    b, k, d = offsets.shape
+    pts = jnp.concatenate([jnp.zeros((b, 1, d), offsets.dtype), offsets], axis=1)
+    centred = pts - jnp.mean(pts, axis=1, keepdims=True)
+    hi = lax.Precision.HIGHEST
+    cov = jnp.einsum("bkd,bke->bde", centred, centred, precision=hi)
+    # Constant columns have zero rows and columns; a unit diagonal there
+    # makes them eigenvectors of their own, recognised and skipped below.
+    cov = cov + jnp.diag((~kept).astype(offsets.dtype))
+    _, axes = jnp.linalg.eigh(cov)                                 # (B, d, d) columns
+    half = jnp.max(jnp.abs(jnp.einsum("bkd,bdm->bkm", offsets, axes, precision=hi)), axis=1)
+    on_kept = jnp.sum(jnp.where(kept[None, :, None], axes * axes, 0.0), axis=1) > 0.5  # (B, d)
+    d_kept = jnp.sum(kept).astype(offsets.dtype)
+    log_half = jnp.where(on_kept, jnp.log(jnp.where(on_kept, half, 1.0)), 0.0)
+    ratio = jnp.sum(log_half, axis=1) - d_kept * jnp.log(eps)
+    defined = (eps > 0) & jnp.all(~on_kept | (half > 0), axis=1)
+    return jnp.where(defined, ratio, jnp.nan)
+
+
+@functools.lru_cache(maxsize=None)
+def lnc_log_alpha(k: int, d: int, quantile: float, draws: int = 4000, seed: int = 0) -> float:
+    """log alpha: the `quantile` of log(V_pca / V_max) for uniform neighbours (nats).
+
+    Under local uniformity the k neighbours of a sample, given the k-th
+    neighbour's distance eps, are scattered uniformly in its max-norm ball
+    (the k-th on the surface); the ratio is scale-free, so k points drawn
+    uniformly in [-1, 1]^d with eps their largest max-norm have its
+    distribution. Monte Carlo in float64 numpy with a fixed seed (a pure
+    function of k, d and quantile, computed once per static shape).
+    """
+    rng = np.random.default_rng([seed, k, d])
+    out = []
+    for start in range(0, draws, 250):                    # bounded memory
+        off = rng.uniform(-1.0, 1.0, (min(250, draws - start), k, d))
+        eps = np.abs(off).max(axis=(1, 2))
+        pts = np.concatenate([np.zeros_like(off[:, :1]), off], axis=1)
+        c = pts - pts.mean(axis=1, keepdims=True)
+        _, axes = np.linalg.eigh(np.einsum("bkd,bke->bde", c, c))
+        half = np.abs(np.einsum("bkd,bdm->bkm", off, axes)).max(axis=1)
+        out.append(np.log(half).sum(axis=1) - d * np.log(eps))
+    return float(np.quantile(np.concatenate(out), quantile))
+
+
+# ---------------------------------------------------------------------------
 # KSG.
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -231,6 +365,18 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
     use <= 0 instead of < 0 (so n_a,i, n_b,i >= k_i); psi(k) becomes
     mean_i psi(k_i). For samples with eps_i > 0 the rule is the plain one.
 
+    With `config.copula`, each column is first replaced by its normal
+    scores (`normal_scores`). With `config.lnc_quantile` (the local
+    non-uniformity correction of Gao, Ver Steeg, Galstyan 2015), for each
+    sample r_i = log(V_pca,i / V_max,i) (`_box_log_ratio`: the box aligned
+    with the principal axes of the sample and its k neighbours vs the
+    max-norm box of radius eps_i, in the joint space) and
+
+        I_LNC = I - mean_i[r_i if r_i < log alpha else 0],
+
+    alpha from `lnc_log_alpha`; samples where r_i is undefined (eps_i = 0,
+    a degenerate box) are not corrected.
+
     Args:
       key: unused (the estimator is deterministic).
       a: (N, da) or (N,) continuous samples (cast to float32 by default).
@@ -242,16 +388,28 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
       leading batch axes of a and b.
 
     Raises:
-      ValueError at trace time if the shapes disagree or N <= k.
+      ValueError at trace time if the shapes disagree, N <= k, or the
+      correction is asked for with k <= da + db.
     """
     del key
-    n = inputs.check_pair(a, b, min_samples=config.k + 1, name="KSG")
+    dim = sum(1 if jnp.ndim(x) == 1 else jnp.shape(x)[-1] for x in (a, b))  # da + db
+    k = config.neighbours(dim)
+    n = inputs.check_pair(a, b, min_samples=k + 1, name="KSG")
+    lnc = config.lnc_quantile is not None
+    if lnc and k <= dim:
+        raise ValueError(f"KSG with the LNC correction needs k > da + db = {dim} "
+                         f"(k neighbours span at most k directions), got k = {k}; use k=None")
     a_raw, b_raw = jnp.asarray(a), jnp.asarray(b)
-    za = pairwise.standardize(inputs.as_matrix(a_raw))
-    zb = pairwise.standardize(inputs.as_matrix(b_raw))
+    xa, xb = inputs.as_matrix(a_raw), inputs.as_matrix(b_raw)
+    if config.copula:
+        xa, xb = normal_scores(xa), normal_scores(xb)
+    za, zb = pairwise.standardize(xa), pairwise.standardize(xb)
     za_cols, zb_cols = _pad_rows(za, _CHUNK).T, _pad_rows(zb, _CHUNK).T  # (d, Np)
     index = jnp.arange(za_cols.shape[1])
     valid = index < n
+    if lnc:
+        joint_rows = jnp.concatenate([za_cols, zb_cols]).T                  # (Np, d)
+        kept = jnp.any(joint_rows[:n] != joint_rows[:1], axis=0)            # non-constant
 
     def block(qi):
         # Queries are read from the column arrays inside the loop body, where
@@ -264,18 +422,32 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
         db = _chebyshev(qb, zb_cols)
         other = (qi[:, None] != index[None, :]) & valid[None, :]
         dz = jnp.where(other, jnp.maximum(da, db), jnp.inf)
-        eps = _kth_smallest(dz, config.k)                            # (B,)
+        if lnc:
+            nearest, columns = _k_nearest(dz, k)                     # (B, k)
+            eps = nearest[:, -1]
+            offsets = joint_rows[columns] - joint_rows[qi][:, None, :]  # (B, k, d)
+            log_ratio = _box_log_ratio(offsets, eps, kept)
+        else:
+            eps = _kth_smallest(dz, k)                               # (B,)
+            log_ratio = jnp.zeros_like(eps)
         # "Strictly closer than eps" is "<= the float below eps"; at eps = 0
         # the Gao et al. rule counts "<= 0".
         radius = jnp.where(eps > 0, jnp.nextafter(eps, jnp.zeros_like(eps)), 0.0)[:, None]
         n_a, n_b, at_zero = _count_true(
             other & (da <= radius), other & (db <= radius), dz <= 0)  # self: dz = inf
-        k_i = jnp.where(eps > 0, config.k, at_zero)
-        return k_i, n_a, n_b
+        k_i = jnp.where(eps > 0, k, at_zero)
+        return k_i, n_a, n_b, log_ratio
 
-    k_i, n_a, n_b = pairwise.map_row_blocks(block, config.block, jnp.arange(n))
+    k_i, n_a, n_b, log_ratio = pairwise.map_row_blocks(block, config.block, jnp.arange(n))
     f = lambda c: digamma(c.astype(za.dtype))
     nats = digamma(jnp.asarray(n, za.dtype)) + jnp.mean(f(k_i) - f(n_a + 1) - f(n_b + 1))
+    if lnc:
+        # Gao et al. (2015): subtract the mean log volume ratio over the
+        # samples whose ratio is below alpha (0 for the others and where it
+        # is undefined).
+        log_alpha = lnc_log_alpha(k, dim, config.lnc_quantile)
+        below = jnp.where(log_ratio < log_alpha, log_ratio, 0.0)   # NaN < x is False
+        nats = nats - jnp.mean(below)
     return inputs.nan_unless_finite(nats / math.log(2.0), a_raw, b_raw)
 
 
