@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io
+from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
@@ -200,6 +200,28 @@ def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_pa
     assert "resumed from the checkpoint at step 12" in resumed.stdout
     with open(out / "metrics.jsonl", "rb") as fh:
         assert fh.read() == uninterrupted
+
+
+def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_path,
+                                                                           uninterrupted):
+    # In-process (Ctrl-C in a notebook): SIGINT arrives while step 8's
+    # progress line is logged, after that eval point's checkpoint decision,
+    # so the run finishes the next eval point, 12, and saves there.
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "checkpoint_every": 0, "out": str(tmp_path)})
+    before = signal.getsignal(signal.SIGINT)
+
+    def log(line):
+        if " step 8/" in line:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/50: "):
+        experiment.run(cfg, log=log)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert checkpoint_steps(tmp_path / "checkpoints") == [12]
+    assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == \
+        set(range(0, 13, 4))
+    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == uninterrupted
 
 
 def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
