@@ -1,18 +1,26 @@
 """The absl flags of one experiment, shared by `run` and `reproduce`.
 
 Every flag is a field of `fedjax_mi.experiment.RunConfig` with the same
-name; `config_from_flags` builds the config and `main_guard` turns bad input
-into one line on stderr and exit code 2.
+name; `config_from_flags` builds the config and `main_guard` turns bad input,
+divergence, a failed write and preemption into one line on stderr and the
+exit statuses below.
 """
 
 import dataclasses
+import shlex
 import sys
 from typing import Callable
 
 from absl import flags, logging
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import checkpoint, experiment
+from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption
+
+# Exit statuses (README "Exit statuses"); 1 is left to unexpected errors.
+EXIT_BAD_INPUT = 2   # a flag, data file, checkpoint or an --out in use by another run
+EXIT_DIVERGED = 3    # non-finite training loss
+EXIT_IO_ERROR = 74   # sysexits.h EX_IOERR: a result could not be written (disk full, read-only)
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGINT, saved; run again to resume
 
 D = experiment.RunConfig()
 
@@ -77,15 +85,34 @@ def config_from_flags(**overrides) -> experiment.RunConfig:
     return experiment.RunConfig(**values)
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this one: the same module and flags
+    with --resume (and without --overwrite)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None and spec.name else f"python {argv[0]}"
+    dropped = ("--resume", "--noresume", "--overwrite", "--nooverwrite")
+    kept = [a for a in argv[1:] if a.split("=", 1)[0] not in dropped]
+    return f"{program} {shlex.join(kept + ['--resume'])}"
+
+
 def main_guard(fn: Callable[[], None]) -> None:
-    """Run fn; bad input exits 2 with one line naming the cause."""
+    """Run fn; bad input, divergence, a failed write or a stop signal exit
+    with one line on stderr naming the cause (statuses above)."""
     # orbax and jax log routine INFO lines through absl; the progress lines suffice.
     logging.set_verbosity(logging.WARNING)
     try:
         fn()
-    except (experiment.ConfigError, data_lib.DataError, checkpoint.CheckpointError) as e:
+    except (experiment.ConfigError, data_lib.DataError, checkpoint.CheckpointError,
+            folder_lock.LockError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_DIVERGED)
+    except metrics_io.OutputError as e:
+        print(f"error: {e}; free space or fix permissions, then rerun with --resume",
+              file=sys.stderr)
+        sys.exit(EXIT_IO_ERROR)
+    except preemption.Preempted as e:
+        print(f"{e}; resume with: {resume_command(sys.argv)}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)

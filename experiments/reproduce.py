@@ -17,7 +17,7 @@ import time
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, metrics_io, plotting, summary
+from fedjax_mi import experiment, folder_lock, metrics_io, plotting, summary
 
 # What distinguishes the four experiments (the paper's figures 1-4).
 FIGURES = {
@@ -84,19 +84,20 @@ def main(argv):
         configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
         experiment.check_sweep(list(configs.values()))  # every setting, before any work
         experiment.check_devices(len(configs), FLAGS.devices)
-        experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-        t0 = time.perf_counter()
-        print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
-        experiment.run_sweep(list(configs.values()), devices=FLAGS.devices)
-        for figure, cfg in configs.items():
-            plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
-                              f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
-        runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-                for f, c in configs.items()}
-        path = os.path.join(out, "summary.md")
-        metrics_io.write_atomic(path, summary.summary_markdown(runs, configs))
-        print(f"[reproduce] {len(configs)} experiments in {time.perf_counter() - t0:.1f} s; "
-              f"summary: {path}")
+        with folder_lock.hold(out):  # the whole command: runs, checkpoints, summary
+            experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+            t0 = time.perf_counter()
+            print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
+            experiment.run_sweep(list(configs.values()), devices=FLAGS.devices)
+            for figure, cfg in configs.items():
+                plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
+                                  f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
+            runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
+                    for f, c in configs.items()}
+            path = os.path.join(out, "summary.md")
+            metrics_io.write_atomic(path, summary.summary_markdown(runs, configs))
+            print(f"[reproduce] {len(configs)} experiments in {time.perf_counter() - t0:.1f} s; "
+                  f"summary: {path}")
 
     run_flags.main_guard(go)
 

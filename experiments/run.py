@@ -10,7 +10,7 @@ OUT/config.json (flags, package versions, device) and OUT/figures/*.png.
 from absl import app
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, plotting
+from fedjax_mi import experiment, folder_lock, plotting
 
 
 def main(argv):
@@ -22,9 +22,11 @@ def main(argv):
             raise experiment.ConfigError("--devices: splits the runs of a sweep "
                                          "(experiments.sweep, reproduce); a run has one")
         cfg = run_flags.config_from_flags()
-        experiment.run(cfg)
-        for path in plotting.plot_run(cfg.out):
-            print(f"[run] wrote {path}")
+        experiment.check_sweep([cfg])  # every setting, before the folder is made
+        with folder_lock.hold(cfg.out):  # also while the figures are drawn
+            experiment.run(cfg)
+            for path in plotting.plot_run(cfg.out):
+                print(f"[run] wrote {path}")
 
     run_flags.main_guard(go)
 

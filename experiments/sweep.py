@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, metrics_io, plotting
+from fedjax_mi import experiment, folder_lock, metrics_io, plotting
 
 flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
 flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
@@ -63,14 +63,15 @@ def main(argv):
         cfgs = sweep_configs(out)
         experiment.check_sweep(cfgs)
         experiment.check_devices(len(cfgs), FLAGS.devices)
-        experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-        experiment.run_sweep(cfgs, devices=FLAGS.devices)
-        for cfg in cfgs:
-            plotting.plot_run(cfg.out, title=run_name(cfg))
-        metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
-            [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
-              "protocol": c.protocol, "sync_period": c.sync_period} for c in cfgs], indent=2))
-        print(f"[sweep] {len(cfgs)} runs written under {out}")
+        with folder_lock.hold(out):  # the whole command: runs, checkpoints, runs.json
+            experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+            experiment.run_sweep(cfgs, devices=FLAGS.devices)
+            for cfg in cfgs:
+                plotting.plot_run(cfg.out, title=run_name(cfg))
+            metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
+                [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
+                  "protocol": c.protocol, "sync_period": c.sync_period} for c in cfgs], indent=2))
+            print(f"[sweep] {len(cfgs)} runs written under {out}")
 
     run_flags.main_guard(go)
 

@@ -4,21 +4,30 @@ A checkpoint holds the stacked `FedState` of every run (parameters,
 optimiser states, data keys, the current epoch order and the step: the data
 order position is `step` within `perm`) and a JSON record of which eval point
 it follows and the runs' settings. orbax writes each checkpoint into a
-temporary folder and renames it when complete, so a run killed while saving
-leaves the previous checkpoint intact. Nothing is unpickled on restore.
+temporary folder and renames it when complete, so a run killed while saving,
+or a save that fails (`metrics_io.OutputError`), leaves the previous
+checkpoint intact. `restore_latest` restores the newest checkpoint that
+reads back, skipping damaged ones. Nothing is unpickled on restore.
 """
 
+import contextlib
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from fedjax_mi import federated
+from fedjax_mi import federated, metrics_io
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the folder."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -28,6 +37,13 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
                                              enable_async_checkpointing=False))
 
 
+def close(mgr: ocp.CheckpointManager) -> None:
+    """Close `mgr` on any path; an error while closing after a failed save
+    is dropped (the error that stopped the run has been raised already)."""
+    with contextlib.suppress(Exception):
+        mgr.close()
+
+
 def _to_saveable(states: federated.FedState) -> federated.FedState:
     # Typed PRNG keys are stored as their raw uint32 data.
     return states._replace(data_keys=jax.random.key_data(states.data_keys))
@@ -35,27 +51,82 @@ def _to_saveable(states: federated.FedState) -> federated.FedState:
 
 def save(mgr: ocp.CheckpointManager, step: int, states: federated.FedState,
          meta: dict[str, Any]) -> None:
-    """Save `states` after local step `step` (synchronously, atomically)."""
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(states)),
-                                           meta=ocp.args.JsonSave(meta)))
-    mgr.wait_until_finished()
+    """Save `states` after local step `step` (synchronously, atomically);
+    `metrics_io.OutputError` naming the folder if that fails."""
+    try:
+        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(states)),
+                                               meta=ocp.args.JsonSave(meta)))
+        mgr.wait_until_finished()
+    except Exception as e:  # orbax/tensorstore wrap the OSError in several types
+        raise metrics_io.output_error(f"{mgr.directory}/{step}", e,
+                                      "the previous checkpoints are intact") from None
 
 
-def restore_latest(mgr: ocp.CheckpointManager, template: federated.FedState
-                   ) -> Optional[tuple[int, federated.FedState, dict[str, Any]]]:
-    """(step, states, meta) of the newest complete checkpoint, or None if
-    there is none. `template` gives the shapes and dtypes (the freshly
-    initialised states)."""
-    step = mgr.latest_step()
-    if step is None:
-        return None
+class _IgnoreClosedLoop:
+    """sys.unraisablehook without the "Event loop is closed" reports.
+
+    When one array of a damaged checkpoint fails to read, orbax's restore
+    returns and closes its event loop while tensorstore's other reads are
+    still under way; their completion callbacks then report "Event loop is
+    closed" through sys.unraisablehook, up to seconds later. Nothing is lost,
+    so those reports are dropped; any other goes to the previous hook."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            self.previous(unraisable)
+
+
+def _reason(e: Exception) -> str:
+    """The exception's type and the start of its first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+def restore_step(mgr: ocp.CheckpointManager, step: int, template: federated.FedState
+                 ) -> tuple[federated.FedState, dict[str, Any]]:
+    """(states, meta) of checkpoint `step`; `CheckpointError` if it does not
+    read back. `template` gives the shapes and dtypes."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
+    if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
+        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)  # orbax logs each damaged file; the caller says it once
     try:
         restored = mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax/tensorstore raise many types for a damaged file
-        raise CheckpointError(f"checkpoint {mgr.directory}/{step} is unreadable "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"checkpoint {mgr.directory}/{step} is unreadable ({_reason(e)})",
+                              _reason(e)) from None
+    finally:
+        logging.set_verbosity(verbosity)
     states = restored.state
     states = states._replace(data_keys=jax.random.wrap_key_data(states.data_keys))
-    return step, states, restored.meta
+    return states, restored.meta
+
+
+def restore_latest(mgr: ocp.CheckpointManager, template: federated.FedState,
+                   warn: Callable[[str], None] = print
+                   ) -> Optional[tuple[int, federated.FedState, dict[str, Any]]]:
+    """(step, states, meta) of the newest checkpoint that reads back, or None
+    if there is none. Each damaged newer one is skipped with one `warn` line
+    naming it and why; `CheckpointError` (one line) if none reads back.
+    `template` gives the shapes and dtypes (the freshly initialised states)."""
+    failures = []  # (step, reason) of the damaged ones, newest first
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            states, meta = restore_step(mgr, step, template)
+        except CheckpointError as e:
+            failures.append((step, e.reason))
+            continue
+        for bad, reason in failures:
+            warn(f"warning: skipped the damaged checkpoint {mgr.directory}/{bad} ({reason}); "
+                 f"using the one at step {step}")
+        return step, states, meta
+    if failures:
+        raise CheckpointError(f"no intact checkpoint in {mgr.directory} ("
+                              + "; ".join(f"step {bad}: {reason}" for bad, reason in failures)
+                              + ")")
+    return None

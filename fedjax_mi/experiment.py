@@ -6,6 +6,7 @@ steps (one `lax.scan`, compiled once; a shorter last round reuses it with
 fewer active steps) and the eval-point measurement (compiled once).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import checkpoint, federated, measure, metrics_io, models, sharding
+from fedjax_mi import checkpoint, federated, folder_lock, measure, metrics_io, models, preemption
+from fedjax_mi import sharding
 from fedjax_mi.mi import edge_reference
 
 
@@ -364,11 +366,13 @@ def _resumable(cfg: RunConfig) -> dict[str, Any]:
 
 
 def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
-                 points: list[int]) -> tuple[int, federated.FedState, list[list[dict[str, Any]]]]:
+                 points: list[int], log: Callable[[str], None] = print
+                 ) -> tuple[int, federated.FedState, list[list[dict[str, Any]]]]:
     """(index of the eval point to continue after, states, each run's records
-    up to it) from the newest checkpoint; records after it are dropped (they
+    up to it) from the newest intact checkpoint (damaged newer ones are
+    skipped with a warning and deleted); records after it are dropped (they
     are recomputed). (-1, template, empty records) when there is none."""
-    restored = checkpoint.restore_latest(mgr, template)
+    restored = checkpoint.restore_latest(mgr, template, warn=log)
     if restored is None:
         return -1, template, [[] for _ in cfgs]
     step, states, meta = restored
@@ -383,6 +387,8 @@ def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
                               f"settings (differing: {', '.join(changed) or 'the runs'})")
     if step not in points:
         raise ConfigError(f"--resume: checkpoint step {step} is not an eval point of this run")
+    for damaged in [s for s in mgr.all_steps() if s > step]:  # they would block saving again
+        mgr.delete(damaged)
     records = []
     for cfg in cfgs:
         path = os.path.join(cfg.out, "metrics.jsonl")
@@ -463,15 +469,44 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     `resume` a run continues from there and writes the metrics an
     uninterrupted run would have written. `devices` > 1 splits the runs over
     that many devices (`sharding.over_runs`; R must be a multiple of it).
+
+    While it runs, each run's `out` (and the default checkpoint folder's
+    parent) is locked (`folder_lock.hold`: another process gets
+    `folder_lock.LockError`). A SIGTERM or SIGINT finishes the current eval
+    point, saves a checkpoint there and raises `preemption.Preempted`; a
+    failed write raises `metrics_io.OutputError`; the previous metrics and
+    checkpoint stay intact in both cases.
     """
     check_sweep(cfgs)
     check_devices(len(cfgs), devices)
     first = cfgs[0]
-    for cfg in cfgs:
-        prepare_out(cfg.out, first.resume, first.overwrite)
+    folders = [c.out for c in cfgs] + ([] if checkpoint_dir else
+                                       [os.path.dirname(default_checkpoint_dir(cfgs))])
     checkpoint_dir = checkpoint_dir or default_checkpoint_dir(cfgs)
-    if first.overwrite and os.path.isdir(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)
+    with contextlib.ExitStack() as stack:
+        for folder in dict.fromkeys(folders):
+            stack.enter_context(folder_lock.hold(folder))
+        for cfg in cfgs:
+            prepare_out(cfg.out, first.resume, first.overwrite)
+        if first.overwrite and os.path.isdir(checkpoint_dir):
+            shutil.rmtree(checkpoint_dir)
+
+        def open_manager():  # after the checks that need the data; closed on every path
+            mgr = checkpoint.manager(checkpoint_dir)
+            stack.callback(checkpoint.close, mgr)
+            return mgr
+
+        stop = stack.enter_context(preemption.stop_on_signals())
+        return _train_sweep(cfgs, log, checkpoint_dir, devices, open_manager, stop)
+
+
+def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoint_dir: str,
+                 devices: int, open_manager: Callable[[], Any], stop: preemption.StopRequest
+                 ) -> list[list[dict[str, Any]]]:
+    """The body of `run_sweep`, in its locked folders; `open_manager()`
+    gives the checkpoint manager. Stops after the eval point during which
+    `stop` fired."""
+    first = cfgs[0]
     data = load_sweep_data(cfgs)
     n = data.train_x.shape[2]
     for cfg in cfgs[1:]:  # each run's own sync period must fit the run
@@ -494,8 +529,8 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
             f" steps={schedule.total_steps} eval every {cfg.eval_period} -> {cfg.out}")
 
     points = schedule.eval_steps
-    mgr = checkpoint.manager(checkpoint_dir)
-    last, states, records = resume_point(mgr, states, cfgs, points)
+    mgr = open_manager()
+    last, states, records = resume_point(mgr, states, cfgs, points, log)
     if mesh is not None:  # restored arrays sit on one device
         states = sharding.place_runs(states, mesh)
     if last >= 0:
@@ -517,14 +552,19 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
                                      jax.tree.map(lambda a: a[r], m),
                                      None if losses is None else losses[r])
             metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
-        if i > 0 and first.checkpoint_every and (i % first.checkpoint_every == 0
-                                                or i == len(points) - 1):
+        stopping = bool(stop)  # read once: a signal from here on stops at the next eval point
+        if (i > 0 and first.checkpoint_every and (i % first.checkpoint_every == 0
+                                                 or i == len(points) - 1)) or stopping:
             checkpoint.save(mgr, step, states, meta)
         log(progress_line(tag, step - points[max(last, 0)], step, schedule, m,
                           time.perf_counter() - t_start))
         if i > 0:
             check_finite(round_losses, points[i - 1], cfgs, step, log)
-    mgr.close()
+        if stopping and i < len(points) - 1:
+            where = cfgs[0].out if len(cfgs) == 1 else "each run's folder"
+            raise preemption.Preempted(
+                f"stopped by {stop.name} after step {step}/{schedule.total_steps}: checkpoint "
+                f"in {checkpoint_dir}, metrics up to step {step} in {where}", stop.signum, step)
     return records
 
 

@@ -3,8 +3,11 @@
 Written by atomic replacement (write a temporary file in the same folder,
 fsync, `os.replace`), so a run killed at any moment leaves either the
 previous complete file or the new complete file, never a partial line.
+A write that fails (a full disk, a folder made read-only) leaves the previous
+file as it was and raises `OutputError` naming the path.
 """
 
+import contextlib
 import json
 import os
 from typing import Any, Iterable
@@ -12,14 +15,35 @@ from typing import Any, Iterable
 FIELDS = ("step", "epoch", "model", "dataset", "mi_xz", "mi_zy", "acc")
 
 
+class OutputError(OSError):
+    """A result file or checkpoint could not be written; the message names
+    the path and the OS error. What was there before is intact."""
+
+
+def output_error(path: str, cause: BaseException, intact: str) -> OutputError:
+    """One line: the path, the cause (its OS message) and what is intact;
+    `errno` is the cause's."""
+    reason = getattr(cause, "strerror", None) or \
+        f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
+    error = OutputError(f"cannot write {path} ({reason}); {intact}")
+    error.errno = getattr(cause, "errno", None)
+    return error
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Replace `path` by `text` atomically."""
+    """Replace `path` by `text` atomically; `OutputError` if that fails."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise output_error(path, e, f"the previous {os.path.basename(path)}, if any, is intact") \
+            from None
 
 
 def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:

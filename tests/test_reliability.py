@@ -1,16 +1,21 @@
-"""Nothing lost, same numbers every time: kill-and-resume, determinism,
-refusal to overwrite, divergence, damaged checkpoints."""
+"""Nothing lost, same numbers every time: kill-and-resume, preemption,
+determinism, refusal to overwrite, the output-folder lock, divergence,
+damaged checkpoints, failed writes (docs/reliability.md lists which test
+shows which guarantee)."""
 
+import errno
 import json
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from fedjax_mi import experiment, metrics_io
+from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
@@ -36,51 +41,108 @@ def finish(proc):
     return stdout
 
 
-# Runs module argv[2] with arguments argv[3:], with `checkpoint.save` wrapped:
-# its second call (one checkpoint complete, the next eval point's records
-# written but not yet checkpointed) writes one byte to the pipe fd argv[1]
-# and then blocks until the process is killed.
+# Runs module argv[4] with arguments argv[5:], pausing at the second call of
+# `checkpoint.save` (argv[3] == "save": one checkpoint complete, the next eval
+# point's records written but not yet checkpointed) or of the compiled round
+# (argv[3] == "round": that round dispatched, so a signal now arrives while it
+# computes): it writes one byte to the pipe fd argv[1], then waits for a byte
+# on the pipe fd argv[2] (forever, if none comes: until it is killed).
 _PAUSED = """
-import os, runpy, sys, threading
-from fedjax_mi import checkpoint
-fd, module = int(sys.argv[1]), sys.argv[2]
-save, calls = checkpoint.save, []
-def paused_save(*args, **kwargs):
+import os, runpy, sys
+from fedjax_mi import checkpoint, experiment
+ready_fd, go_fd, where, module = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+calls = []
+def pause():
     calls.append(None)
     if len(calls) == 2:
-        os.write(fd, b"!")
-        threading.Event().wait()
-    return save(*args, **kwargs)
-checkpoint.save = paused_save
-sys.argv = [module] + sys.argv[3:]
+        os.write(ready_fd, b"!")
+        os.read(go_fd, 1)
+def paused_save(*args, save=checkpoint.save):
+    pause()
+    return save(*args)
+def paused_programs(*args, programs=experiment.programs):
+    model, opt, round_fn, measure_fn = programs(*args)
+    def paused_round(*args):
+        result = round_fn(*args)
+        pause()
+        return result
+    return model, opt, paused_round, measure_fn
+if where == "save":
+    checkpoint.save = paused_save
+else:
+    experiment.programs = paused_programs
+sys.argv = [module] + sys.argv[5:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def kill_at_second_checkpoint(module, args, log_dir):
-    """Run `python -m module args` until it starts its second checkpoint, then
-    SIGKILL it. The child announces that moment on a pipe and waits there, so
-    the kill always lands mid-run, after a checkpoint and after records that
-    the resumed run must drop, however fast the machine is."""
-    read_fd, write_fd = os.pipe()
-    with open(log_dir / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _PAUSED, str(write_fd), module, *args],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                pass_fds=(write_fd,))
-    os.close(write_fd)
+def start_paused(module, args, where, log_dir, name):
+    """Start `python -m module args` and wait until it pauses at its second
+    `where` ("save" or "round"); returns (process, fd that lets it go on).
+    Its stdout and stderr go to log_dir/name.out and .err. The child
+    announces the pause on a pipe, so whatever the test does next lands
+    mid-run, at a known point, however fast the machine is."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    with open(log_dir / f"{name}.out", "w") as out, open(log_dir / f"{name}.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSED, str(ready_w), str(go_r), where,
+                                 module, *args], cwd=ROOT, stdout=out, stderr=err,
+                                pass_fds=(ready_w, go_r))
+    os.close(ready_w)
+    os.close(go_r)
     try:
-        ready, _, _ = select.select([read_fd], [], [], 300)
-        signalled = os.read(read_fd, 1) if ready else b""
+        ready, _, _ = select.select([ready_r], [], [], 300)
+        signalled = os.read(ready_r, 1) if ready else b""
     finally:
-        os.close(read_fd)
-    if signalled != b"!":  # it ended (EOF) or hung before its second checkpoint
+        os.close(ready_r)
+    if signalled != b"!":  # it ended (EOF) or hung before the pause
         proc.kill()
         proc.wait()
-        pytest.fail("never reached its second checkpoint:\n"
-                    + (log_dir / "killed.log").read_text()[-3000:])
+        os.close(go_w)
+        pytest.fail(f"never reached its second {where}:\n"
+                    + (log_dir / f"{name}.err").read_text()[-3000:])
+    return proc, go_w
+
+
+def kill_at_second_checkpoint(module, args, log_dir):
+    """Run `python -m module args` until it starts its second checkpoint, then
+    SIGKILL it: after a checkpoint and after records that the resumed run
+    must drop."""
+    proc, go = start_paused(module, args, "save", log_dir, "killed")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    os.close(go)
     assert proc.returncode == -signal.SIGKILL
+
+
+def sigterm_in_second_round(module, args, log_dir, while_paused=lambda pid: None):
+    """Run `python -m module args`, send SIGTERM while its second round
+    computes, call `while_paused(pid)` (the process holds its folders), let
+    it go on, and return its stderr lines and the resume command it prints.
+    It must finish that eval point, save and exit with status 75."""
+    proc, go = start_paused(module, args, "round", log_dir, "preempted")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        while_paused(proc.pid)
+    finally:
+        os.write(go, b"!")
+        os.close(go)
+        proc.wait(timeout=600)
+    stderr = (log_dir / "preempted.err").read_text()
+    assert proc.returncode == 75, stderr[-3000:]
+    lines = stderr.splitlines()
+    # Two lines and no traceback: the signal's receipt, then how to resume.
+    assert len(lines) == 2 and lines[0].startswith("SIGTERM received: finishing"), stderr[-3000:]
+    assert lines[1].startswith("stopped by SIGTERM after step") and "resume with: " in lines[1]
+    command = shlex.split(lines[1].split("resume with: ", 1)[1])
+    assert command[:3] == ["python", "-m", module] and command[-1] == "--resume"
+    return command
+
+
+def run_command(command):
+    """Run a printed `python -m ...` command with this interpreter."""
+    return subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 def checkpoint_steps(ckpts):
@@ -96,7 +158,8 @@ def uninterrupted(tmp_path_factory):
         return fh.read()
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
+def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_path,
+                                                                          uninterrupted):
     out = tmp_path / "killed"
     kill_at_second_checkpoint("experiments.run", [*FLAGS, f"--out={out}"], tmp_path)
     assert checkpoint_steps(out / "checkpoints") == [4]
@@ -106,13 +169,59 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterru
     # drop and recompute it.
     assert {r["step"] for r in partial} == {0, 4, 8}
     assert 0 < len(partial) < len(uninterrupted.splitlines())
+    # The killed process left its lock file; the OS released the lock.
+    assert (out / folder_lock.LOCK_NAME).read_text().strip().isdigit()
     refused = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    stdout = finish(start(out, "--resume"))
-    assert "resumed from the checkpoint at step" in stdout
+
+    # Resumed (from step 4), then preempted while the round to step 12
+    # computes; it checkpoints only when stopped (--checkpoint_every=100). A
+    # second run into the folder meanwhile, even with --overwrite, exits at
+    # once naming the holder and deletes nothing.
+    busy = []
+    command = sigterm_in_second_round(
+        "experiments.run", [*FLAGS, f"--out={out}", "--resume", "--checkpoint_every=100"],
+        tmp_path, lambda pid: busy.append((pid, subprocess.run(
+            [sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}", "--overwrite"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600))))
+    (pid, second), = busy
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stderr.splitlines() == [second.stderr.strip()]  # one line
+    assert f"{str(out)!r} is in use by another run (process {pid}" in second.stderr
+    assert "resumed from the checkpoint at step 4" in (tmp_path / "preempted.out").read_text()
+    assert checkpoint_steps(out / "checkpoints") == [4, 12]
+    records = metrics_io.read_records(str(out / "metrics.jsonl"))
+    assert max(r["step"] for r in records) == 12
+    assert uninterrupted.startswith((out / "metrics.jsonl").read_bytes())
+
+    resumed = run_command(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint at step 12" in resumed.stdout
     with open(out / "metrics.jsonl", "rb") as fh:
         assert fh.read() == uninterrupted
+
+
+def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_path,
+                                                                           uninterrupted):
+    # In-process (Ctrl-C in a notebook): SIGINT arrives while step 8's
+    # progress line is logged, after that eval point's checkpoint decision,
+    # so the run finishes the next eval point, 12, and saves there.
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "checkpoint_every": 0, "out": str(tmp_path)})
+    before = signal.getsignal(signal.SIGINT)
+
+    def log(line):
+        if " step 8/" in line:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/50: "):
+        experiment.run(cfg, log=log)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert checkpoint_steps(tmp_path / "checkpoints") == [12]
+    assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == \
+        set(range(0, 13, 4))
+    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == uninterrupted
 
 
 def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
@@ -141,19 +250,127 @@ def test_resume_refuses_other_settings(tmp_path):
         experiment.run(changed, log=lambda line: None)
 
 
-def test_damaged_checkpoint_is_a_clear_error(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
-    experiment.run(cfg, log=lambda line: None)
-    latest = max((p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()),
-                 key=lambda p: int(p.name))
-    for path in (latest / "state").rglob("*"):
-        if path.is_file() and path.stat().st_size > 0:
+def damage(ckpt, kind):
+    """Damage checkpoint folder `ckpt` as a failing disk or a stray command
+    would: truncate its array files, overwrite its largest file with random
+    bytes, or delete its array manifest."""
+    files = sorted((p for p in (ckpt / "state").rglob("*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+    if kind == "truncated":
+        for path in files:
             with open(path, "r+b") as fh:
                 fh.truncate(path.stat().st_size // 2)
-    from fedjax_mi import checkpoint
-    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
-        experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}),
-                       log=lambda line: None)
+    elif kind == "random bytes":
+        files[-1].write_bytes(np.random.default_rng(0).bytes(files[-1].stat().st_size))
+    else:
+        (ckpt / "state" / "manifest.ocdbt").unlink()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random bytes", "missing file"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
+    # Eval points 0, 4, 8; checkpoints at 4 and 8.
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
+    experiment.run(cfg, log=lambda line: None)
+    whole = (tmp_path / "metrics.jsonl").read_bytes()
+    assert checkpoint_steps(tmp_path / "checkpoints") == [4, 8]
+    damage(tmp_path / "checkpoints" / "8", kind)
+    # Records after the checkpoint used must be dropped: mark step 8's.
+    records = metrics_io.read_records(str(tmp_path / "metrics.jsonl"))
+    metrics_io.write_records(str(tmp_path / "metrics.jsonl"),
+                             [{**r, "acc": -1.0} if r["step"] == 8 else r for r in records])
+    lines = []
+    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: skipped the damaged checkpoint {tmp_path}/checkpoints/8 (")
+    assert warnings[0].endswith("; using the one at step 4") and "\n" not in warnings[0]
+    assert any("resumed from the checkpoint at step 4 " in line for line in lines)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == whole
+    # The damaged one was replaced by a checkpoint that reads back.
+    mgr = checkpoint.manager(str(tmp_path / "checkpoints"))
+    try:
+        assert mgr.all_steps() == [4, 8]
+        checkpoint.restore_step(mgr, 8, experiment.prepare_sweep(
+            [cfg], experiment.load_sweep_data([cfg])).states)
+    finally:
+        checkpoint.close(mgr)
+
+
+def test_no_intact_checkpoint_exits_2_with_one_line(tmp_path):
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
+    experiment.run(cfg, log=lambda line: None)
+    damage(tmp_path / "checkpoints" / "8", "missing file")
+    damage(tmp_path / "checkpoints" / "4", "truncated")
+    # In a process of its own: orbax's abandoned reads used to print
+    # "Event loop is closed" tracebacks as the process ended.
+    result = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, "--epochs=2",
+                             f"--out={tmp_path}", "--resume"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr[-3000:]
+    assert result.stderr.startswith(
+        f"error: no intact checkpoint in {tmp_path}/checkpoints (step 8: ")
+    assert "; step 4: " in result.stderr
+    assert checkpoint_steps(tmp_path / "checkpoints") == [4, 8]  # nothing deleted
+
+
+def _fails_on_full_disk(run, out, message_path):
+    """`run()` must stop with one line naming `message_path` and ENOSPC."""
+    with pytest.raises(metrics_io.OutputError) as info:
+        run()
+    message = str(info.value)
+    assert "\n" not in message and info.value.errno == errno.ENOSPC
+    assert message.startswith(f"cannot write {message_path} (No space left on device)")
+
+
+def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monkeypatch,
+                                                                   uninterrupted):
+    out = tmp_path / "run"
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)})
+    fsync, writes = os.fsync, []
+
+    def full_disk_fsync(fd):  # the third metrics write (step 8's records) finds the disk full
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl.tmp"):
+            writes.append(fd)
+            if len(writes) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_fsync)
+    _fails_on_full_disk(lambda: experiment.run(cfg, log=lambda line: None), out,
+                        out / "metrics.jsonl")
+    monkeypatch.undo()
+    assert not (out / "metrics.jsonl.tmp").exists()
+    kept = (out / "metrics.jsonl").read_bytes()
+    assert {r["step"] for r in map(json.loads, kept.splitlines())} == {0, 4}
+    assert uninterrupted.startswith(kept)
+    assert checkpoint_steps(out / "checkpoints") == [4]
+    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    assert (out / "metrics.jsonl").read_bytes() == uninterrupted
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, monkeypatch,
+                                                                      uninterrupted):
+    from orbax.checkpoint._src.path import async_path
+    out = tmp_path / "run"
+    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)})
+    rename = async_path.rename
+
+    async def full_disk_rename(src, dst):  # committing step 8's checkpoint fails
+        if os.path.basename(str(dst)) == "8":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return await rename(src, dst)
+
+    monkeypatch.setattr(async_path, "rename", full_disk_rename)
+    _fails_on_full_disk(lambda: experiment.run(cfg, log=lambda line: None), out,
+                        out / "checkpoints" / "8")
+    monkeypatch.undo()
+    assert checkpoint_steps(out / "checkpoints") == [4]
+    kept = (out / "metrics.jsonl").read_bytes()  # step 8's records were written before
+    assert {r["step"] for r in map(json.loads, kept.splitlines())} == {0, 4, 8}
+    assert uninterrupted.startswith(kept)
+    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    assert (out / "metrics.jsonl").read_bytes() == uninterrupted
 
 
 def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
@@ -170,22 +387,40 @@ def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
     assert any(line.startswith("warning: training diverged") for line in lines)
 
 
-def test_sigkill_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_path):
+def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(
+        tmp_path):
     # Two seeds x two protocols in one program, one checkpoint for all four
     # runs under OUT/checkpoints; 9 eval points.
     flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1", "--mi=kde",
                          "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=8"]
     out = tmp_path / "sweep"
 
-    def sweep(*extra):
-        return subprocess.Popen([sys.executable, "-m", "experiments.sweep", *flags,
-                                 f"--out={out}", *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-
     kill_at_second_checkpoint("experiments.sweep", [*flags, f"--out={out}"], tmp_path)
     assert checkpoint_steps(out / "checkpoints") == [4]
     assert not (out / "runs.json").exists()  # killed before the end
-    assert "resumed from the checkpoint at step" in finish(sweep("--resume"))
+
+    # Resumed (from step 4), then preempted while the round to step 12
+    # computes. Meanwhile the sweep's folder and each run's folder are locked
+    # against another process (this one).
+    def refused_here(pid):
+        for folder in (out, out / "iid-nosync-lr0.05-seed1"):
+            assert folder.is_dir()
+            with pytest.raises(folder_lock.LockError, match=f"process {pid}, "):
+                with folder_lock.hold(str(folder)):
+                    pass
+        one = experiment.RunConfig(**{**CONFIG.__dict__, "overwrite": True,
+                                      "out": str(out / "iid-sync8-lr0.05-seed0")})
+        with pytest.raises(folder_lock.LockError, match=f"is in use by another run .process {pid}"):
+            experiment.run(one, log=lambda line: None)
+
+    command = sigterm_in_second_round(
+        "experiments.sweep", [*flags, f"--out={out}", "--resume", "--checkpoint_every=100"],
+        tmp_path, refused_here)
+    assert checkpoint_steps(out / "checkpoints") == [4, 12]
+    assert not (out / "runs.json").exists()
+    resumed = run_command(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint at step 12" in resumed.stdout
     runs = json.loads((out / "runs.json").read_text())
     assert len(runs) == 4
     # The same four runs uninterrupted, in-process, as one sweep.
