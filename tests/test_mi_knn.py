@@ -516,6 +516,17 @@ class HelperTest(absltest.TestCase):
         for g, w in zip(got, want):
             np.testing.assert_array_equal(np.asarray(g), w)
 
+    def test_k_nearest_values_and_columns(self):
+        # chunk = 8: 64 chunks > k, the chunked path (as LNC at N >= 64 (k + 1));
+        # chunk = 64, k = 10: 8 chunks <= k, top_k on the whole row.
+        rs = np.random.RandomState(11)
+        d = rs.standard_normal((6, 512)).astype(np.float32)
+        d[0, 100:] = np.inf
+        nearest = jax.jit(lambda d: [knn._k_nearest(d, k, chunk=c) for k, c in ((3, 8), (10, 8), (10, 64))])
+        for (values, cols), k in zip(nearest(jnp.asarray(d)), (3, 10, 10)):
+            np.testing.assert_array_equal(np.asarray(values), np.sort(d, axis=1)[:, :k])
+            np.testing.assert_array_equal(np.take_along_axis(d, np.asarray(cols), 1), np.asarray(values))
+
     def test_count_true_packs_without_overflow(self):
         rs = np.random.RandomState(10)
         masks = [rs.rand(4, 128) < p for p in (0.5, 0.9, 0.1)]
