@@ -30,11 +30,24 @@ class CheckpointError(ValueError):
         self.reason = reason
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax logs (through absl) each damaged file it meets; the caller
+    reports a damaged checkpoint in one line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False))
+    with _quiet_orbax():  # it reads each checkpoint's metadata, damaged or not
+        return ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                 enable_async_checkpointing=False))
 
 
 def close(mgr: ocp.CheckpointManager) -> None:
@@ -89,18 +102,6 @@ class _IgnoreAbandonedReads:
 def _reason(e: Exception) -> str:
     """The exception's type and the start of its first line."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """orbax logs (through absl) each damaged file it meets; the caller
-    reports a damaged checkpoint in one line instead."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.FATAL)
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
 
 
 def restore_step(mgr: ocp.CheckpointManager, step: int, template: federated.FedState
