@@ -30,11 +30,24 @@ class CheckpointError(ValueError):
         self.reason = reason
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax logs (through absl) each damaged file it meets; the caller
+    reports a damaged checkpoint in one line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False))
+    with _quiet_orbax():  # it reads each checkpoint's metadata, damaged or not
+        return ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                 enable_async_checkpointing=False))
 
 
 def close(mgr: ocp.CheckpointManager) -> None:
@@ -62,22 +75,28 @@ def save(mgr: ocp.CheckpointManager, step: int, states: federated.FedState,
                                       "the previous checkpoints are intact") from None
 
 
-class _IgnoreClosedLoop:
-    """sys.unraisablehook without the "Event loop is closed" reports.
+class _IgnoreAbandonedReads:
+    """sys.unraisablehook without the reports of a failed restore's leftovers.
 
     When one array of a damaged checkpoint fails to read, orbax's restore
-    returns and closes its event loop while tensorstore's other reads are
-    still under way; their completion callbacks then report "Event loop is
-    closed" through sys.unraisablehook, up to seconds later. Nothing is lost,
-    so those reports are dropped; any other goes to the previous hook."""
+    raises and closes its event loop while tensorstore's other reads are
+    still under way: their completion callbacks report "Event loop is
+    closed", and orbax's read coroutines, never awaited to the end, report
+    their own errors when collected, both through sys.unraisablehook and up
+    to seconds later. The restore's error says what matters, so those
+    reports are dropped; any other goes to the previous hook."""
 
     def __init__(self, previous):
         self.previous = previous
 
     def __call__(self, unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            self.previous(unraisable)
+        code = getattr(unraisable.object, "cr_code", None)
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                str(unraisable.exc_value) == "Event loop is closed":
+            return
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
+        self.previous(unraisable)
 
 
 def _reason(e: Exception) -> str:
@@ -90,18 +109,15 @@ def restore_step(mgr: ocp.CheckpointManager, step: int, template: federated.FedS
     """(states, meta) of checkpoint `step`; `CheckpointError` if it does not
     read back. `template` gives the shapes and dtypes."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
-    if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
-        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.FATAL)  # orbax logs each damaged file; the caller says it once
+    if not isinstance(sys.unraisablehook, _IgnoreAbandonedReads):
+        sys.unraisablehook = _IgnoreAbandonedReads(sys.unraisablehook)
     try:
-        restored = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        with _quiet_orbax():
+            restored = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax/tensorstore raise many types for a damaged file
         raise CheckpointError(f"checkpoint {mgr.directory}/{step} is unreadable ({_reason(e)})",
                               _reason(e)) from None
-    finally:
-        logging.set_verbosity(verbosity)
     states = restored.state
     states = states._replace(data_keys=jax.random.wrap_key_data(states.data_keys))
     return states, restored.meta
@@ -115,7 +131,9 @@ def restore_latest(mgr: ocp.CheckpointManager, template: federated.FedState,
     naming it and why; `CheckpointError` (one line) if none reads back.
     `template` gives the shapes and dtypes (the freshly initialised states)."""
     failures = []  # (step, reason) of the damaged ones, newest first
-    for step in sorted(mgr.all_steps(), reverse=True):
+    with _quiet_orbax():
+        steps = sorted(mgr.all_steps(read=True), reverse=True)
+    for step in steps:
         try:
             states, meta = restore_step(mgr, step, template)
         except CheckpointError as e:
