@@ -333,10 +333,9 @@ def programs(num_classes: int, momentum: float, batch_size: int, eval_period: in
     round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
                                           opt_sync=opt_sync)
     # The measurement's forward passes are not vmapped over workers (models
-    # run in sequence), so they use XLA's own convolution: the same function
-    # of the same parameters, 1.7x faster than the patches form there on an
-    # H100 and as fast on the CPU (BUILD_NOTES "Measurement forward pass").
-    eval_model = models.LeNet(num_classes=num_classes, conv_impl="xla")
+    # run in sequence), so they use the formulation fastest on this backend:
+    # the same function of the same parameters (docs/performance.md).
+    eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
     measure_fn = measure.make_sweep_measure(
         eval_model, measure.study_estimators(study, num_classes), chunk=eval_chunk)
     return model, opt, round_fn, measure_fn
