@@ -386,14 +386,20 @@ def part_forward(args) -> dict:
         first[name] = time.perf_counter() - t0
     ref = call(f"impl_auto_chunk{args.eval_chunk}_float32")[1]
     times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}  # process CPU time: moves less with other jobs' load
     for _ in range(max(args.steps_repeats, 3)):
         for name in fns:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             call(name)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    base = np.asarray(next(times[n] for n, v in variants.items()
+                           if v == (("xla", "xla"), args.eval_chunk, "float32")))
     out = {name: dict(impl=list(variants[name][0]), chunk=variants[name][1],
                       precision=variants[name][2],
                       us_per_image=round(float(np.median(t)) * per_image, 2),
+                      cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
+                      ratio_to_xla=round(float(np.median(np.asarray(t) / base)), 3),
                       first_call_s=round(first[name], 2),
                       max_abs_z_diff=float(jnp.max(jnp.abs(call(name)[1] - ref))))
            for name, t in times.items()}
@@ -508,8 +514,9 @@ def rows_of(record: dict) -> list[tuple[str, str]]:
     if "forward" in r:
         f = r["forward"]
         for name, v in f["variants"].items():
-            rows.append((f"measurement forward {name}", f"{v['us_per_image']:.2f} us/image "
-                         f"(max |z diff| {v['max_abs_z_diff']:.1e})"))
+            rows.append((f"measurement forward {name}", f"{v['us_per_image']:.2f} us/image, "
+                         f"CPU time {v['cpu_us_per_image']:.2f} us/image, x{v['ratio_to_xla']} "
+                         f"of xla (max abs z diff {v['max_abs_z_diff']:.1e})"))
     for name, c in r.get("compile", {}).items():
         if isinstance(c, dict):
             rows.append((f"compile {name}", f"round {c['round']:.2f} s, measure {c['measure']:.2f} s "

@@ -6,13 +6,15 @@ into one line on stderr and exit code 2.
 """
 
 import dataclasses
+import os
 import sys
 from typing import Callable
 
+import jax
 from absl import flags, logging
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import checkpoint, experiment
+from fedjax_mi import checkpoint, experiment, sharding
 
 D = experiment.RunConfig()
 
@@ -68,7 +70,38 @@ flags.DEFINE_boolean("continue_on_divergence", D.continue_on_divergence,
 flags.DEFINE_integer("devices", 1, "split the runs of a sweep (experiments.sweep, reproduce) "
                      "over this many devices; the number of runs must be a multiple of it")
 
+
+# Several processes (hosts) running one program; absent: one process, or a
+# SLURM job's tasks (sharding.init_distributed).
+flags.DEFINE_string("coordinator", None, "address:port of process 0 when several processes run "
+                    "one program (with --num_processes, --process_id; default: SLURM's, if any)")
+flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
+flags.DEFINE_integer("process_id", None, "this process's index, 0 writes the files "
+                     "(with --coordinator)")
+
+
+def default_compilation_cache_dir() -> str:
+    """$XDG_CACHE_HOME/fedjax_mi/jax, or ~/.cache/fedjax_mi/jax."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fedjax_mi", "jax")
+
+
+flags.DEFINE_string("compilation_cache_dir", default_compilation_cache_dir(),
+                    "JAX's persistent compilation cache: later invocations of the same "
+                    "experiment reuse its compiled programs (docs/performance.md); '' disables it")
+
 FLAGS = flags.FLAGS
+
+
+def use_compilation_cache(path: str) -> None:
+    """Turn on JAX's persistent compilation cache in `path` ('' leaves it
+    off). Every program is cached, however fast it compiled: the many small
+    ones (initialisation, eager ops) add up to seconds at start-up."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def config_from_flags(**overrides) -> experiment.RunConfig:
@@ -81,6 +114,12 @@ def main_guard(fn: Callable[[], None]) -> None:
     """Run fn; bad input exits 2 with one line naming the cause."""
     # orbax and jax log routine INFO lines through absl; the progress lines suffice.
     logging.set_verbosity(logging.WARNING)
+    try:
+        sharding.init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    use_compilation_cache(FLAGS.compilation_cache_dir)
     try:
         fn()
     except (experiment.ConfigError, data_lib.DataError, checkpoint.CheckpointError) as e:

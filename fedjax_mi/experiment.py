@@ -466,11 +466,21 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     check_sweep(cfgs)
     check_devices(len(cfgs), devices)
     first = cfgs[0]
-    for cfg in cfgs:
-        prepare_out(cfg.out, first.resume, first.overwrite)
+    # Several processes (sharding.init_distributed) compute the same
+    # records; process 0 alone writes files and prints.
+    writer = jax.process_index() == 0
+    log = log if writer else (lambda line: None)
+    if jax.process_count() > 1 and devices == 1 and first.checkpoint_every:
+        _fail("checkpoint_every", f"with {jax.process_count()} processes, checkpoints need the "
+              "runs split over their devices (--devices > 1); or set 0")
     checkpoint_dir = checkpoint_dir or default_checkpoint_dir(cfgs)
-    if first.overwrite and os.path.isdir(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)
+    if writer:
+        for cfg in cfgs:
+            prepare_out(cfg.out, first.resume, first.overwrite)
+        if first.overwrite and os.path.isdir(checkpoint_dir):
+            shutil.rmtree(checkpoint_dir)
+    if jax.process_count() > 1:
+        sharding.barrier("fedjax_mi prepared out")
     data = load_sweep_data(cfgs)
     n = data.train_x.shape[2]
     for cfg in cfgs[1:]:  # each run's own sync period must fit the run
@@ -478,7 +488,9 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     schedule = make_schedule(first, n)
     local_x, local_y, test_x, test_y = eval_subsets(first, data)
     for cfg, group in zip(cfgs, data.groups):
-        write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
+        if writer:
+            write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]),
+                         len(cfgs))
 
     sweep = prepare_sweep(cfgs, data, devices)
     round_fn, measure_fn, states, edge_keys = (sweep.round_fn, sweep.measure_fn, sweep.states,
@@ -486,6 +498,12 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     groups, sync_periods, train_x, train_y = (sweep.groups, sweep.sync_periods, sweep.train_x,
                                               sweep.train_y)
     mesh = sweep.mesh
+    if mesh is not None and jax.process_count() > 1:  # global arrays over the processes
+        states = sharding.place_runs(states, mesh)
+        edge_keys, groups, sync_periods = sharding.shard_leading(
+            (edge_keys, groups, sync_periods), mesh, sharding.RUNS)
+        train_x, train_y, local_x, local_y, test_x, test_y = sharding.replicate(
+            (train_x, train_y, local_x, local_y, test_x, test_y), mesh)
     tag = "[run]" if len(cfgs) == 1 else f"[sweep of {len(cfgs)}]"
     for cfg in cfgs:
         log(f"{tag} {cfg.dataset} {cfg.split} K={cfg.workers} n={n}/worker lr={cfg.lr:g} "
@@ -506,16 +524,17 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
         if i > 0:
             active = step - points[i - 1]
             states, round_losses = round_fn(states, train_x, train_y, groups, sync_periods, active)
-            round_losses = np.asarray(round_losses[:active])  # (active, R, K)
+            round_losses = sharding.fetch(round_losses)[:active]  # (active, R, K)
             losses = round_losses.astype(np.float64).mean(axis=0)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(edge_keys, step)
-        m = jax.device_get(measure_fn(step_keys, states.params, local_x, local_y, groups,
+        m = sharding.fetch(measure_fn(step_keys, states.params, local_x, local_y, groups,
                                       test_x, test_y))
         for r, cfg in enumerate(cfgs):
             records[r] += to_records(step, step / schedule.steps_per_epoch,
                                      jax.tree.map(lambda a: a[r], m),
                                      None if losses is None else losses[r])
-            metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
+            if writer:
+                metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
         if i > 0 and first.checkpoint_every and (i % first.checkpoint_every == 0
                                                 or i == len(points) - 1):
             checkpoint.save(mgr, step, states, meta)
