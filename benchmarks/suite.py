@@ -291,7 +291,7 @@ def sweep_forward(cfgs, num_classes: int) -> Callable:
     """The forward passes of the sweep measurement alone, same shapes and
     formulation: `(params (R, K, ...), local_x, groups, test_x) -> (logits, z)`."""
     model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
-    chunk = cfgs[0].eval_chunk
+    chunk = measure.forward_chunk(cfgs[0].eval_chunk)
 
     def one_run(params, local_x, test_x):
         images = jnp.concatenate([local_x.reshape((-1,) + local_x.shape[2:]), test_x])
@@ -367,10 +367,12 @@ def part_forward(args) -> dict:
     one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     stacked = measure.models_to_measure(jax.tree.map(lambda a: jnp.stack([a, a * 1.01]), one))
     per_image = 1e6 / (3 * args.forward_images)
-    auto = models.measure_conv_impl()
+    auto, auto_chunk = models.measure_conv_impl(), measure.forward_chunk(args.eval_chunk)
     impls = {"auto": auto, **{i: (i, i) for i in mf.IMPLS if (i, i) != auto}}
     variants = {f"impl_{name}_chunk{args.eval_chunk}_float32": (impl, args.eval_chunk, "float32")
                 for name, impl in impls.items()}
+    # What the measurement runs: the automatic form and chunk.
+    variants[f"impl_auto_chunk{auto_chunk}_float32"] = (auto, auto_chunk, "float32")
     variants.update({f"impl_auto_chunk{c}_{p}": (auto, c, p) for c in args.forward_chunks
                      for p in args.forward_precisions})
     fns = {name: mf.forward_fn(impl, chunk) for name, (impl, chunk, _) in variants.items()}
@@ -384,7 +386,7 @@ def part_forward(args) -> dict:
         t0 = time.perf_counter()
         call(name)
         first[name] = time.perf_counter() - t0
-    ref = call(f"impl_auto_chunk{args.eval_chunk}_float32")[1]
+    ref = call(f"impl_auto_chunk{auto_chunk}_float32")[1]
     times = {name: [] for name in fns}
     cpu = {name: [] for name in fns}  # process CPU time: moves less with other jobs' load
     for _ in range(max(args.steps_repeats, 3)):
@@ -404,7 +406,8 @@ def part_forward(args) -> dict:
                       max_abs_z_diff=float(jnp.max(jnp.abs(call(name)[1] - ref))))
            for name, t in times.items()}
     return dict(images=args.forward_images, models=3, auto=list(auto),
-                auto_us_per_image=out[f"impl_auto_chunk{args.eval_chunk}_float32"]["us_per_image"],
+                auto_chunk=auto_chunk,
+                auto_us_per_image=out[f"impl_auto_chunk{auto_chunk}_float32"]["us_per_image"],
                 variants=out)
 
 

@@ -57,7 +57,8 @@ flags.DEFINE_boolean("kde_relative", D.kde_relative, "KDE noise relative to Z's 
                      "(--nokde_relative: absolute s^2)")
 flags.DEFINE_integer("kde_queries", D.kde_queries, "KDE query rows per estimate (all N rows "
                      "enter each sum); default as docs/estimators.md measured")
-flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
+flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring "
+                     "(at most 50 on the CPU, faster there: docs/performance.md)")
 flags.DEFINE_string("out", D.out, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every,
                      "save the whole training state every N eval points (0: never)")

@@ -94,7 +94,7 @@ def main(argv):
                                         **({} if s2 is None else {"kde_noise_var": s2}))
             fn = measure.make_sweep_measure(eval_model,
                                             measure.study_estimators(study, data.num_classes),
-                                            chunk=cfgs[0].eval_chunk)
+                                            chunk=measure.forward_chunk(cfgs[0].eval_chunk))
             m = jax.device_get(fn(keys, states.params, local_x, local_y, sweep.groups,
                                   test_x, test_y))
             for r, cfg in enumerate(cfgs):

@@ -337,7 +337,8 @@ def programs(num_classes: int, momentum: float, batch_size: int, eval_period: in
     # the same function of the same parameters (docs/performance.md).
     eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
     measure_fn = measure.make_sweep_measure(
-        eval_model, measure.study_estimators(study, num_classes), chunk=eval_chunk)
+        eval_model, measure.study_estimators(study, num_classes),
+        chunk=measure.forward_chunk(eval_chunk))
     return model, opt, round_fn, measure_fn
 
 

@@ -57,6 +57,13 @@ def test_s2d_rejects_odd_shapes():
         models.conv_s2d(jnp.zeros((1, 7, 8, 3)), jnp.zeros((5, 5, 3, 6)))
 
 
+def test_measure_forward_chunk_per_backend():
+    from fedjax_mi import measure
+    assert measure.forward_chunk(500, "cpu") == 50
+    assert measure.forward_chunk(20, "cpu") == 20
+    assert measure.forward_chunk(5000, "gpu") == 5000
+
+
 def test_measure_conv_impl_per_backend():
     assert models.measure_conv_impl("cpu") == ("s2d", "s2d")
     assert models.measure_conv_impl("gpu") == ("xla", "xla")
