@@ -1,25 +1,40 @@
 """The project's benchmark suite: one JSON file of every speed figure.
 
-    python -m benchmarks.suite --cifar_dir DIR                 # full paper size (a GPU)
-    python -m benchmarks.suite --preset=cpu --cifar_dir DIR    # reduced, ~7 min on 2 shared CPU cores
+    python -m benchmarks.suite --preset=gpu --cifar_dir DIR    # full paper size, one GPU
+    python -m benchmarks.suite --preset=cpu --cifar_dir DIR    # reduced sizes for a CPU
     python -m benchmarks.suite --preset=cpu --dataset=digits   # no files needed
 
-Also `python benchmarks/suite.py ...`. Writes `--out` (default runs/suite.json),
-prints a table, and prints the JSON record as the last line. Parts (`--skip`
-any of them):
+Also `python benchmarks/suite.py ...` (`--preset=paper` is `gpu`). Writes
+`--out` (default runs/suite.json) and `--markdown` (default runs/suite.md,
+the table), prints the table, and prints the JSON record as the last line;
+its `measure_forward_us_per_image` is the measurement's forward pass per
+image and model with the formulation `models.measure_conv_impl()` picks.
+Parts (`--skip` any of them):
 
-  sweep     the four paper experiments (reproduce.FIGURES on PRESETS["paper"])
-            as one `experiment.run_sweep`: wall time with and without compile.
-  separate  the same four as four `experiment.run` calls in one process.
-  seeds     a `--seed_runs` seed sweep (fig1 settings, seeds 0..R-1) vs one run.
-  edge      EDGE seconds per call after compilation at N = 25,000:
-            I(X;Z) (3,072-dim pixels vs 84-dim z) and I(Z;Y) (10 labels vs z),
-            in the reference 4.2.0 and the default configs of
-            `measure.paper_edge_configs` and the quantile variant.
-  steps     steady-state training steps/s of the sweep round (the four runs)
-            and of one run's round, and seconds per eval-point measurement.
-  compile   (from `sweep` and `separate`) compile time of the round and of the
-            eval-point measurement; the issue's target is < 10 s each.
+  sweep       the four paper experiments (reproduce.FIGURES on PRESETS["paper"])
+              as one `experiment.run_sweep`, default estimators: wall time
+              with and without compile.
+  sweep_edge  the same with `--mi=edge_reference` (EDGE reference mode).
+  separate    the same four as four `experiment.run` calls in one process.
+  seeds       `--seeds_per_figure` seeds x the four figures as one sweep
+              (16 runs on the gpu preset) vs one run.
+  edge        EDGE seconds per call after compilation at N = 25,000:
+              I(X;Z) (3,072-dim pixels vs 84-dim z) and I(Z;Y) (10 labels vs z),
+              in the reference 4.2.0 and the default configs of
+              `measure.paper_edge_configs` and the quantile variant.
+  steps       steady-state training steps/s of the sweep round (the four runs)
+              and of one run's round, and seconds per eval-point measurement.
+  eval_split  one eval point of the four-run sweep, default estimators and
+              EDGE reference: the whole measurement, its forward passes alone,
+              and the rest (the estimators and bounds) by difference.
+  runs_vmap   milliseconds per training step against the number of runs
+              vmapped (`--vmap_runs`), and against the steps per scan body
+              (`--unrolls`) for the four runs.
+  forward     the measurement's forward pass per image: every formulation of
+              the convolutions (`benchmarks/measure_forward.py`), interleaved,
+              and on the gpu preset chunk sizes and matmul precisions.
+  compile     (from `sweep` and `separate`) compile time of the round and of the
+              eval-point measurement; the issue's target is < 10 s each.
 
 How compile is separated: a `jax.monitoring` time-span listener records every
 trace, lowering and XLA compile that jax does (the events
@@ -52,17 +67,24 @@ from experiments import reproduce
 from fedjax_mi import experiment, federated, measure, models
 from fedjax_mi import mi
 
-PARTS = ("sweep", "separate", "seeds", "edge", "steps")
+PARTS = ("sweep", "sweep_edge", "separate", "seeds", "edge", "steps", "eval_split", "runs_vmap",
+         "forward")
 EDGE_N = 25_000
-# Defaults are the paper's full size; None = every sample measured.
+# The gpu preset is the paper's full size; None = every sample measured.
 PRESETS = {
-    "paper": dict(epochs=20.0, per_worker=None, eval_period=100, mi_samples=None,
-                  test_samples=None, seed_runs=16, steps_repeats=5, warm_repeat=False),
+    "gpu": dict(epochs=20.0, per_worker=None, eval_period=100, mi_samples=None,
+                test_samples=None, seeds_per_figure=4, steps_repeats=5, warm_repeat=False,
+                vmap_runs="1,4,16,64", unrolls="1,2,4,8", vmap_steps=100,
+                forward_images=25_000, forward_chunks="500,5000,25000",
+                forward_precisions="float32,tensorfloat32,bfloat16"),
     # Every part at reduced size: 2 epochs of 62 steps, so eval points 0, 100,
     # 124 include a shorter last round (which reuses the compiled round).
     "cpu": dict(epochs=2.0, per_worker=2000, eval_period=100, mi_samples=1000,
-                test_samples=1000, seed_runs=4, steps_repeats=3, warm_repeat=True),
+                test_samples=1000, seeds_per_figure=2, steps_repeats=3, warm_repeat=True,
+                vmap_runs="1,4,16", unrolls="1,4", vmap_steps=10, forward_images=2000,
+                forward_chunks="500", forward_precisions="float32"),
 }
+PRESETS["paper"] = PRESETS["gpu"]
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
@@ -166,16 +188,17 @@ def part_separate(log, cfgs) -> dict:
 
 
 def part_seeds(args, log, cfgs) -> dict:
-    """`seed_runs` runs of fig1's settings (seeds 0..R-1, so R partitions too,
-    as experiments.sweep --seeds does) as one sweep, vs the seed-0 run alone."""
+    """`seeds_per_figure` seeds (0..S-1, so S partitions too, as
+    experiments.sweep --seeds does) x the four figures as one sweep, vs
+    fig1's seed-0 run alone."""
     fig1 = cfgs[0]
     root = os.path.dirname(fig1.out)
-    sweep = [dataclasses.replace(fig1, seed=s, out=os.path.join(root, "seeds", str(s)))
-             for s in range(args.seed_runs)]
+    sweep = [dataclasses.replace(c, seed=s, out=os.path.join(root, "seeds", f"{s}-{os.path.basename(c.out)}"))
+             for s in range(args.seeds_per_figure) for c in cfgs]
     one = timed(log, lambda: experiment.run(
         dataclasses.replace(fig1, out=os.path.join(root, "seeds-one")), quiet))
     many = timed(log, lambda: experiment.run_sweep(sweep, quiet))
-    return dict(runs=args.seed_runs, one=one, sweep=many,
+    return dict(runs=len(sweep), one=one, sweep=many,
                 ratio=round(many["wall_s"] / one["wall_s"], 3),
                 ratio_excl_compile=round(many["wall_excl_compile_s"]
                                          / max(one["wall_excl_compile_s"], 1e-9), 3))
@@ -253,6 +276,141 @@ def part_steps(cfgs, repeats: int) -> dict:
     return out
 
 
+def with_mi(cfgs, mi_names: str) -> list[experiment.RunConfig]:
+    """The same runs recording other estimators (`--mi`)."""
+    return [dataclasses.replace(c, mi=mi_names) for c in cfgs]
+
+
+def part_sweep_edge(log, cfgs) -> dict:
+    """The four experiments as one sweep in EDGE reference mode."""
+    return timed(log, lambda: experiment.run_sweep(moved(with_mi(cfgs, "edge_reference"),
+                                                         "sweep-edge"), quiet))
+
+
+def sweep_forward(cfgs, num_classes: int) -> Callable:
+    """The forward passes of the sweep measurement alone, same shapes and
+    formulation: `(params (R, K, ...), local_x, groups, test_x) -> (logits, z)`."""
+    model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
+    chunk = measure.forward_chunk(cfgs[0].eval_chunk)
+
+    def one_run(params, local_x, test_x):
+        images = jnp.concatenate([local_x.reshape((-1,) + local_x.shape[2:]), test_x])
+        return jax.lax.map(lambda p: measure.chunked_forward(model, p, images, chunk),
+                           measure.models_to_measure(params))
+
+    return jax.jit(lambda params, local_x, groups, test_x: jax.lax.map(
+        lambda a: one_run(a[0], local_x[a[1]], test_x), (params, groups)))
+
+
+def part_eval_split(cfgs, repeats: int) -> dict:
+    """One eval point of the four-run sweep: the whole measurement, its
+    forward passes alone (`sweep_forward`), and the estimators and bounds
+    as the difference; default estimators and EDGE reference mode."""
+    out = {}
+    for mode, group in (("default", cfgs), ("edge_reference", with_mi(cfgs, "edge_reference"))):
+        _, _, measure_fn, (keys, params, local_x, local_y, groups, test_x, test_y) = \
+            sweep_setup(group)
+        num_classes = int(experiment.load_sweep_data(group[:1]).num_classes)
+        forward = sweep_forward(group, num_classes)
+        _, whole = time_call(lambda: measure_fn(keys, params, local_x, local_y, groups, test_x,
+                                                test_y), repeats)
+        _, fwd = time_call(lambda: forward(params, local_x, groups, test_x), repeats)
+        images = len(group) * (jax.tree.leaves(params)[0].shape[1] + 1) * (
+            local_x.shape[1] * local_x.shape[2] + test_x.shape[0])
+        out[mode] = dict(mi=group[0].mi, measure_s=round(whole, 4), forward_s=round(fwd, 4),
+                         estimators_s=round(whole - fwd, 4),
+                         forward_share=round(fwd / whole, 3),
+                         forward_us_per_image=round(fwd / images * 1e6, 2))
+    return out
+
+
+def vmap_configs(cfgs, runs: int) -> list[experiment.RunConfig]:
+    """`runs` runs cycling over the four figures (seeds 0, 1, ...), all on
+    data seed 0, so the sweep holds at most four partitions."""
+    return [dataclasses.replace(cfgs[i % len(cfgs)], seed=i // len(cfgs), data_seed=0)
+            for i in range(runs)]
+
+
+def part_runs_vmap(args, cfgs) -> dict:
+    """Milliseconds per training step (every run advancing one step) of a
+    `vmap_steps`-step sweep round against the runs vmapped, and for the
+    four figures against `unroll` (steps per scan body)."""
+    first = cfgs[0]
+    out = {}
+    for runs in args.vmap_runs:
+        group = vmap_configs(cfgs, runs)
+        _, (states, train_x, train_y, groups, periods, _), _, _ = sweep_setup(group)
+        num_classes = int(experiment.load_sweep_data(group[:1]).num_classes)
+        for unroll in (args.unrolls if runs == len(cfgs) else (1,)):
+            round_fn = federated.make_sweep_round(
+                models.LeNet(num_classes=num_classes), federated.make_optimizer(first.momentum),
+                batch_size=first.batch_size, steps=args.vmap_steps, opt_sync=first.opt_sync,
+                unroll=unroll)
+            compile_call, s = time_call(lambda: round_fn(states, train_x, train_y, groups,
+                                                         periods), args.steps_repeats)
+            out[f"runs{runs}_unroll{unroll}"] = dict(
+                runs=runs, unroll=unroll, steps=args.vmap_steps,
+                ms_per_step=round(s / args.vmap_steps * 1e3, 3),
+                ms_per_run_step=round(s / args.vmap_steps / runs * 1e3, 4),
+                first_call_s=round(compile_call, 2))
+    return out
+
+
+def part_forward(args) -> dict:
+    """The measurement's forward pass per image and model: every uniform
+    formulation and the automatic one, interleaved over rounds
+    (`benchmarks/measure_forward.py`); then chunk sizes and matmul
+    precisions with the automatic formulation."""
+    from benchmarks import measure_forward as mf
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (args.forward_images, 32, 32, 3), dtype=np.uint8))
+    one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    stacked = measure.models_to_measure(jax.tree.map(lambda a: jnp.stack([a, a * 1.01]), one))
+    per_image = 1e6 / (3 * args.forward_images)
+    auto, auto_chunk = models.measure_conv_impl(), measure.forward_chunk(args.eval_chunk)
+    impls = {"auto": auto, **{i: (i, i) for i in mf.IMPLS if (i, i) != auto}}
+    variants = {f"impl_{name}_chunk{args.eval_chunk}_float32": (impl, args.eval_chunk, "float32")
+                for name, impl in impls.items()}
+    # What the measurement runs: the automatic form and chunk.
+    variants[f"impl_auto_chunk{auto_chunk}_float32"] = (auto, auto_chunk, "float32")
+    variants.update({f"impl_auto_chunk{c}_{p}": (auto, c, p) for c in args.forward_chunks
+                     for p in args.forward_precisions})
+    fns = {name: mf.forward_fn(impl, chunk) for name, (impl, chunk, _) in variants.items()}
+
+    def call(name):
+        with jax.default_matmul_precision(variants[name][2]):
+            return jax.block_until_ready(fns[name](stacked, images))
+
+    first = {}
+    for name in fns:
+        t0 = time.perf_counter()
+        call(name)
+        first[name] = time.perf_counter() - t0
+    ref = call(f"impl_auto_chunk{auto_chunk}_float32")[1]
+    times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}  # process CPU time: moves less with other jobs' load
+    for _ in range(max(args.steps_repeats, 3)):
+        for name in fns:
+            t0, c0 = time.perf_counter(), time.process_time()
+            call(name)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    base = np.asarray(next(times[n] for n, v in variants.items()
+                           if v == (("xla", "xla"), args.eval_chunk, "float32")))
+    out = {name: dict(impl=list(variants[name][0]), chunk=variants[name][1],
+                      precision=variants[name][2],
+                      us_per_image=round(float(np.median(t)) * per_image, 2),
+                      cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
+                      ratio_to_xla=round(float(np.median(np.asarray(t) / base)), 3),
+                      first_call_s=round(first[name], 2),
+                      max_abs_z_diff=float(jnp.max(jnp.abs(call(name)[1] - ref))))
+           for name, t in times.items()}
+    return dict(images=args.forward_images, models=3, auto=list(auto),
+                auto_chunk=auto_chunk,
+                auto_us_per_image=out[f"impl_auto_chunk{auto_chunk}_float32"]["us_per_image"],
+                variants=out)
+
+
 def parse_args(argv=None):
     """`--preset` sets the defaults of the size flags; explicit flags win."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -266,16 +424,27 @@ def parse_args(argv=None):
     parser.add_argument("--test_samples", type=int, help="test samples measured (default all)")
     parser.add_argument("--eval_chunk", type=int, default=experiment.RunConfig.eval_chunk,
                         help="images per forward chunk in the measurement (RunConfig.eval_chunk)")
-    parser.add_argument("--seed_runs", type=int, help="runs of the seed sweep")
+    parser.add_argument("--seeds_per_figure", type=int, help="seeds of the seed sweep (x 4 figures)")
+    parser.add_argument("--vmap_runs", help="runs vmapped in the runs_vmap part, comma-separated")
+    parser.add_argument("--unrolls", help="scan unrolls timed with the four runs, comma-separated")
+    parser.add_argument("--vmap_steps", type=int, help="steps of the runs_vmap round")
+    parser.add_argument("--forward_images", type=int, help="images of the forward part")
+    parser.add_argument("--forward_chunks", help="forward chunk sizes timed, comma-separated")
+    parser.add_argument("--forward_precisions",
+                        help="matmul precisions of the forward part (float32, tensorfloat32, bfloat16)")
     parser.add_argument("--steps_repeats", type=int, help="timed calls per steady-state figure")
     parser.add_argument("--warm_repeat", action=argparse.BooleanOptionalAction,
                         help="rerun the four-run sweep compiled, to check the subtraction")
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
     parser.add_argument("--out", default="runs/suite.json")
+    parser.add_argument("--markdown", default="runs/suite.md", help="where the table goes")
     args = parser.parse_args(argv)
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    for name in ("vmap_runs", "unrolls", "forward_chunks"):
+        setattr(args, name, tuple(int(v) for v in str(getattr(args, name)).split(",")))
+    args.forward_precisions = tuple(str(args.forward_precisions).split(","))
     args.skip = [p for p in args.skip.split(",") if p]
     unknown = set(args.skip) - set(PARTS)
     if unknown:
@@ -300,41 +469,77 @@ def compile_summary(results: dict) -> dict:
                 under_target=None if worst is None else worst < 10.0)
 
 
-def table(record: dict) -> str:
-    """The readable summary of the JSON record."""
+def rows_of(record: dict) -> list[tuple[str, str]]:
+    """(what, figures) rows of the readable summary of the JSON record."""
     r, rows = record["results"], []
-    if "sweep" in r:
-        s = r["sweep"]
-        rows.append(f"4 paper experiments, one sweep      wall {s['wall_s']:9.2f} s   "
-                    f"excl. compile {s['wall_excl_compile_s']:9.2f} s"
-                    + (f"   (warm rerun {s['warm_repeat_wall_s']:.2f} s)" if "warm_repeat_wall_s" in s else ""))
+    for part, label in (("sweep", "4 paper experiments, one sweep (default estimators)"),
+                        ("sweep_edge", "4 paper experiments, one sweep (EDGE reference)")):
+        if part in r:
+            s = r[part]
+            rows.append((label, f"wall {s['wall_s']:.2f} s, excl. compile "
+                                f"{s['wall_excl_compile_s']:.2f} s"
+                         + (f" (warm rerun {s['warm_repeat_wall_s']:.2f} s)"
+                            if "warm_repeat_wall_s" in s else "")))
     if "separate" in r:
         s = r["separate"]
-        rows.append(f"4 paper experiments, 4 runs         wall {s['wall_s']:9.2f} s   "
-                    f"excl. compile {s['wall_excl_compile_s']:9.2f} s   per run "
-                    + " ".join(f"{v['wall_s']:.1f}" for v in s["runs"].values()))
+        rows.append(("4 paper experiments, 4 runs", f"wall {s['wall_s']:.2f} s, excl. compile "
+                     f"{s['wall_excl_compile_s']:.2f} s; per run "
+                     + " ".join(f"{v['wall_s']:.1f}" for v in s["runs"].values())))
     if "seeds" in r:
         s = r["seeds"]
-        rows.append(f"seed sweep of {s['runs']:2d} vs 1 run           wall {s['sweep']['wall_s']:9.2f} "
-                    f"vs {s['one']['wall_s']:.2f} s (x{s['ratio']:.2f})   excl. compile "
-                    f"{s['sweep']['wall_excl_compile_s']:.2f} vs {s['one']['wall_excl_compile_s']:.2f} s "
-                    f"(x{s['ratio_excl_compile']:.2f}; target <= 3 on one H100)")
+        rows.append((f"{s['runs']}-run sweep vs 1 run",
+                     f"wall {s['sweep']['wall_s']:.2f} vs {s['one']['wall_s']:.2f} s "
+                     f"(x{s['ratio']:.2f}); excl. compile {s['sweep']['wall_excl_compile_s']:.2f} "
+                     f"vs {s['one']['wall_excl_compile_s']:.2f} s (x{s['ratio_excl_compile']:.2f}; "
+                     "target <= 3 on one GPU)"))
     if "edge" in r:
         e = r["edge"]
-        for mode in ("reference", "default"):
-            rows.append(f"EDGE {mode:9s} N={e['n']}             I(X;Z) {e[mode + '_xz']['s_per_call'] * 1e3:8.1f} ms"
-                        f"   I(Z;Y) {e[mode + '_zy']['s_per_call'] * 1e3:8.1f} ms per call")
+        for mode in ("reference", "quantile"):
+            rows.append((f"EDGE {mode} N={e['n']}",
+                         f"I(X;Z) {e[mode + '_xz']['s_per_call'] * 1e3:.1f} ms, I(Z;Y) "
+                         f"{e[mode + '_zy']['s_per_call'] * 1e3:.1f} ms per call"))
     if "steps" in r:
         for name, s in r["steps"].items():
-            rows.append(f"round {name:8s} ({s['runs']} run{'s' if s['runs'] > 1 else ''})        "
-                        f"{s['fed_steps_per_s']:9.1f} fed steps/s   {s['worker_steps_per_s']:9.1f} "
-                        f"worker-steps/s   measurement {s['measure_s']:.3f} s")
-    for name, c in r["compile"].items():
+            rows.append((f"round {name} ({s['runs']} run{'s' if s['runs'] > 1 else ''})",
+                         f"{s['fed_steps_per_s']:.1f} fed steps/s, {s['worker_steps_per_s']:.1f} "
+                         f"worker-steps/s; measurement {s['measure_s']:.3f} s"))
+    if "eval_split" in r:
+        for mode, s in r["eval_split"].items():
+            rows.append((f"eval point, 4 runs, {mode}",
+                         f"{s['measure_s']:.3f} s = forwards {s['forward_s']:.3f} s "
+                         f"({s['forward_share']:.0%}, {s['forward_us_per_image']:.1f} us/image) "
+                         f"+ estimators {s['estimators_s']:.3f} s"))
+    if "runs_vmap" in r:
+        for s in r["runs_vmap"].values():
+            rows.append((f"training step, {s['runs']} runs vmapped, unroll {s['unroll']}",
+                         f"{s['ms_per_step']:.2f} ms per step ({s['ms_per_run_step']:.3f} ms "
+                         "per run-step)"))
+    if "forward" in r:
+        f = r["forward"]
+        for name, v in f["variants"].items():
+            rows.append((f"measurement forward {name}", f"{v['us_per_image']:.2f} us/image, "
+                         f"CPU time {v.get('cpu_us_per_image')} us/image, x{v.get('ratio_to_xla')} "
+                         f"of xla (max abs z diff {v['max_abs_z_diff']:.1e})"))
+    for name, c in r.get("compile", {}).items():
         if isinstance(c, dict):
-            rows.append(f"compile {name:8s}                   round {c['round']:6.2f} s   "
-                        f"measure {c['measure']:6.2f} s   (target < 10 s)   other {c['other']:6.2f} s"
-                        + (f" (mostly {next(iter(c['top_other']))})" if c["top_other"] else ""))
-    return "\n".join(rows)
+            rows.append((f"compile {name}", f"round {c['round']:.2f} s, measure {c['measure']:.2f} s "
+                         f"(target < 10 s), other {c['other']:.2f} s"
+                         + (f" (mostly {next(iter(c['top_other']))})" if c["top_other"] else "")))
+    return rows
+
+
+def table(record: dict) -> str:
+    """The summary as plain text."""
+    return "\n".join(f"{what:58s} {figures}" for what, figures in rows_of(record))
+
+
+def markdown(record: dict) -> str:
+    """The summary as a markdown table, with the machine and the load."""
+    head = (f"{record['device_kind']} ({record['device']}), jax {record['jax']}, "
+            f"preset {record['preset']}, git {record['git']}, load before "
+            f"{', '.join(f'{v:.1f}' for v in record['load_before'])}\n\n")
+    return head + "| what | figures |\n|---|---|\n" + "\n".join(
+        f"| {what} | {figures} |" for what, figures in rows_of(record)) + "\n"
 
 
 def sizes_of(args, cfgs, n: int, schedule) -> dict:
@@ -345,8 +550,10 @@ def sizes_of(args, cfgs, n: int, schedule) -> dict:
         epochs=args.epochs, batch_size=first.batch_size, eval_period=args.eval_period,
         total_steps=schedule.total_steps, eval_points=len(schedule.eval_steps),
         mi_samples=args.mi_samples or n, test_samples=args.test_samples or "all",
-        seed_runs=args.seed_runs, mi=first.mi, edge_version=first.edge_version,
+        seeds_per_figure=args.seeds_per_figure, mi=first.mi, edge_version=first.edge_version,
         eval_chunk=first.eval_chunk, edge_n=EDGE_N, steps_repeats=args.steps_repeats,
+        vmap_runs=args.vmap_runs, unrolls=args.unrolls, vmap_steps=args.vmap_steps,
+        forward_images=args.forward_images, measure_conv_impl=models.measure_conv_impl(),
         figures={os.path.basename(c.out): dict(split=c.split, protocol=c.protocol,
                                                sync_period=c.sync_period) for c in cfgs})
 
@@ -384,7 +591,8 @@ def main(argv=None):
     record = dict(device=str(device), device_kind=device.device_kind, jax=jax.__version__,
                   jaxlib=jaxlib_version(), argv=sys.argv, git=git_version(), preset=args.preset,
                   compilation_cache_dir=jax.config.jax_compilation_cache_dir,
-                  load_before=os.getloadavg(), sizes={}, results={})
+                  load_before=os.getloadavg(), measure_forward_us_per_image=None, sizes={},
+                  results={})
     results = record["results"]
     with tempfile.TemporaryDirectory() as tmp:
         fig1 = paper_configs(args, tmp)[0]  # no-sync: fixes the schedule
@@ -399,17 +607,28 @@ def main(argv=None):
         # Order matters: the sweep runs first so that its compiles are cold.
         # The record is written after every part, so a run stopped by a
         # time limit keeps the parts it finished.
+        # The forward part comes early: it is the CPU's headline figure.
         parts = dict(sweep=lambda: part_sweep(args, log, cfgs),
+                     forward=lambda: part_forward(args),
+                     sweep_edge=lambda: part_sweep_edge(log, cfgs),
+                     eval_split=lambda: part_eval_split(cfgs, args.steps_repeats),
+                     steps=lambda: part_steps(cfgs, args.steps_repeats),
+                     runs_vmap=lambda: part_runs_vmap(args, cfgs),
                      separate=lambda: part_separate(log, cfgs),
-                     seeds=lambda: part_seeds(args, log, cfgs),
-                     steps=lambda: part_steps(cfgs, args.steps_repeats))
+                     seeds=lambda: part_seeds(args, log, cfgs))
         for name, part in parts.items():
             if name not in args.skip:
+                print(f"[suite] {name} ...", file=sys.stderr, flush=True)
                 results[name] = part()
+                if name == "forward":
+                    record["measure_forward_us_per_image"] = results[name]["auto_us_per_image"]
                 save(record, args.out)
     if "edge" not in args.skip:
         results["edge"] = part_edge(args.steps_repeats)
     save(record, args.out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+    with open(args.markdown, "w") as fh:
+        fh.write(markdown(record))
     print(f"jax {record['jax']} on {record['device_kind']} ({record['device']}); sizes: "
           + ", ".join(f"{k}={v}" for k, v in record["sizes"].items() if k != "figures"))
     print(table(record))

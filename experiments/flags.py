@@ -7,14 +7,16 @@ exit statuses below.
 """
 
 import dataclasses
+import os
 import shlex
 import sys
 from typing import Callable
 
+import jax
 from absl import flags, logging
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption
+from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption, sharding
 
 # Exit statuses (README "Exit statuses"); 1 is left to unexpected errors.
 EXIT_BAD_INPUT = 2   # a flag, data file, checkpoint or an --out in use by another run
@@ -63,7 +65,8 @@ flags.DEFINE_boolean("kde_relative", D.kde_relative, "KDE noise relative to Z's 
                      "(--nokde_relative: absolute s^2)")
 flags.DEFINE_integer("kde_queries", D.kde_queries, "KDE query rows per estimate (all N rows "
                      "enter each sum); default as docs/estimators.md measured")
-flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring")
+flags.DEFINE_integer("eval_chunk", D.eval_chunk, "images per forward chunk when measuring "
+                     "(at most 50 on the CPU, faster there: docs/performance.md)")
 flags.DEFINE_string("out", D.out, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every,
                      "save the whole training state every N eval points (0: never)")
@@ -76,7 +79,38 @@ flags.DEFINE_boolean("continue_on_divergence", D.continue_on_divergence,
 flags.DEFINE_integer("devices", 1, "split the runs of a sweep (experiments.sweep, reproduce) "
                      "over this many devices; the number of runs must be a multiple of it")
 
+
+# Several processes (hosts) running one program; absent: one process, or a
+# SLURM job's tasks (sharding.init_distributed).
+flags.DEFINE_string("coordinator", None, "address:port of process 0 when several processes run "
+                    "one program (with --num_processes, --process_id; default: SLURM's, if any)")
+flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
+flags.DEFINE_integer("process_id", None, "this process's index, 0 writes the files "
+                     "(with --coordinator)")
+
+
+def default_compilation_cache_dir() -> str:
+    """$XDG_CACHE_HOME/fedjax_mi/jax, or ~/.cache/fedjax_mi/jax."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fedjax_mi", "jax")
+
+
+flags.DEFINE_string("compilation_cache_dir", default_compilation_cache_dir(),
+                    "JAX's persistent compilation cache: later invocations of the same "
+                    "experiment reuse its compiled programs (docs/performance.md); '' disables it")
+
 FLAGS = flags.FLAGS
+
+
+def use_compilation_cache(path: str) -> None:
+    """Turn on JAX's persistent compilation cache in `path` ('' leaves it
+    off). Every program is cached, however fast it compiled: the many small
+    ones (initialisation, eager ops) add up to seconds at start-up."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def config_from_flags(**overrides) -> experiment.RunConfig:
@@ -100,6 +134,12 @@ def main_guard(fn: Callable[[], None]) -> None:
     with one line on stderr naming the cause (statuses above)."""
     # orbax and jax log routine INFO lines through absl; the progress lines suffice.
     logging.set_verbosity(logging.WARNING)
+    try:
+        sharding.init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    use_compilation_cache(FLAGS.compilation_cache_dir)
     try:
         fn()
     except (experiment.ConfigError, data_lib.DataError, checkpoint.CheckpointError,

@@ -86,7 +86,7 @@ def main(argv):
         step, states, _ = restored
         local_x, local_y, test_x, test_y = experiment.eval_subsets(cfgs[0], data)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sweep.edge_keys, step)
-        eval_model = models.LeNet(num_classes=data.num_classes, conv_impl="xla")
+        eval_model = models.LeNet(num_classes=data.num_classes, conv_impl=models.measure_conv_impl())
         noise_vars = [float(v) for v in FLAGS.noise_vars] if "kde" in FLAGS.mi else [None]
         results = []
         for s2 in noise_vars:
@@ -94,7 +94,7 @@ def main(argv):
                                         **({} if s2 is None else {"kde_noise_var": s2}))
             fn = measure.make_sweep_measure(eval_model,
                                             measure.study_estimators(study, data.num_classes),
-                                            chunk=cfgs[0].eval_chunk)
+                                            chunk=measure.forward_chunk(cfgs[0].eval_chunk))
             m = jax.device_get(fn(keys, states.params, local_x, local_y, sweep.groups,
                                   test_x, test_y))
             for r, cfg in enumerate(cfgs):

@@ -10,14 +10,16 @@ program, vmapped over the four runs. Writes OUT/figN/ for each
 experiment (metrics.jsonl, config.json, figures/) and OUT/summary.md.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
 
+import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, folder_lock, metrics_io, plotting, summary
+from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding, summary
 
 # What distinguishes the four experiments (the paper's figures 1-4).
 FIGURES = {
@@ -84,11 +86,18 @@ def main(argv):
         configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
         experiment.check_sweep(list(configs.values()))  # every setting, before any work
         experiment.check_devices(len(configs), FLAGS.devices)
-        with folder_lock.hold(out):  # the whole command: runs, checkpoints, summary
-            experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+        writer = jax.process_index() == 0  # of several processes, 0 writes the files
+        # The whole command holds the lock: runs, checkpoints, summary.
+        with folder_lock.hold(out) if writer else contextlib.nullcontext():
+            if writer:
+                experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+            sharding.barrier("fedjax_mi reproduce out")
             t0 = time.perf_counter()
-            print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
+            if writer:
+                print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
             experiment.run_sweep(list(configs.values()), devices=FLAGS.devices)
+            if not writer:
+                return
             for figure, cfg in configs.items():
                 plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
                                   f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")

@@ -9,14 +9,16 @@ OUT/<run-name>/{metrics.jsonl,config.json,figures/} per run (the format of
 `experiments.run`) and OUT/runs.json listing the runs.
 """
 
+import contextlib
 import itertools
 import json
 import os
 
+import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, folder_lock, metrics_io, plotting
+from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding
 
 flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
 flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
@@ -63,9 +65,15 @@ def main(argv):
         cfgs = sweep_configs(out)
         experiment.check_sweep(cfgs)
         experiment.check_devices(len(cfgs), FLAGS.devices)
-        with folder_lock.hold(out):  # the whole command: runs, checkpoints, runs.json
-            experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+        writer = jax.process_index() == 0  # of several processes, 0 writes the files
+        # The whole command holds the lock: runs, checkpoints, runs.json.
+        with folder_lock.hold(out) if writer else contextlib.nullcontext():
+            if writer:
+                experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+            sharding.barrier("fedjax_mi sweep out")
             experiment.run_sweep(cfgs, devices=FLAGS.devices)
+            if not writer:
+                return
             for cfg in cfgs:
                 plotting.plot_run(cfg.out, title=run_name(cfg))
             metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(

@@ -335,12 +335,12 @@ def programs(num_classes: int, momentum: float, batch_size: int, eval_period: in
     round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
                                           opt_sync=opt_sync)
     # The measurement's forward passes are not vmapped over workers (models
-    # run in sequence), so they use XLA's own convolution: the same function
-    # of the same parameters, 1.7x faster than the patches form there on an
-    # H100 and as fast on the CPU (BUILD_NOTES "Measurement forward pass").
-    eval_model = models.LeNet(num_classes=num_classes, conv_impl="xla")
+    # run in sequence), so they use the formulation fastest on this backend:
+    # the same function of the same parameters (docs/performance.md).
+    eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
     measure_fn = measure.make_sweep_measure(
-        eval_model, measure.study_estimators(study, num_classes), chunk=eval_chunk)
+        eval_model, measure.study_estimators(study, num_classes),
+        chunk=measure.forward_chunk(eval_chunk))
     return model, opt, round_fn, measure_fn
 
 
@@ -480,16 +480,25 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     check_sweep(cfgs)
     check_devices(len(cfgs), devices)
     first = cfgs[0]
+    # Several processes (sharding.init_distributed) compute the same
+    # records; process 0 alone locks the folders, writes files and prints.
+    writer = jax.process_index() == 0
+    log = log if writer else (lambda line: None)
+    if jax.process_count() > 1 and devices == 1 and first.checkpoint_every:
+        _fail("checkpoint_every", f"with {jax.process_count()} processes, checkpoints need the "
+              "runs split over their devices (--devices > 1); or set 0")
     folders = [c.out for c in cfgs] + ([] if checkpoint_dir else
                                        [os.path.dirname(default_checkpoint_dir(cfgs))])
     checkpoint_dir = checkpoint_dir or default_checkpoint_dir(cfgs)
     with contextlib.ExitStack() as stack:
-        for folder in dict.fromkeys(folders):
-            stack.enter_context(folder_lock.hold(folder))
-        for cfg in cfgs:
-            prepare_out(cfg.out, first.resume, first.overwrite)
-        if first.overwrite and os.path.isdir(checkpoint_dir):
-            shutil.rmtree(checkpoint_dir)
+        if writer:
+            for folder in dict.fromkeys(folders):
+                stack.enter_context(folder_lock.hold(folder))
+            for cfg in cfgs:
+                prepare_out(cfg.out, first.resume, first.overwrite)
+            if first.overwrite and os.path.isdir(checkpoint_dir):
+                shutil.rmtree(checkpoint_dir)
+        sharding.barrier("fedjax_mi prepared out")
 
         def open_manager():  # after the checks that need the data; closed on every path
             mgr = checkpoint.manager(checkpoint_dir)
@@ -505,8 +514,9 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
                  ) -> list[list[dict[str, Any]]]:
     """The body of `run_sweep`, in its locked folders; `open_manager()`
     gives the checkpoint manager. Stops after the eval point during which
-    `stop` fired."""
+    `stop` fired (in any process, when there are several)."""
     first = cfgs[0]
+    writer = jax.process_index() == 0
     data = load_sweep_data(cfgs)
     n = data.train_x.shape[2]
     for cfg in cfgs[1:]:  # each run's own sync period must fit the run
@@ -514,7 +524,9 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
     schedule = make_schedule(first, n)
     local_x, local_y, test_x, test_y = eval_subsets(first, data)
     for cfg, group in zip(cfgs, data.groups):
-        write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]), len(cfgs))
+        if writer:
+            write_config(cfg, data, group, schedule, (local_x.shape[2], test_x.shape[0]),
+                         len(cfgs))
 
     sweep = prepare_sweep(cfgs, data, devices)
     round_fn, measure_fn, states, edge_keys = (sweep.round_fn, sweep.measure_fn, sweep.states,
@@ -522,6 +534,12 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
     groups, sync_periods, train_x, train_y = (sweep.groups, sweep.sync_periods, sweep.train_x,
                                               sweep.train_y)
     mesh = sweep.mesh
+    if mesh is not None and jax.process_count() > 1:  # global arrays over the processes
+        states = sharding.place_runs(states, mesh)
+        edge_keys, groups, sync_periods = sharding.shard_leading(
+            (edge_keys, groups, sync_periods), mesh, sharding.RUNS)
+        train_x, train_y, local_x, local_y, test_x, test_y = sharding.replicate(
+            (train_x, train_y, local_x, local_y, test_x, test_y), mesh)
     tag = "[run]" if len(cfgs) == 1 else f"[sweep of {len(cfgs)}]"
     for cfg in cfgs:
         log(f"{tag} {cfg.dataset} {cfg.split} K={cfg.workers} n={n}/worker lr={cfg.lr:g} "
@@ -542,17 +560,20 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
         if i > 0:
             active = step - points[i - 1]
             states, round_losses = round_fn(states, train_x, train_y, groups, sync_periods, active)
-            round_losses = np.asarray(round_losses[:active])  # (active, R, K)
+            round_losses = sharding.fetch(round_losses)[:active]  # (active, R, K)
             losses = round_losses.astype(np.float64).mean(axis=0)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(edge_keys, step)
-        m = jax.device_get(measure_fn(step_keys, states.params, local_x, local_y, groups,
+        m = sharding.fetch(measure_fn(step_keys, states.params, local_x, local_y, groups,
                                       test_x, test_y))
         for r, cfg in enumerate(cfgs):
             records[r] += to_records(step, step / schedule.steps_per_epoch,
                                      jax.tree.map(lambda a: a[r], m),
                                      None if losses is None else losses[r])
-            metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
-        stopping = bool(stop)  # read once: a signal from here on stops at the next eval point
+            if writer:
+                metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
+        # Read once: a signal from here on stops at the next eval point. All
+        # processes must agree, or one would save (a collective) alone.
+        stopping = sharding.any_process(bool(stop))
         if (i > 0 and first.checkpoint_every and (i % first.checkpoint_every == 0
                                                  or i == len(points) - 1)) or stopping:
             checkpoint.save(mgr, step, states, meta)

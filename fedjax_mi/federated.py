@@ -219,8 +219,9 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
     return lambda state, x, y, sync_period: step(state, x[None], y[None], 0, sync_period)
 
 
-def scan_round(step: Callable, steps: int, num_workers: Callable) -> Callable:
-    """Scan `step(state, *args)` `steps` times, the first `active` of them for real."""
+def scan_round(step: Callable, steps: int, num_workers: Callable, unroll: int = 1) -> Callable:
+    """Scan `step(state, *args)` `steps` times, the first `active` of them for
+    real; `unroll` steps per loop body (`lax.scan`'s unroll)."""
 
     def round_fn(state, args, active):
         def body(s, i):
@@ -228,7 +229,7 @@ def scan_round(step: Callable, steps: int, num_workers: Callable) -> Callable:
                 i < active, lambda: step(s, *args),
                 lambda: (s, jnp.zeros(num_workers(s), jnp.float32)))
 
-        return jax.lax.scan(body, state, jnp.arange(steps))
+        return jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)
 
     return round_fn
 
@@ -258,18 +259,20 @@ def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
 
 
 def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                     batch_size: int, steps: int, opt_sync: OptSync = "average") -> Callable:
+                     batch_size: int, steps: int, opt_sync: OptSync = "average",
+                     unroll: int = 1) -> Callable:
     """`make_round` for R runs at once, vmapped over a leading run axis:
     `(states, data_x, data_y, groups, sync_periods, active=steps) ->
     (states, losses)`, with states batched as `RUN_AXES` (the step counter
     is shared), data_x (G, K, n, H, W, C) uint8 and data_y (G, K, n) the
     distinct partitions, groups (R,) int which partition each run trains on,
-    sync_periods (R,) int (0: no-sync), losses (steps, R, K)."""
+    sync_periods (R,) int (0: no-sync), losses (steps, R, K). `unroll`:
+    steps per scan body (fewer loop iterations; `benchmarks/suite.py` times it)."""
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
     step = jax.vmap(make_group_step(model, optimizer, batch_size, opt_sync),
                     in_axes=(RUN_AXES, None, None, 0, 0), out_axes=(RUN_AXES, 0))
-    scanned = scan_round(step, steps, lambda s: s.perm.shape[:2])
+    scanned = scan_round(step, steps, lambda s: s.perm.shape[:2], unroll)
 
     @jax.jit
     def round_fn(states, data_x, data_y, groups, sync_periods, active=steps):

@@ -13,8 +13,9 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-ConvImpl = Literal["patches", "xla"]
+ConvImpl = Literal["patches", "xla", "toeplitz", "s2d"]
 
 
 def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> jax.Array:
@@ -23,7 +24,9 @@ def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> j
     Args:
         x: (B, H, W, C) input.
         kernel: (k, k, C, F) kernel, HWIO.
-        impl: "patches" (slices + einsum) or "xla" (`lax.conv_general_dilated`).
+        impl: "patches" (slices + einsum), "xla" (`lax.conv_general_dilated`)
+            "toeplitz" (`conv_toeplitz`: one GEMM per output row) or "s2d"
+            (`conv_s2d`: XLA's convolution on 2x2 pixel blocks).
 
     Returns:
         (B, H - k + 1, W - k + 1, F).
@@ -31,6 +34,10 @@ def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> j
     if impl == "xla":
         return jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if impl == "toeplitz":
+        return conv_toeplitz(x, kernel)
+    if impl == "s2d":
+        return conv_s2d(x, kernel)
     k = kernel.shape[0]
     b, h, w = x.shape[0], x.shape[1] - k + 1, x.shape[2] - k + 1
     # Patch features ordered (kh, kw, c) to match the HWIO kernel's reshape;
@@ -39,6 +46,80 @@ def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> j
         [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)], axis=-1)
     out = patches.reshape(-1, patches.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1])
     return out.reshape(b, h, w, kernel.shape[-1])
+
+
+def toeplitz_matrix(kernel: jax.Array, width: int) -> jax.Array:
+    """The row-Toeplitz form of a (k, k, C, F) HWIO kernel for inputs `width`
+    pixels wide: (k * width * C, (width - k + 1) * F), so that `k` stacked
+    input rows (k, width, C), flattened, times it give one output row
+    (width - k + 1, F). Entry [(i, w, c), (v, f)] = kernel[i, w - v, c, f]
+    where 0 <= w - v < k, else 0."""
+    k, _, c, f = kernel.shape
+    out_w = width - k + 1
+    # shift[j, w, v] = 1 where w == v + j: a constant, so only the kernel is traced.
+    shift = (np.arange(width)[None, :, None]
+             == np.arange(out_w)[None, None, :] + np.arange(k)[:, None, None])
+    t = jnp.einsum("jwv,ijcf->iwcvf", shift.astype(kernel.dtype), kernel)
+    return t.reshape(k * width * c, out_w * f)
+
+
+def conv_toeplitz(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv_valid` as one dense GEMM per output row: the k input rows under
+    it, flattened (k * W * C), times `toeplitz_matrix` (mostly zeros: the
+    GEMM does (W / k)x the convolution's multiply-adds, but with wide
+    operands instead of the 3-channel first layer's thin ones).
+
+    x: (B, H, W, C), kernel (k, k, C, F) -> (B, H - k + 1, W - k + 1, F)."""
+    k, f = kernel.shape[0], kernel.shape[-1]
+    b, h, w, c = x.shape
+    out_h, out_w = h - k + 1, w - k + 1
+    rows = jnp.concatenate([x[:, i:i + out_h].reshape(b, out_h, w * c) for i in range(k)], axis=-1)
+    out = rows.reshape(b * out_h, k * w * c) @ toeplitz_matrix(kernel, w)
+    return out.reshape(b, out_h, out_w, f)
+
+
+def conv_s2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv_valid` by space-to-depth: 2x2 pixel blocks become channels
+    (H/2, W/2, 4C), the k x k kernel becomes a ceil(k/2)-wide one from 4C
+    to 4F channels (each output channel group one of the 2x2 output
+    positions of a block), XLA's convolution runs on that, and the result
+    goes back to pixels. The 3-channel first LeNet layer becomes a
+    12 -> 24-channel one, which XLA:CPU vectorises better; it does
+    (k + 1)^2 / k^2 = 1.44x the multiply-adds for k = 5.
+
+    x: (B, H, W, C) with H, W even; kernel (k, k, C, F) with k odd
+    -> (B, H - k + 1, W - k + 1, F). Raises ValueError on other shapes."""
+    k, _, c, f = kernel.shape
+    b, h, w, _ = x.shape
+    if h % 2 or w % 2 or k % 2 == 0:
+        raise ValueError(f"conv_s2d needs even H, W and an odd kernel, got {x.shape}, {kernel.shape}")
+    half = (k + 1) // 2
+    blocks = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(b, h // 2, w // 2, 4 * c)
+    # tap[u, s, a, i] = 1 where kernel row i = 2u + s - a links input
+    # sub-row s of block row p + u to output sub-row a of block row p.
+    u, s_, a, i = np.meshgrid(*(np.arange(n) for n in (half, 2, 2, k)), indexing="ij")
+    tap = (i == 2 * u + s_ - a).astype(np.float32)
+    big = jnp.einsum("usai,vtbj,ijcf->uvstcabf", tap, tap, kernel)
+    out = jax.lax.conv_general_dilated(blocks, big.reshape(half, half, 4 * c, 4 * f), (1, 1),
+                                       "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    oh, ow = out.shape[1], out.shape[2]
+    out = out.reshape(b, oh, ow, 2, 2, f).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(b, 2 * oh, 2 * ow, f)
+
+
+def measure_conv_impl(backend: str | None = None) -> tuple[ConvImpl, ConvImpl]:
+    """The (first, second) layer formulations of the measurement's forward
+    passes on `backend` (default `jax.default_backend()`): the fastest
+    measured there (docs/performance.md, "Measurement forward pass").
+
+    On the CPU, space-to-depth in both layers (the row-Toeplitz GEMM does
+    6.4x the first layer's multiply-adds and measured slower than XLA's
+    convolution). Elsewhere XLA's convolution, the form timed on an H100;
+    `benchmarks/measure_forward.py` compares all of them on any backend.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return ("s2d", "s2d") if backend == "cpu" else ("xla", "xla")
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -80,12 +161,14 @@ class LeNet(nn.Module):
     ((2, 10), (2, 84))
     """
     num_classes: int = 10
-    conv_impl: ConvImpl = "patches"
+    # One formulation for both layers, or a pair (first layer, second layer).
+    conv_impl: ConvImpl | tuple[ConvImpl, ConvImpl] = "patches"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = max_pool_2x2(nn.relu(Conv(6, impl=self.conv_impl)(x)))
-        x = max_pool_2x2(nn.relu(Conv(16, impl=self.conv_impl)(x)))
+        impls = (self.conv_impl,) * 2 if isinstance(self.conv_impl, str) else self.conv_impl
+        x = max_pool_2x2(nn.relu(Conv(6, impl=impls[0])(x)))
+        x = max_pool_2x2(nn.relu(Conv(16, impl=impls[1])(x)))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         z = nn.relu(nn.Dense(84)(x))

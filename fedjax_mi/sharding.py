@@ -12,23 +12,88 @@ Runs of a sweep are independent: `over_runs` splits the run axis of the
 sweep's round and measurement over a "runs" mesh (`run_mesh`), each device
 running R / D runs with no collective at all (`experiments.sweep --devices`).
 
-Several hosts: call `jax.distributed.initialize()` first on every host; then
-`jax.devices()` lists the devices of all hosts and the same mesh and code run
-unchanged (README.md, "Several devices").
+Several processes (hosts): `init_distributed` first in every process; then
+`jax.devices()` lists every process's devices and a mesh spans them. Every
+process computes the same host values (same seeds, same data), `put` turns
+them into global arrays holding only the process's own shards, and `fetch`
+brings a result back whole to every process (docs/performance.md,
+"Several hosts").
 """
 
+import os
 from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_mi import federated
 
 WORKERS = "workers"
 RUNS = "runs"
+
+
+def init_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                     process_id: Optional[int] = None) -> bool:
+    """Join the processes of one program (`jax.distributed.initialize`), before
+    any other jax call. With the three arguments given, as they say (e.g.
+    "127.0.0.1:12355", 2, 0); with none, from a SLURM job of several tasks
+    (jax reads its environment), and else nothing happens (one process).
+    CPU collectives go through gloo. Returns whether it initialised.
+    Raises ValueError when only some arguments are given."""
+    given = [a is not None for a in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator, --num_processes and --process_id go together")
+    if not any(given) and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    if jax.distributed.is_initialized():  # a second program in the same processes
+        return True
+    if all(given) and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id must be in 0..{num_processes - 1}, got {process_id}")
+    # XLA:CPU's default collectives stay within one process.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def put(value, sharding: NamedSharding) -> jax.Array:
+    """`value`, which every process holds in full (the same in each), placed
+    with `sharding`: `jax.device_put` in one process; across processes a
+    global array built from each process's own shards. A global array
+    already spanning the processes (e.g. restored by orbax) is kept."""
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return value
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(put(jax.random.key_data(value), sharding),
+                                        impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (one process: no-op)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds in any process (one process: `flag` itself)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def fetch(tree):
+    """A pytree of (possibly global) arrays as numpy, whole, in every process."""
+    if all(a.is_fully_addressable for a in jax.tree.leaves(tree) if isinstance(a, jax.Array)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def worker_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -122,11 +187,10 @@ def place_runs(states: federated.FedState, mesh: Mesh) -> federated.FedState:
     """Sweep states (batched as `federated.RUN_AXES`) split over the mesh's
     "runs" axis, the shared step counter replicated: e.g. states restored
     from a checkpoint onto one device."""
-    split = lambda t: jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, P(RUNS))), t)
+    split = lambda t: jax.tree.map(lambda a: put(a, NamedSharding(mesh, P(RUNS))), t)
     return states._replace(params=split(states.params), opt_state=split(states.opt_state),
                            data_keys=split(states.data_keys), perm=split(states.perm),
-                           lr=split(states.lr),
-                           step=jax.device_put(states.step, NamedSharding(mesh, P())))
+                           lr=split(states.lr), step=put(states.step, NamedSharding(mesh, P())))
 
 
 def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):
@@ -135,4 +199,9 @@ def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):
     of a state or local datasets, or the run axis of a sweep (vmapped runs are
     independent, so jit needs no collective for them)."""
     return jax.tree.map(
-        lambda a: jax.device_put(a, NamedSharding(mesh, P(axis) if jnp.ndim(a) else P())), tree)
+        lambda a: put(a, NamedSharding(mesh, P(axis) if jnp.ndim(a) else P())), tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf whole on every device of the mesh (`put`)."""
+    return jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), tree)

@@ -1,4 +1,4 @@
-"""LeNet: shapes, the two convolution formulations agree, and both equal an
+"""LeNet: shapes, the convolution formulations agree, and all equal an
 independent numpy forward pass."""
 
 import chex
@@ -23,14 +23,51 @@ def test_lenet_shapes(channels):
     chex.assert_shape(params["Dense_0"]["kernel"], (400, 120))
 
 
-def test_patches_conv_equals_xla_conv():
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(3, 12, 11, 4)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(5, 5, 4, 7)), jnp.float32)
-    # float32 sums of 100 products of unit normals: 1e-4 relative covers the
-    # reordering of the accumulation.
-    chex.assert_trees_all_close(models.conv_valid(x, kernel, "patches"),
-                                models.conv_valid(x, kernel, "xla"), rtol=1e-4, atol=1e-4)
+def numpy_conv(x, kernel):
+    """'VALID' cross-correlation in float64 numpy over sliding windows."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(x, np.float64),
+                                                       kernel.shape[:2], axis=(1, 2))
+    return np.einsum("bhwcij,ijcf->bhwf", windows, np.asarray(kernel, np.float64))
+
+
+@pytest.mark.parametrize("impl", ["patches", "xla", "toeplitz", "s2d"])
+@pytest.mark.parametrize("k", [5, 3])
+def test_conv_formulations_equal_numpy(impl, k):
+    # Even H and W (conv_s2d's condition), a non-square input, odd kernels.
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.normal(size=(3, 12, 10, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 4, 7)), jnp.float32)
+    # float32 sums of up to 100 products of unit normals against float64:
+    # 1e-4 relative covers the reordering of the accumulation.
+    chex.assert_trees_all_close(models.conv_valid(x, kernel, impl), numpy_conv(x, kernel),
+                                rtol=1e-4, atol=1e-4)
+
+
+def test_toeplitz_matrix_entries():
+    # Entry [(i, w, c), (v, f)] = kernel[i, w - v, c, f] inside the band, 0 outside.
+    kernel = np.arange(3 * 3 * 2 * 2, dtype=np.float32).reshape(3, 3, 2, 2) + 1
+    t = np.asarray(models.toeplitz_matrix(jnp.asarray(kernel), 5)).reshape(3, 5, 2, 3, 2)
+    for i, w, c, v, f in np.ndindex(*t.shape):
+        expected = kernel[i, w - v, c, f] if 0 <= w - v < 3 else 0.0
+        assert t[i, w, c, v, f] == expected, (i, w, c, v, f)
+
+
+def test_s2d_rejects_odd_shapes():
+    with pytest.raises(ValueError, match="even H, W"):
+        models.conv_s2d(jnp.zeros((1, 7, 8, 3)), jnp.zeros((5, 5, 3, 6)))
+
+
+def test_measure_forward_chunk_per_backend():
+    from fedjax_mi import measure
+    assert measure.forward_chunk(500, "cpu") == 50
+    assert measure.forward_chunk(20, "cpu") == 20
+    assert measure.forward_chunk(5000, "gpu") == 5000
+
+
+def test_measure_conv_impl_per_backend():
+    assert models.measure_conv_impl("cpu") == ("s2d", "s2d")
+    assert models.measure_conv_impl("gpu") == ("xla", "xla")
+    assert models.measure_conv_impl() == models.measure_conv_impl(jax.default_backend())
 
 
 def test_max_pool_matches_reduce_window():
@@ -39,12 +76,16 @@ def test_max_pool_matches_reduce_window():
     chex.assert_trees_all_equal(models.max_pool_2x2(x), expected)
 
 
-def test_lenet_impls_agree_on_same_params():
+# Every formulation alone is checked against numpy below; here a mixed pair.
+@pytest.mark.parametrize("impl", ["xla", ("s2d", "xla")])
+def test_lenet_impls_agree_on_same_params(impl):
     x = jnp.asarray(np.random.default_rng(2).uniform(size=(5, 32, 32, 3)), jnp.float32)
     params = models.LeNet(conv_impl="patches").init(jax.random.key(1), x)["params"]
+    chex.assert_trees_all_equal_shapes(
+        params, models.LeNet(conv_impl=impl).init(jax.random.key(1), x)["params"])
     out_patches = models.LeNet(conv_impl="patches").apply({"params": params}, x)
-    out_xla = models.LeNet(conv_impl="xla").apply({"params": params}, x)
-    chex.assert_trees_all_close(out_patches, out_xla, rtol=1e-4, atol=1e-5)
+    out_other = models.LeNet(conv_impl=impl).apply({"params": params}, x)
+    chex.assert_trees_all_close(out_patches, out_other, rtol=1e-4, atol=1e-5)
 
 
 def numpy_lenet(params, x):
@@ -72,7 +113,7 @@ def numpy_lenet(params, x):
     return dense(z, p["Dense_2"]), z
 
 
-@pytest.mark.parametrize("conv_impl", ["patches", "xla"])
+@pytest.mark.parametrize("conv_impl", ["patches", "xla", "toeplitz", "s2d"])
 def test_lenet_forward_equals_numpy_reference(conv_impl):
     """Random inputs and random parameters with non-zero biases: both
     formulations compute the numpy forward pass, and z is the fc-84 layer
