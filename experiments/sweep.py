@@ -35,7 +35,12 @@ def _values(name, single, cast):
 
 
 def run_name(cfg: experiment.RunConfig) -> str:
-    sync = "nosync" if cfg.protocol == "nosync" else f"sync{cfg.sync_period}"
+    if cfg.protocol == "dynamic":
+        sync = f"dynamic{cfg.check_every}-d{cfg.delta:g}"
+    elif cfg.protocol == "triggered":
+        sync = f"triggered-{cfg.trigger_metric or 'acc'}{cfg.trigger_ratio:g}"
+    else:
+        sync = cfg.protocol if cfg.protocol == "nosync" else f"{cfg.protocol}{cfg.sync_period}"
     return f"{cfg.split}-{sync}-lr{cfg.lr:g}-seed{cfg.seed}"
 
 
@@ -45,11 +50,15 @@ def sweep_configs(out: str) -> list[experiment.RunConfig]:
     for seed, lr, split, protocol in itertools.product(
             _values("seeds", FLAGS.seed, int), _values("lrs", FLAGS.lr, float),
             _values("splits", FLAGS.split, str), _values("protocols", FLAGS.protocol, str)):
-        periods = ([None] if protocol == "nosync"
+        periods = ([None] if protocol not in experiment.PERIODIC
                    else _values("sync_periods", FLAGS.sync_period, int))
         for period in periods:
+            # A protocol's own flags reach only its runs (--delta: the dynamic ones).
+            own = {f: (getattr(FLAGS, f) if protocol == p else None) for p, names in
+                   (("dynamic", ("check_every", "delta")),
+                    ("triggered", ("trigger_metric", "trigger_ratio"))) for f in names}
             cfg = run_flags.config_from_flags(seed=seed, lr=lr, split=split, protocol=protocol,
-                                              sync_period=period)
+                                              sync_period=period, **own)
             cfgs.append(cfg.__class__(**{**cfg.__dict__, "out": os.path.join(out, run_name(cfg))}))
     return cfgs
 
@@ -69,7 +78,9 @@ def main(argv):
             plotting.plot_run(cfg.out, title=run_name(cfg))
         metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
             [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
-              "protocol": c.protocol, "sync_period": c.sync_period} for c in cfgs], indent=2))
+              "protocol": c.protocol, "sync_period": c.sync_period, "check_every": c.check_every,
+              "delta": c.delta, "trigger_metric": c.trigger_metric,
+              "trigger_ratio": c.trigger_ratio} for c in cfgs], indent=2))
         print(f"[sweep] {len(cfgs)} runs written under {out}")
 
     run_flags.main_guard(go)
