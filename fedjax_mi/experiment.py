@@ -383,7 +383,7 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses,
 
 @jax.jit
 def _offsets(states: federated.FedState):
-    """(R, K, ...) leaves w_k - r_k: elementwise, so the same bits in a sweep as alone."""
+    """(R, K, ...) leaves w_k - r_k."""
     return jax.tree.map(lambda p, r: p.astype(jnp.float32) - r.astype(jnp.float32),
                         states.params, states.ref)
 
@@ -392,8 +392,9 @@ def comm_fields(states: federated.FedState) -> list[dict[str, Any]]:
     """Per run: `syncs`, `models_sent`, `bytes_sent` (parameters of one model
     x 4 bytes x models sent) and `drift` (max_k ||w_k - r||^2 now, the
     quantity the dynamic protocol bounds by delta; summed in float64 on the
-    host per run, so a run writes the same digits in a sweep as alone), for
-    `to_records`."""
+    host per run. It magnifies last-bit differences of the parameters, which
+    a run's sweep and its run alone can have: equal to float32 rounding
+    only), for `to_records`."""
     syncs, sent, offsets = jax.device_get((states.syncs, states.models_sent, _offsets(states)))
     leaves = jax.tree.leaves(offsets)
     runs, workers = leaves[0].shape[:2]

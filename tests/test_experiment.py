@@ -204,6 +204,10 @@ def assert_same_run(a, b):
         for k, va in ra.items():
             if k.startswith("mi_") and va is not None and rb[k] is not None:
                 assert va == pytest.approx(rb[k], abs=2e-3), (ra["step"], ra["model"], k)
+            elif k == "drift" and va is not None and rb[k] is not None:
+                # max_k ||w_k - r||^2 magnifies the parameters' last-bit
+                # differences (docs/protocols.md): to float32 rounding.
+                assert va == pytest.approx(rb[k], rel=1e-4), (ra["step"], ra["model"], k)
             else:
                 assert va == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
 

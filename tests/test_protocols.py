@@ -49,9 +49,11 @@ def setup():
     return x, y, state, round_fn
 
 
-def run(setup, protocol):
+def run(setup, protocol, active=STEPS):
+    """`active` is always passed: a defaulted argument of a jitted function is
+    a constant of its trace, so omitting it would compile a second program."""
     x, y, state, round_fn = setup
-    return round_fn(state, x, y, protocol)[0]
+    return round_fn(state, x, y, protocol, active)[0]
 
 
 def assert_same_training(a, b):
@@ -82,13 +84,11 @@ def test_dynamic_syncs_exactly_when_the_condition_is_violated(setup):
     the workers reach after 4 steps (measured on the no-sync path, the same
     up to there) syncs there; one just above does not."""
     x, y, state, round_fn = setup
-    after4 = round_fn(state, x, y, 0, 4)[0]
+    after4 = run(setup, 0, 4)
     d4 = float(jnp.max(federated.drift(after4.params, after4.ref)))
     assert d4 > 0
-    below = round_fn(state, x, y, federated.protocol_of("dynamic", check_every=4,
-                                                        delta=0.999 * d4), 5)[0]
-    above = round_fn(state, x, y, federated.protocol_of("dynamic", check_every=4,
-                                                        delta=1.001 * d4), 5)[0]
+    below = run(setup, federated.protocol_of("dynamic", check_every=4, delta=0.999 * d4), 5)
+    above = run(setup, federated.protocol_of("dynamic", check_every=4, delta=1.001 * d4), 5)
     assert (int(below.syncs), int(above.syncs)) == (1, 0)
     # The reference is now the aggregate the workers restarted from.
     mean = federated.average(after4.params)
@@ -109,7 +109,7 @@ def test_counts_and_bytes_by_hand(setup):
     want = np.max(np.sum((flat(periodic.params) - flat(periodic.ref)) ** 2, axis=1))
     assert comm["drift"] == pytest.approx(want, rel=1e-5)
     # A second round continues the counts (they live in the state).
-    again = round_fn(periodic, x, y, 3)[0]  # steps 10..19: syncs before 12, 15, 18
+    again = round_fn(periodic, x, y, 3, STEPS)[0]  # steps 10..19: syncs before 12, 15, 18
     assert int(again.syncs) == 6 and int(again.models_sent) == 36
 
 
