@@ -6,7 +6,9 @@ splits, protocols and sync periods, vmapped over a run axis.
 
 Every flag of `experiments.run` sets what the runs share. Writes
 OUT/<run-name>/{metrics.jsonl,config.json,figures/} per run (the format of
-`experiments.run`) and OUT/runs.json listing the runs.
+`experiments.run`), OUT/runs.json listing the runs, and OUT/summary.md with
+OUT/tradeoff.png: each run's final accuracy and I(Z;Y) of the average
+against the bytes it communicated (docs/protocols.md).
 """
 
 import itertools
@@ -16,7 +18,7 @@ import os
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, metrics_io, plotting
+from fedjax_mi import experiment, metrics_io, plotting, summary
 
 flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
 flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
@@ -81,7 +83,18 @@ def main(argv):
               "protocol": c.protocol, "sync_period": c.sync_period, "check_every": c.check_every,
               "delta": c.delta, "trigger_metric": c.trigger_metric,
               "trigger_ratio": c.trigger_ratio} for c in cfgs], indent=2))
-        print(f"[sweep] {len(cfgs)} runs written under {out}")
+        # The accuracy-communication trade-off, one point per run (docs/protocols.md).
+        runs = {run_name(c): metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
+                for c in cfgs}
+        named = {run_name(c): c for c in cfgs}
+        plotting.plot_tradeoff([dict(summary.final_point(runs[n]), split=c.split,
+                                     protocol=experiment.protocol_label(c))
+                                for n, c in named.items()], os.path.join(out, "tradeoff.png"))
+        metrics_io.write_atomic(os.path.join(out, "summary.md"), "\n".join(
+            ["# Sweep: accuracy against communication", ""]
+            + summary.tradeoff_table(runs, named, experiment.protocol_label)
+            + ["", "![trade-off](tradeoff.png)", ""]))
+        print(f"[sweep] {len(cfgs)} runs written under {out}; trade-off: {out}/summary.md")
 
     run_flags.main_guard(go)
 

@@ -342,13 +342,19 @@ def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
         do_sync = ((sync_period > 0) & (state.step > 0)
                    & (state.step % jnp.maximum(sync_period, 1) == 0))
         # Dynamic: each worker's local condition; any violation syncs all.
-        violated = jnp.max(drift(state.params, state.ref)) > proto.delta
-        if axis_name is not None:
-            violated = jax.lax.pmax(violated.astype(jnp.int32), axis_name) > 0
+        # Only computed at a check (unbatched, the cond skips it otherwise,
+        # and with it the cross-device any; in a sweep it becomes a select).
+        def violated():
+            bad = jnp.max(drift(state.params, state.ref)) > proto.delta
+            if axis_name is not None:
+                bad = jax.lax.pmax(bad.astype(jnp.int32), axis_name) > 0
+            return bad
+
         check = ((proto.code == DYNAMIC) & (state.step > 0)
                  & (state.step % jnp.maximum(proto.check_every, 1) == 0))
+        dynamic = jax.lax.cond(check, violated, lambda: jnp.zeros((), bool))
         triggered = (proto.code == TRIGGERED) & state.pending
-        do_sync = do_sync | (check & violated) | triggered
+        do_sync = do_sync | dynamic | triggered
         params, opt_state = jax.lax.cond(
             do_sync, lambda p, o: sync(p, o, optimizer, opt_sync, axis_name, how, weights),
             lambda p, o: (p, o), state.params, state.opt_state)

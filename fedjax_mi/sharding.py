@@ -3,7 +3,8 @@
 `make_sharded_round` is `federated.make_round` under `jax.shard_map`: each
 device holds K / D of the workers (their parameters, optimiser states, data
 keys and local datasets) and runs their steps with no communication; the
-only collective is the `lax.pmean` of `federated.average` at a sync. Plain
+only collective is the `lax.pmean` of `federated.average` at a sync (and,
+for dynamic averaging, one integer `pmax` at each of its checks). Plain
 `jit(vmap(step))` over worker-sharded inputs instead lets the SPMD
 partitioner choose, and it inserts all-gathers into every step
 (`benchmarks/sharding_collectives.py` counts them; BUILD_NOTES.md).
