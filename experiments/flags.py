@@ -36,14 +36,25 @@ flags.DEFINE_string("split", D.split, f"partition of the training set: {data_lib
 flags.DEFINE_float("alpha", None, "Dirichlet concentration (only with --split=dirichlet)")
 flags.DEFINE_integer("per_worker", None, "truncate every local dataset to this many samples")
 flags.DEFINE_string("protocol", D.protocol, "'nosync': the average is only measured; "
-                    "'sync': it is sent back every --sync_period steps")
-flags.DEFINE_integer("sync_period", None, "local steps between averagings (protocol sync)")
+                    "'periodic' (or its old name 'sync'): sent back every --sync_period steps; "
+                    "'dynamic': when a worker drifts from the last average by more than "
+                    "--delta; 'triggered': when the measurement says so (docs/protocols.md)")
+flags.DEFINE_integer("sync_period", None, "local steps between averagings (protocol periodic)")
+flags.DEFINE_integer("check_every", None, "dynamic: local steps b between condition checks")
+flags.DEFINE_float("delta", None, "dynamic: sync when some worker's ||w - r||^2 > delta "
+                   "(squared L2 distance of all its parameters from the last average r)")
+flags.DEFINE_string("trigger_metric", None, "triggered: 'acc' (default) or 'mi_zy' (the "
+                    "primary I(Z;Y) estimator of --mi), on the local datasets")
+flags.DEFINE_float("trigger_ratio", None, "triggered: sync when the average's quality < "
+                   "rho x the local models' own (0: never, inf: at every eval point)")
 flags.DEFINE_integer("eval_period", D.eval_period, "local steps between measurements")
 flags.DEFINE_float("epochs", D.epochs, "epochs of each worker over its local data")
 flags.DEFINE_integer("batch_size", D.batch_size, "local mini-batch size")
 flags.DEFINE_float("lr", D.lr, "SGD learning rate")
 flags.DEFINE_float("momentum", D.momentum, "SGD momentum (0: plain SGD)")
 flags.DEFINE_string("opt_sync", D.opt_sync, "optimiser state at a sync: average, reset or keep")
+flags.DEFINE_string("aggregate", D.aggregate, "what a sync sends back: 'mean', 'median' "
+                    "(coordinate-wise, K >= 3) or 'weighted' (refused: shares are cut to one size)")
 flags.DEFINE_boolean("independent_init", D.independent_init,
                      "draw each worker's initial weights independently (default: identical)")
 flags.DEFINE_integer("seed", D.seed, "seed of the initial weights, data order and EDGE keys")

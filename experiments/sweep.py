@@ -6,7 +6,9 @@ splits, protocols and sync periods, vmapped over a run axis.
 
 Every flag of `experiments.run` sets what the runs share. Writes
 OUT/<run-name>/{metrics.jsonl,config.json,figures/} per run (the format of
-`experiments.run`) and OUT/runs.json listing the runs.
+`experiments.run`), OUT/runs.json listing the runs, and OUT/summary.md with
+OUT/tradeoff.png: each run's final accuracy and I(Z;Y) of the average
+against the bytes it communicated (docs/protocols.md).
 """
 
 import contextlib
@@ -18,7 +20,7 @@ import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding
+from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding, summary
 
 flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
 flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
@@ -37,7 +39,12 @@ def _values(name, single, cast):
 
 
 def run_name(cfg: experiment.RunConfig) -> str:
-    sync = "nosync" if cfg.protocol == "nosync" else f"sync{cfg.sync_period}"
+    if cfg.protocol == "dynamic":
+        sync = f"dynamic{cfg.check_every}-d{cfg.delta:g}"
+    elif cfg.protocol == "triggered":
+        sync = f"triggered-{cfg.trigger_metric or 'acc'}{cfg.trigger_ratio:g}"
+    else:
+        sync = cfg.protocol if cfg.protocol == "nosync" else f"{cfg.protocol}{cfg.sync_period}"
     return f"{cfg.split}-{sync}-lr{cfg.lr:g}-seed{cfg.seed}"
 
 
@@ -47,13 +54,41 @@ def sweep_configs(out: str) -> list[experiment.RunConfig]:
     for seed, lr, split, protocol in itertools.product(
             _values("seeds", FLAGS.seed, int), _values("lrs", FLAGS.lr, float),
             _values("splits", FLAGS.split, str), _values("protocols", FLAGS.protocol, str)):
-        periods = ([None] if protocol == "nosync"
+        periods = ([None] if protocol not in experiment.PERIODIC
                    else _values("sync_periods", FLAGS.sync_period, int))
         for period in periods:
+            # A protocol's own flags reach only its runs (--delta: the dynamic ones).
+            own = {f: (getattr(FLAGS, f) if protocol == p else None) for p, names in
+                   (("dynamic", ("check_every", "delta")),
+                    ("triggered", ("trigger_metric", "trigger_ratio"))) for f in names}
             cfg = run_flags.config_from_flags(seed=seed, lr=lr, split=split, protocol=protocol,
-                                              sync_period=period)
+                                              sync_period=period, **own)
             cfgs.append(cfg.__class__(**{**cfg.__dict__, "out": os.path.join(out, run_name(cfg))}))
     return cfgs
+
+
+def write_sweep_files(cfgs, out: str) -> None:
+    """Each run's figures, OUT/runs.json, and the accuracy-communication
+    trade-off, one point per run (OUT/summary.md, OUT/tradeoff.png;
+    docs/protocols.md)."""
+    for cfg in cfgs:
+        plotting.plot_run(cfg.out, title=run_name(cfg))
+    metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
+        [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
+          "protocol": c.protocol, "sync_period": c.sync_period, "check_every": c.check_every,
+          "delta": c.delta, "trigger_metric": c.trigger_metric,
+          "trigger_ratio": c.trigger_ratio} for c in cfgs], indent=2))
+    runs = {run_name(c): metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
+            for c in cfgs}
+    named = {run_name(c): c for c in cfgs}
+    plotting.plot_tradeoff([dict(summary.final_point(runs[n]), split=c.split,
+                                 protocol=experiment.protocol_label(c))
+                            for n, c in named.items()], os.path.join(out, "tradeoff.png"))
+    metrics_io.write_atomic(os.path.join(out, "summary.md"), "\n".join(
+        ["# Sweep: accuracy against communication", ""]
+        + summary.tradeoff_table(runs, named, experiment.protocol_label)
+        + ["", "![trade-off](tradeoff.png)", ""]))
+    print(f"[sweep] {len(cfgs)} runs written under {out}; trade-off: {out}/summary.md")
 
 
 def main(argv):
@@ -66,20 +101,14 @@ def main(argv):
         experiment.check_sweep(cfgs)
         experiment.check_devices(len(cfgs), FLAGS.devices)
         writer = jax.process_index() == 0  # of several processes, 0 writes the files
-        # The whole command holds the lock: runs, checkpoints, runs.json.
+        # The whole command holds the lock: runs, checkpoints, runs.json, summary.
         with folder_lock.hold(out) if writer else contextlib.nullcontext():
             if writer:
                 experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
             sharding.barrier("fedjax_mi sweep out")
             experiment.run_sweep(cfgs, devices=FLAGS.devices)
-            if not writer:
-                return
-            for cfg in cfgs:
-                plotting.plot_run(cfg.out, title=run_name(cfg))
-            metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
-                [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
-                  "protocol": c.protocol, "sync_period": c.sync_period} for c in cfgs], indent=2))
-            print(f"[sweep] {len(cfgs)} runs written under {out}")
+            if writer:
+                write_sweep_files(cfgs, out)
 
     run_flags.main_guard(go)
 

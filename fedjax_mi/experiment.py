@@ -45,12 +45,17 @@ class RunConfig:
     per_worker: Optional[int] = None
     protocol: str = "nosync"
     sync_period: Optional[int] = None
+    check_every: Optional[int] = None
+    delta: Optional[float] = None
+    trigger_metric: Optional[str] = None
+    trigger_ratio: Optional[float] = None
     eval_period: int = 100
     epochs: float = 20.0
     batch_size: int = 32
     lr: float = 0.01
     momentum: float = 0.0
     opt_sync: str = "average"
+    aggregate: str = "mean"
     independent_init: bool = False
     seed: int = 0
     data_seed: Optional[int] = None
@@ -102,11 +107,7 @@ def validate(cfg: RunConfig) -> None:
         _fail("alpha", f"only applies to --split=dirichlet, not {cfg.split!r}")
     if cfg.protocol not in federated.PROTOCOLS:
         _fail("protocol", f"unknown protocol {cfg.protocol!r}; choose from {federated.PROTOCOLS}")
-    if cfg.protocol == "sync" and (cfg.sync_period is None or cfg.sync_period < 1):
-        _fail("sync_period", f"the sync protocol needs --sync_period >= 1, got {cfg.sync_period}")
-    if cfg.protocol == "nosync" and cfg.sync_period is not None:
-        _fail("sync_period", "has no meaning with --protocol=nosync (the workers never "
-              "receive the average); drop it or use --protocol=sync")
+    validate_protocol(cfg)
     for flag in ("eval_period", "batch_size", "eval_chunk"):
         if getattr(cfg, flag) < 1:
             _fail(flag, f"must be >= 1, got {getattr(cfg, flag)}")
@@ -122,6 +123,14 @@ def validate(cfg: RunConfig) -> None:
         _fail("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if cfg.opt_sync not in federated.OPT_SYNCS:
         _fail("opt_sync", f"unknown choice {cfg.opt_sync!r}; choose from {federated.OPT_SYNCS}")
+    if cfg.aggregate not in federated.AGGREGATES:
+        _fail("aggregate", f"unknown choice {cfg.aggregate!r}; choose from {federated.AGGREGATES}")
+    if cfg.aggregate == "median" and cfg.workers < 3:
+        _fail("aggregate", f"'median' needs --workers >= 3 (of 2 it is the mean), got {cfg.workers}")
+    if cfg.aggregate == "weighted":
+        _fail("aggregate", "'weighted' weighs workers by their local dataset sizes, but every "
+              "share is cut to the smallest one's size (data.federate), so it would equal "
+              "'mean'; use --aggregate=mean")
     if cfg.checkpoint_every < 0:
         _fail("checkpoint_every", f"must be >= 0 (0: never), got {cfg.checkpoint_every}")
     if cfg.resume and cfg.overwrite:
@@ -143,6 +152,58 @@ def validate(cfg: RunConfig) -> None:
         _fail("kde_noise_var", f"must be > 0, got {cfg.kde_noise_var}")
     if cfg.kde_queries is not None and cfg.kde_queries < 2:
         _fail("kde_queries", f"must be >= 2 when given, got {cfg.kde_queries}")
+
+
+PERIODIC = ("periodic", "sync")  # "sync": the old name, kept for flagfiles
+TRIGGER_METRICS = ("acc", "mi_zy")
+
+
+def validate_protocol(cfg: RunConfig) -> None:
+    """The protocol and the flags that belong to it (docs/protocols.md)."""
+    if cfg.protocol not in federated.PROTOCOLS:
+        _fail("protocol", f"unknown protocol {cfg.protocol!r}; choose from {federated.PROTOCOLS}")
+    if cfg.protocol in PERIODIC:
+        if cfg.sync_period is None or cfg.sync_period < 1:
+            _fail("sync_period", f"the {cfg.protocol} protocol needs --sync_period >= 1, "
+                  f"got {cfg.sync_period}")
+    elif cfg.sync_period is not None:
+        _fail("sync_period", f"has no meaning with --protocol={cfg.protocol} (only periodic "
+              "syncs every --sync_period steps); drop it or use --protocol=periodic")
+    if cfg.protocol == "dynamic":
+        if cfg.check_every is None or cfg.check_every < 1:
+            _fail("check_every", f"the dynamic protocol needs --check_every >= 1, "
+                  f"got {cfg.check_every}")
+        if cfg.delta is None or not cfg.delta >= 0:  # also refuses NaN
+            _fail("delta", f"the dynamic protocol needs --delta >= 0 (inf: never sync), "
+                  f"got {cfg.delta}")
+    else:
+        for flag in ("check_every", "delta"):
+            if getattr(cfg, flag) is not None:
+                _fail(flag, f"only applies to --protocol=dynamic, not {cfg.protocol!r}")
+    if cfg.protocol == "triggered":
+        if cfg.trigger_ratio is None or not cfg.trigger_ratio >= 0:
+            _fail("trigger_ratio", f"the triggered protocol needs --trigger_ratio >= 0 "
+                  f"(0: never sync, inf: at every eval point), got {cfg.trigger_ratio}")
+        metric = cfg.trigger_metric or "acc"
+        if metric not in TRIGGER_METRICS:
+            _fail("trigger_metric", f"unknown metric {metric!r}; choose from {TRIGGER_METRICS}")
+        if metric == "mi_zy" and cfg.mi == "none":
+            _fail("trigger_metric", "'mi_zy' needs an I(Z;Y) estimator in --mi, got 'none'")
+    else:
+        for flag in ("trigger_metric", "trigger_ratio"):
+            if getattr(cfg, flag) is not None:
+                _fail(flag, f"only applies to --protocol=triggered, not {cfg.protocol!r}")
+
+
+def protocol_label(cfg: RunConfig) -> str:
+    """e.g. "periodic every 100", "dynamic b=10 delta=0.5", "triggered acc rho=0.9"."""
+    if cfg.protocol in PERIODIC:
+        return f"{cfg.protocol} every {cfg.sync_period}"
+    if cfg.protocol == "dynamic":
+        return f"dynamic b={cfg.check_every} delta={cfg.delta:g}"
+    if cfg.protocol == "triggered":
+        return f"triggered {cfg.trigger_metric or 'acc'} rho={cfg.trigger_ratio:g}"
+    return cfg.protocol
 
 
 RESULTS = ("metrics.jsonl", "config.json", "checkpoints", "figures", "summary.md", "runs.json")
@@ -200,16 +261,16 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
     if cfg.eval_period > total:
         _fail("eval_period", f"{cfg.eval_period} steps is longer than the whole run "
               f"({total} steps = {cfg.epochs} epochs x {steps_per_epoch} steps)")
-    if cfg.protocol == "sync" and cfg.sync_period > total:
+    if cfg.protocol in PERIODIC and cfg.sync_period > total:
         _fail("sync_period", f"{cfg.sync_period} steps is longer than the whole run ({total} steps)")
     return Schedule(steps_per_epoch, total, cfg.eval_period)
 
 
 # Settings that every run of a sweep must share (they fix shapes or the
-# compiled programs); the others (split, alpha, seeds, lr, protocol, sync
-# period, out) may differ per run.
+# compiled programs); the others (split, alpha, seeds, lr, protocol and its
+# settings, out) may differ per run.
 SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
-          "epochs", "batch_size", "momentum", "opt_sync", "independent_init", "mi_samples",
+          "epochs", "batch_size", "momentum", "opt_sync", "aggregate", "independent_init", "mi_samples",
           "test_samples", "mi", "edge_version", "edge_xz", "edge_zy", "kde_noise_var",
           "kde_relative", "kde_queries", "eval_chunk",
           "checkpoint_every", "resume",
@@ -289,14 +350,16 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(), "argv": sys.argv}
 
 
-def to_records(step: int, epoch: float, m: measure.Measurement, losses) -> list[dict[str, Any]]:
+def to_records(step: int, epoch: float, m: measure.Measurement, losses,
+               comm: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
     """One record per (model, dataset) of one eval point.
 
     Every record has `mi_xz`, `mi_zy` and their floors (the primary
     estimator's, `measure.primary`; null on the test split and where no
     chosen estimator defines them), every estimator's own fields
     (`measure.Measurement.mi`, null on the test split), and the head's
-    bounds `mi_zy_head` (Barber–Agakov) and `mi_zy_fano`."""
+    bounds `mi_zy_head` (Barber–Agakov) and `mi_zy_fano`. `comm` (the
+    communication so far and the drift, `comm_fields`) is added to every record."""
     num_models, num_datasets = m.acc.shape
     names = [f"worker{k}" for k in range(num_models - 1)] + ["average"]
     clean = lambda v: None if not math.isfinite(v) else round(float(v), 6)
@@ -310,13 +373,62 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses) -> list[
                                 mi_xz_floor=clean(m.mi_xz_floor[i, d]),
                                 mi_zy_floor=clean(m.mi_zy_floor[i, d]),
                                 mi_zy_head=clean(m.head[i, d]), mi_zy_fano=clean(m.fano[i, d]),
-                                **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}))
+                                **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())},
+                                **(comm or {})))
         records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset="test",
                             mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss,
                             mi_xz_floor=None, mi_zy_floor=None,
                             mi_zy_head=clean(m.test_head[i]), mi_zy_fano=clean(m.test_fano[i]),
-                            **{k: None for k in sorted(m.mi)}))
+                            **{k: None for k in sorted(m.mi)}, **(comm or {})))
     return records
+
+
+@jax.jit
+def _offsets(states: federated.FedState):
+    """(R, K, ...) leaves w_k - r_k."""
+    return jax.tree.map(lambda p, r: p.astype(jnp.float32) - r.astype(jnp.float32),
+                        states.params, states.ref)
+
+
+def comm_fields(states: federated.FedState) -> list[dict[str, Any]]:
+    """Per run: `syncs`, `models_sent`, `bytes_sent` (parameters of one model
+    x 4 bytes x models sent) and `drift` (max_k ||w_k - r||^2 now, the
+    quantity the dynamic protocol bounds by delta; summed in float64 on the
+    host per run. It magnifies last-bit differences of the parameters, which
+    a run's sweep and its run alone can have: equal to float32 rounding
+    only), for `to_records`."""
+    syncs, sent, offsets = sharding.fetch((states.syncs, states.models_sent, _offsets(states)))
+    leaves = jax.tree.leaves(offsets)
+    runs, workers = leaves[0].shape[:2]
+    sq = sum(np.square(a.astype(np.float64)).reshape(runs, workers, -1).sum(axis=2)
+             for a in leaves)  # (R, K)
+    drift = sq.max(axis=1)
+    model_bytes = sum(int(np.prod(a.shape[2:])) * a.dtype.itemsize
+                      for a in jax.tree.leaves(states.params))
+    return [dict(syncs=int(s), models_sent=int(n), bytes_sent=int(n) * model_bytes,
+                 drift=float(f"{d:.7g}") if math.isfinite(d) else None)
+            for s, n, d in zip(syncs, sent, drift)]
+
+
+def trigger_updates(cfgs: Sequence[RunConfig], m: measure.Measurement
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The triggered runs' decisions at an eval point, taken on the host from
+    its measurement m (batched over runs): (R,) bool pending sync, (R,) int
+    models the decision sent (2K per triggered run: the K models up to form
+    the average, the average down to each worker to measure it on its local
+    data; docs/protocols.md)."""
+    pending = np.zeros(len(cfgs), bool)
+    sent = np.zeros(len(cfgs), np.int32)
+    for r, cfg in enumerate(cfgs):
+        if cfg.protocol != "triggered":
+            continue
+        quality = m.acc if (cfg.trigger_metric or "acc") == "acc" else m.mi_zy
+        quality = np.asarray(quality[r])  # (K + 1, K): models x local datasets
+        k = quality.shape[1]
+        pending[r] = federated.trigger_decision(quality[k], np.diagonal(quality[:k]),
+                                                cfg.trigger_ratio)
+        sent[r] = 2 * k
+    return pending, sent
 
 
 def _duration(seconds: float) -> str:
@@ -327,13 +439,14 @@ def _duration(seconds: float) -> str:
 
 @functools.lru_cache(maxsize=8)
 def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
-             opt_sync: str, study: measure.StudySettings, eval_chunk: int):
+             opt_sync: str, study: measure.StudySettings, eval_chunk: int,
+             aggregate: str = "mean"):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
     model = models.LeNet(num_classes=num_classes)
     opt = federated.make_optimizer(momentum)
     round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
-                                          opt_sync=opt_sync)
+                                          opt_sync=opt_sync, how=aggregate)
     # The measurement's forward passes are not vmapped over workers (models
     # run in sequence), so they use the formulation fastest on this backend:
     # the same function of the same parameters (docs/performance.md).
@@ -420,7 +533,7 @@ class Sweep(NamedTuple):
     states: federated.FedState  # initial states of the R runs (RUN_AXES)
     edge_keys: jax.Array   # (R,) keys folded with the step at each eval point
     groups: jax.Array      # (R,) data group of each run
-    sync_periods: jax.Array  # (R,) 0 = no-sync
+    sync_periods: federated.Protocol  # each field (R,): the runs' protocols
     train_x: jax.Array     # (G, K, n, H, W, C) uint8
     train_y: jax.Array     # (G, K, n)
     mesh: Optional[Any]    # the "runs" mesh when split over devices, else None
@@ -433,7 +546,7 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     first = cfgs[0]
     model, opt, round_fn, measure_fn = programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.study, first.eval_chunk)
+        first.study, first.eval_chunk, first.aggregate)
     mesh = sharding.run_mesh(devices) if devices > 1 else None
     if mesh is not None:
         round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
@@ -441,8 +554,9 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
                                  first.workers, data.train_x.shape[2], [c.lr for c in cfgs],
                                  identical=not first.independent_init)
-    sync_periods = jnp.asarray([federated.sync_period_of(c.protocol, c.sync_period or 0)
-                                for c in cfgs], jnp.int32)
+    protocols = [federated.protocol_of(c.protocol, c.sync_period, c.check_every, c.delta)
+                 for c in cfgs]
+    sync_periods = federated.Protocol(*(jnp.asarray(np.stack(f)) for f in zip(*protocols)))
     return Sweep(round_fn, measure_fn, states, keys[:, 1], jnp.asarray(data.groups, jnp.int32),
                  sync_periods, jnp.asarray(data.train_x), jnp.asarray(data.train_y), mesh)
 
@@ -462,7 +576,7 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     """Train and measure R runs as one compiled program (vmapped over a run
     axis) and write each run's files under its `out`; returns each run's records.
 
-    Runs may differ in split, alpha, seeds, lr, protocol and sync period
+    Runs may differ in split, alpha, seeds, lr, protocol and its settings
     (`SHARED` lists what they must share). Each run's metrics are those it
     would produce alone. Every `checkpoint_every` eval points the whole state
     is saved in `checkpoint_dir` (default: `default_checkpoint_dir`); with
@@ -543,10 +657,11 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
     tag = "[run]" if len(cfgs) == 1 else f"[sweep of {len(cfgs)}]"
     for cfg in cfgs:
         log(f"{tag} {cfg.dataset} {cfg.split} K={cfg.workers} n={n}/worker lr={cfg.lr:g} "
-            f"protocol={cfg.protocol}{'' if cfg.protocol == 'nosync' else f' every {cfg.sync_period}'}"
+            f"protocol={protocol_label(cfg)}"
             f" steps={schedule.total_steps} eval every {cfg.eval_period} -> {cfg.out}")
 
     points = schedule.eval_steps
+    triggered = any(c.protocol == "triggered" for c in cfgs)
     mgr = open_manager()
     last, states, records = resume_point(mgr, states, cfgs, points, log)
     if mesh is not None:  # restored arrays sit on one device
@@ -565,12 +680,22 @@ def _train_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None], checkpoi
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(edge_keys, step)
         m = sharding.fetch(measure_fn(step_keys, states.params, local_x, local_y, groups,
                                       test_x, test_y))
+        comm = comm_fields(states)
         for r, cfg in enumerate(cfgs):
             records[r] += to_records(step, step / schedule.steps_per_epoch,
                                      jax.tree.map(lambda a: a[r], m),
-                                     None if losses is None else losses[r])
+                                     None if losses is None else losses[r], comm[r])
             if writer:
                 metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
+        if triggered and i < len(points) - 1:
+            # The triggered protocol's decision, on the host between rounds:
+            # the next round's first step syncs (docs/protocols.md).
+            pending, sent = trigger_updates(cfgs, m)
+            pending, sent = jnp.asarray(pending), states.models_sent + jnp.asarray(sent)
+            if mesh is not None:
+                pending, sent = (sharding.shard_leading(a, mesh, sharding.RUNS)
+                                 for a in (pending, sent))
+            states = states._replace(pending=pending, models_sent=sent)
         # Read once: a signal from here on stops at the next eval point. All
         # processes must agree, or one would save (a collective) alone.
         stopping = sharding.any_process(bool(stop))

@@ -183,3 +183,38 @@ def plot_run(run_dir: str, title: str = "") -> list[str]:
         paths.append(os.path.join(fig_dir, f"{name}.png"))
         fn(records, paths[-1], title)
     return paths
+
+
+def plot_tradeoff(points: list[dict[str, Any]], path: str, title: str = "") -> str:
+    """The accuracy-communication trade-off: one marker per run, the
+    average's final test accuracy (left) and I(Z;Y) (right) against the
+    bytes it sent (symlog x: nosync sits at 0). points: dicts with `acc`,
+    `mi_zy` (or None), `bytes_sent`, `protocol` (legend label) and `split`
+    (marker). Writes `path` (a .png) and returns it."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    protocols = list(dict.fromkeys(p["protocol"] for p in points))
+    splits = list(dict.fromkeys(p["split"] for p in points))
+    cmap = plt.get_cmap("tab10")
+    markers = ["o", "s", "^", "D"]
+    for ax, key, ylabel in ((axes[0], "acc", "average's final test accuracy"),
+                            (axes[1], "mi_zy", "average's final I(Z;Y) [bits]")):
+        for i, proto in enumerate(protocols):
+            for j, split in enumerate(splits):
+                sel = [p for p in points if p["protocol"] == proto and p["split"] == split
+                       and p.get(key) is not None]
+                if sel:
+                    ax.scatter([p["bytes_sent"] / 1e6 for p in sel], [p[key] for p in sel],
+                               color=cmap(i % 10), marker=markers[j % len(markers)],
+                               alpha=0.8, label=f"{proto}, {split}" if key == "acc" else None)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("MB communicated (symlog)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

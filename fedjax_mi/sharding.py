@@ -3,7 +3,8 @@
 `make_sharded_round` is `federated.make_round` under `jax.shard_map`: each
 device holds K / D of the workers (their parameters, optimiser states, data
 keys and local datasets) and runs their steps with no communication; the
-only collective is the `lax.pmean` of `federated.average` at a sync. Plain
+only collective is the `lax.pmean` of `federated.average` at a sync (and,
+for dynamic averaging, one integer `pmax` at each of its checks). Plain
 `jit(vmap(step))` over worker-sharded inputs instead lets the SPMD
 partitioner choose, and it inserts all-gathers into every step
 (`benchmarks/sharding_collectives.py` counts them; BUILD_NOTES.md).
@@ -110,20 +111,23 @@ def worker_mesh(num_devices: Optional[int] = None) -> Mesh:
 
 def _state_spec(worker: Optional[str]) -> federated.FedState:
     return federated.FedState(params=P(worker), opt_state=P(worker), data_keys=P(worker),
-                              perm=P(worker), lr=P(), step=P())
+                              perm=P(worker), lr=P(), step=P(), ref=P(worker), syncs=P(),
+                              models_sent=P(), pending=P())
 
 
 def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                       batch_size: int, steps: int, opt_sync: federated.OptSync = "average"
-                       ) -> Callable:
+                       batch_size: int, steps: int, opt_sync: federated.OptSync = "average",
+                       how: str = "mean", weights=None) -> Callable:
     """`federated.make_round` with the K workers split over the mesh's
     "workers" axis (K must be a multiple of its size):
     `(state, train_x, train_y, sync_period, active=steps) -> (state, losses)`,
-    the same arguments and results as the single-device round."""
+    the same arguments and results as the single-device round (sync_period
+    an int or a `federated.Protocol`). Besides the sync's collective, the
+    dynamic protocol's check is a one-integer `pmax` (any worker violating)."""
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
     group_step = federated.make_group_step(model, optimizer, batch_size, opt_sync,
-                                           axis_name=WORKERS)
+                                           axis_name=WORKERS, how=how, weights=weights)
     scanned = federated.scan_round(
         lambda s, x, y, period: group_step(s, x[None], y[None], 0, period),
         steps, lambda s: (s.perm.shape[0],))
@@ -144,8 +148,8 @@ def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation
         # Inputs placed otherwise are moved onto the workers' devices first.
         place = lambda t: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
             a, NamedSharding(mesh, P(WORKERS) if jnp.ndim(a) else P())), t)
-        return local(place(state), place(train_x), place(train_y),
-                     jnp.asarray(sync_period, jnp.int32), jnp.asarray(active, jnp.int32))
+        return local(place(federated.with_protocol_fields(state)), place(train_x), place(train_y),
+                     federated.as_protocol(sync_period), jnp.asarray(active, jnp.int32))
 
     return round_fn
 
@@ -171,7 +175,8 @@ def over_runs(sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
     runs, rep = P(RUNS), P()
     # States are batched as federated.RUN_AXES: the step counter is shared.
     states = federated.FedState(params=runs, opt_state=runs, data_keys=runs, perm=runs,
-                                lr=runs, step=rep)
+                                lr=runs, step=rep, ref=runs, syncs=runs, models_sent=runs,
+                                pending=runs)
     round_fn = jax.jit(jax.shard_map(
         sweep_round, mesh=mesh,
         in_specs=(states, rep, rep, runs, runs, rep),
@@ -190,7 +195,10 @@ def place_runs(states: federated.FedState, mesh: Mesh) -> federated.FedState:
     split = lambda t: jax.tree.map(lambda a: put(a, NamedSharding(mesh, P(RUNS))), t)
     return states._replace(params=split(states.params), opt_state=split(states.opt_state),
                            data_keys=split(states.data_keys), perm=split(states.perm),
-                           lr=split(states.lr), step=put(states.step, NamedSharding(mesh, P())))
+                           lr=split(states.lr), ref=split(states.ref),
+                           syncs=split(states.syncs), models_sent=split(states.models_sent),
+                           pending=split(states.pending),
+                           step=put(states.step, NamedSharding(mesh, P())))
 
 
 def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):

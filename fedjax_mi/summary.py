@@ -104,3 +104,46 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
                 f"first clearly below at step {drop[0]} (epoch {drop[1]:g}) on {drop[2]}."))
         lines.append("")
     return "\n".join(lines)
+
+
+def final_point(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's end on the accuracy-communication plane: the average model's
+    test accuracy, its I(Z;Y) (primary estimator) averaged over the local
+    datasets (None without one), and the communication counters."""
+    last = max(r["step"] for r in records)
+    at = [r for r in records if r["step"] == last]
+    test = next(r for r in at if r["model"] == "average" and r["dataset"] == "test")
+    zy = [r["mi_zy"] for r in at if r["model"] == "average" and r["dataset"] != "test"
+          and r.get("mi_zy") is not None]
+    return dict(acc=test["acc"], mi_zy=sum(zy) / len(zy) if zy else None,
+                syncs=test.get("syncs", 0), models_sent=test.get("models_sent", 0),
+                bytes_sent=test.get("bytes_sent", 0))
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def tradeoff_table(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any],
+                   label) -> list[str]:
+    """Markdown rows: one per (split, protocol setting) over its seeds: final
+    test accuracy of the average (mean ± sd over seeds, in %), its I(Z;Y),
+    syncs and MB sent (means), and the number of seeds. `label(cfg)` names
+    the protocol setting."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for name, records in runs.items():
+        cfg = configs[name]
+        groups.setdefault((cfg.split, label(cfg)), []).append(final_point(records))
+    rows = ["| split | protocol | avg test acc [%] (mean ± sd) | avg I(Z;Y) [bits] | syncs | "
+            "MB sent | seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (split, proto), points in groups.items():
+        acc = _mean_sd([100 * p["acc"] for p in points])
+        zy = [p["mi_zy"] for p in points if p["mi_zy"] is not None]
+        rows.append(f"| {split} | {proto} | {acc[0]:.1f} ± {acc[1]:.1f} | "
+                    + (f"{sum(zy) / len(zy):.3f}" if zy else "-")
+                    + f" | {sum(p['syncs'] for p in points) / len(points):.1f}"
+                    f" | {sum(p['bytes_sent'] for p in points) / len(points) / 1e6:.2f}"
+                    f" | {len(points)} |")
+    return rows

@@ -27,12 +27,19 @@ def main():
         mesh = sharding.worker_mesh(devices)
         sharded = sharding.make_sharded_round(model, opt, mesh, batch_size=B, steps=STEPS)
         plain = federated.make_round(model, opt, batch_size=B, steps=STEPS)
-        for period in (0, 2):
+        # Protocols as data (docs/protocols.md): no-sync, periodic 2 and dynamic
+        # (checked every 2 steps; its "any worker violates" is a pmax across
+        # devices), all through one compiled round.
+        protocols = {0: federated.protocol_of("nosync"),
+                     2: federated.protocol_of("periodic", sync_period=2),
+                     "dyn": federated.protocol_of("dynamic", check_every=2, delta=1e-3)}
+        for period, protocol in protocols.items():
             s_state, s_loss = sharded(sharding.shard_leading(state, mesh),
                                       sharding.shard_leading(x, mesh),
-                                      sharding.shard_leading(y, mesh), period, 5)
-            p_state, p_loss = plain(state, x, y, period, 5)
-            again, again_loss = sharded(state, x, y, period, 5)  # same inputs, placed by the round
+                                      sharding.shard_leading(y, mesh), protocol, 5)
+            p_state, p_loss = plain(state, x, y, protocol, 5)
+            again, again_loss = sharded(state, x, y, protocol, 5)  # same inputs, placed by the round
+            out[f"syncs_d{devices}_p{period}"] = [int(s_state.syncs), int(p_state.syncs)]
             out[f"bitwise_repeat_d{devices}_p{period}"] = all(
                 bool(jnp.array_equal(a, b)) for a, b in
                 zip(jax.tree.leaves((s_state.params, s_state.opt_state, s_loss)),

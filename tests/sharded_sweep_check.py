@@ -1,5 +1,5 @@
 """Run by tests/test_sharding.py in a subprocess with 4 fake CPU devices:
-a four-run sweep on one device, split over 2 and over 4 devices, and one
+a four-run sweep (periodic, nosync, dynamic, triggered) on one device, split over 2 and over 4 devices, and one
 checkpointed on 2 devices and resumed on 4. Prints one JSON line: each
 variant's records and the device-count errors."""
 
@@ -18,9 +18,12 @@ TINY = dict(dataset="digits", per_worker=48, batch_size=16, epochs=2.0, eval_per
 
 def main(root: str):
     assert len(jax.devices()) == 4, jax.devices()
-    cfgs = [experiment.RunConfig(**TINY, seed=seed, protocol=protocol,
-                                 sync_period=3 if protocol == "sync" else None)
-            for seed in (0, 1) for protocol in ("sync", "nosync")]
+    # Every protocol (docs/protocols.md): the triggered run's pending sync
+    # and the counters must also survive the checkpoint and the resume.
+    cfgs = [experiment.RunConfig(**TINY, seed=seed, **protocol) for seed, protocol in zip(
+        (0, 0, 1, 1), (dict(protocol="sync", sync_period=3), dict(protocol="nosync"),
+                       dict(protocol="dynamic", check_every=2, delta=0.02),
+                       dict(protocol="triggered", trigger_ratio=0.9)))]
     out = {}
     for devices in (1, 2, 4):
         run = [experiment.RunConfig(**{**c.__dict__, "out": os.path.join(root, f"d{devices}", str(i))})

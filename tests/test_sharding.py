@@ -21,7 +21,7 @@ def results():
 
 
 @pytest.mark.parametrize("devices", [4, 2])
-@pytest.mark.parametrize("period", [0, 2])
+@pytest.mark.parametrize("period", ["0", "2", "dyn"])  # "dyn": dynamic averaging, b = 2
 def test_sharded_round_equals_one_device(results, devices, period):
     # pmean of per-device means vs one mean over 4 workers: float32 summation
     # order differs, a few ulps that 5 steps of SGD at lr 0.05 keep below 1e-5.
@@ -30,6 +30,12 @@ def test_sharded_round_equals_one_device(results, devices, period):
     assert results[f"sharded_over_d{devices}"] == devices
     # Determinism on the sharded path: the same inputs give the same bits.
     assert results[f"bitwise_repeat_d{devices}_p{period}"]
+    # The same syncs on both paths (dynamic: the cross-device any agrees), and
+    # periodic 2 over 5 steps syncs before steps 2 and 4.
+    sharded_syncs, plain_syncs = results[f"syncs_d{devices}_p{period}"]
+    assert sharded_syncs == plain_syncs == {"0": 0, "2": 2}.get(period, plain_syncs)
+    if period == "dyn":
+        assert plain_syncs >= 1  # delta 1e-3 is violated within 2 steps
 
 
 @pytest.mark.parametrize("devices", [4, 2])
