@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mi import experiment, federated, models
+from fedjax_mi import experiment, federated, metrics_io, models
 
 # fan_in of each LeNet layer written out by hand from the architecture
 # (conv 6@5x5 on 3 channels, conv 16@5x5 on 6, fc 400 -> 120 -> 84 -> 10).
@@ -100,3 +100,48 @@ def test_interpolation_ends_are_the_local_models():
     assert avg["interp_acc_a0"] == pytest.approx(float(m.acc[0, 1]), abs=1e-6)
     assert avg["weight_distance"] == pytest.approx(dist, rel=1e-5)
     assert "barrier" not in [r for r in records if r["model"] == "worker0"][0]
+
+
+def test_reproduce_seeds_sweep_writes_each_run_alone_bytes(tmp_path):
+    """`reproduce --seeds=2`: seed 1's metrics, written inside the sweep of
+    both seeds, are those that run writes alone (accuracies to the byte,
+    float32 means to 1e-5)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "rep"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.reproduce", "--per_worker=64", "--batch_size=16",
+         "--epochs=2.5", "--eval_period=4", "--mi=none", "--figures=fig1", "--seeds=2",
+         "--checkpoint_every=0", f"--out={out}"], cwd=root, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    swept = {s: (out / "fig1" / f"seed{s}" / "metrics.jsonl").read_bytes() for s in (0, 1)}
+    assert swept[0] != swept[1]
+    assert (out / "fig1" / "seeds.png").exists()
+    assert "± " in (out / "summary.md").read_text()
+    with open(out / "fig1" / "seed1" / "config.json") as fh:
+        config = json.load(fh)["config"]
+    assert config["seed"] == 1 and config["init"] == "flax" and config["input_scale"] == "unit"
+    alone = experiment.RunConfig(**{**config, "out": str(tmp_path / "alone")})
+    experiment.run(alone, log=lambda line: None)
+    # Every accuracy (of the locals, the average and the interpolants: the
+    # trained weights) to the byte; the means of float32 cross-entropies
+    # (the round's training loss, the head's bound, the interpolants'
+    # losses, the barrier) and the weight distance to 1e-5: XLA orders their
+    # sums differently in a program of one run and of two (measured: a few
+    # values differ in the 6th decimal; README "Sweeps").
+    alone_records = metrics_io.read_records(str(tmp_path / "alone" / "metrics.jsonl"))
+    swept_records = metrics_io.read_records(str(out / "fig1" / "seed1" / "metrics.jsonl"))
+    assert len(alone_records) == len(swept_records)
+    exact = lambda k: k in ("step", "epoch", "model", "dataset", "acc", "mi_zy_fano") \
+        or k.startswith("interp_acc")
+    for ra, rb in zip(alone_records, swept_records):
+        assert list(ra) == list(rb)
+        for k in ra:
+            if not exact(k) and ra[k] is not None:
+                assert ra[k] == pytest.approx(rb[k], abs=1e-5), k
+            else:
+                assert ra[k] == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
