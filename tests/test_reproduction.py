@@ -42,27 +42,29 @@ def test_torch_init_bounds_and_moments():
 
 def test_symmetric_input_scale_is_the_unit_model_on_2x_minus_1():
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 32, 32, 3)), jnp.float32)
-    params = models.LeNet().init(jax.random.key(0), x)["params"]
+    params = jax.jit(models.LeNet().init)(jax.random.key(0), x)["params"]
     sym = models.LeNet(input_scale="symmetric").apply({"params": params}, x)
     unit = models.LeNet().apply({"params": params}, 2 * x - 1)
     np.testing.assert_array_equal(np.asarray(sym[0]), np.asarray(unit[0]))
 
 
 def test_init_runs_mixes_schemes_per_run():
-    """A run's initial weights in a sweep mixing schemes are those of the
-    scheme alone (bit for bit)."""
+    """A run's initial weights in a sweep mixing schemes are those of a sweep
+    of that scheme alone (bit for bit; one compilation: the scheme is data),
+    torch's with nonzero biases, flax's with zero ones."""
     model, opt = models.LeNet(), federated.make_optimizer()
     x = jnp.zeros((1, 32, 32, 1))
     keys = jax.random.split(jax.random.key(0), 2)
-    mixed = federated.init_runs(keys, model, opt, x, 2, 8, [0.1, 0.1], torch_inits=[True, False])
-    for r, scheme in enumerate(("torch", "flax")):
-        alone = jax.jit(models.init_params, static_argnums=(1, 3))(
-            jax.random.split(keys[r])[0], model, x, scheme)
-        for name in FAN_IN:
-            for part in ("kernel", "bias"):
-                for k in range(2):  # identical workers
-                    np.testing.assert_array_equal(np.asarray(mixed.params[name][part][r, k]),
-                                                  np.asarray(alone[name][part]))
+    init = lambda t: federated.init_runs(keys, model, opt, x, 2, 8, [0.1, 0.1], torch_inits=t)
+    mixed, torch, flax = init([True, False]), init([True, True]), init([False, False])
+    for name in FAN_IN:
+        for part in ("kernel", "bias"):
+            leaf = lambda s: np.asarray(s.params[name][part])
+            np.testing.assert_array_equal(leaf(mixed)[0], leaf(torch)[0])
+            np.testing.assert_array_equal(leaf(mixed)[1], leaf(flax)[1])
+            np.testing.assert_array_equal(leaf(mixed)[:, 0], leaf(mixed)[:, 1])  # identical workers
+        assert np.all(np.asarray(mixed.params[name]["bias"])[0] != 0)
+        assert np.all(np.asarray(mixed.params[name]["bias"])[1] == 0)
 
 
 def test_interpolation_ends_are_the_local_models():
@@ -74,7 +76,7 @@ def test_interpolation_ends_are_the_local_models():
     rng = np.random.default_rng(5)
     local_x = jnp.asarray(rng.integers(0, 256, size=(2, 24, 32, 32, 1)), jnp.uint8)
     local_y = jnp.asarray(rng.integers(0, 10, size=(2, 24)), jnp.int32)
-    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 32, 32, 1)))["params"])(
+    params = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1, 32, 32, 1)))["params"]))(
         jax.random.split(jax.random.key(7), 2))
     m = measure.make_measure(model, (), chunk=16)(
         jax.random.key(0), params, local_x, local_y, local_x[0, :8], local_y[0, :8])
