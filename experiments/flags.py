@@ -52,6 +52,10 @@ flags.DEFINE_float("epochs", D.epochs, "epochs of each worker over its local dat
 flags.DEFINE_integer("batch_size", D.batch_size, "local mini-batch size")
 flags.DEFINE_float("lr", D.lr, "SGD learning rate")
 flags.DEFINE_float("momentum", D.momentum, "SGD momentum (0: plain SGD)")
+flags.DEFINE_enum("init", D.init, ["flax", "torch"], "initial weights: flax's defaults "
+                  "(lecun_normal, zero biases) or PyTorch's (U(+-1/sqrt(fan_in)) for weights and biases)")
+flags.DEFINE_enum("input_scale", D.input_scale, ["unit", "symmetric"],
+                  "pixels scaled to [0, 1] (unit) or [-1, 1] (symmetric, PyTorch's CIFAR-10 tutorial)")
 flags.DEFINE_string("opt_sync", D.opt_sync, "optimiser state at a sync: average, reset or keep")
 flags.DEFINE_string("aggregate", D.aggregate, "what a sync sends back: 'mean', 'median' "
                     "(coordinate-wise, K >= 3) or 'weighted' (refused: shares are cut to one size)")

@@ -86,7 +86,8 @@ def main(argv):
         step, states, _ = restored
         local_x, local_y, test_x, test_y = experiment.eval_subsets(cfgs[0], data)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sweep.edge_keys, step)
-        eval_model = models.LeNet(num_classes=data.num_classes, conv_impl=models.measure_conv_impl())
+        eval_model = models.LeNet(num_classes=data.num_classes, conv_impl=models.measure_conv_impl(),
+                                  input_scale=cfgs[0].input_scale)
         noise_vars = [float(v) for v in FLAGS.noise_vars] if "kde" in FLAGS.mi else [None]
         results = []
         for s2 in noise_vars:

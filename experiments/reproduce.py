@@ -10,6 +10,11 @@ Every flag of `experiments.run` passes through and overrides the preset
 are measured as one sweep (`fedjax_mi.experiment.run_sweep`): one compiled
 program, vmapped over the four runs. Writes OUT/figN/ for each
 experiment (metrics.jsonl, config.json, figures/) and OUT/summary.md.
+
+`--seeds=N` runs every figure with seeds --seed, ..., --seed + N - 1 (each
+its own initial weights, data order and partition), all 4N runs in the same
+compiled sweep: OUT/figN/seedS/ per run, OUT/figN/seeds.png (mean of the
+seeds within their min-max band) and a summary with mean ± sd over seeds.
 """
 
 import contextlib
@@ -41,9 +46,13 @@ PRESETS = {
     # The embedded digits, small enough for the README's one-minute main job;
     # sync periods keep the paper's order (fig2 rarely, fig4 at every eval
     # point). The validated default estimators (EDGE reference mode
-    # saturates at H(Y) with the 750 samples of a digits share).
+    # saturates at H(Y) with the 750 samples of a digits share). lr 0.3: of
+    # {0.05, 0.1, 0.2, 0.3, 0.4}, the rate at which fig1's never-synced locals
+    # drift apart enough that their average falls clearly below them (a loss
+    # barrier of 1 nat) while fig2's and fig4's synced averages stay with
+    # their locals (docs/reproduction.md, "The quick preset"; one seed).
     "quick": dict(dataset="digits", workers=2, epochs=6.0, batch_size=32, eval_period=10,
-                  lr=0.05, momentum=0.0),
+                  lr=0.3, momentum=0.0),
 }
 QUICK_SYNC = {"fig2": 50, "fig4": 10}
 
@@ -92,6 +101,8 @@ flags.DEFINE_enum("preset", "quick", list(PRESETS), "base settings of the four r
 flags.DEFINE_list("figures", list(FIGURES), "which of the four experiments to run")
 flags.DEFINE_integer("fig2_sync_period", None, "override fig2's sync period")
 flags.DEFINE_integer("fig4_sync_period", None, "override fig4's sync period")
+flags.DEFINE_integer("seeds", 1, "run every figure with this many seeds (--seed, --seed + 1, ...) "
+                     "in the same sweep; figures and summary give mean and spread")
 FLAGS = flags.FLAGS
 
 # Flags that reproduce sets per figure, so explicit values of them are refused.
@@ -168,7 +179,9 @@ def main(argv):
 
     def go():
         if FLAGS.preset in PROTOCOL_STUDIES:
-            return run_study(FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}")
+            study_out = FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}"
+            with folder_lock.hold(study_out):
+                return run_study(study_out)
         for name in _PER_FIGURE[:-1]:
             if FLAGS[name].present:
                 raise experiment.ConfigError(f"--{name}: is set per figure by reproduce; "
@@ -177,6 +190,11 @@ def main(argv):
         if unknown:
             raise experiment.ConfigError(f"--figures: unknown {unknown}; choose from {list(FIGURES)}")
         out = FLAGS.out if FLAGS["out"].present else "runs/reproduce"
+        if FLAGS.seeds < 1:
+            raise experiment.ConfigError(f"--seeds: must be >= 1, got {FLAGS.seeds}")
+        if FLAGS.seeds > 1:
+            with folder_lock.hold(out):
+                return reproduce_seeds(out)
         configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
         experiment.check_sweep(list(configs.values()))  # every setting, before any work
         experiment.check_devices(len(configs), FLAGS.devices)
@@ -203,6 +221,38 @@ def main(argv):
                   f"summary: {path}")
 
     run_flags.main_guard(go)
+
+
+def reproduce_seeds(out: str) -> None:
+    """Every figure with `--seeds` seeds as one sweep; per-seed runs, per-figure
+    seed figures, and the summary with mean ± sd over seeds."""
+    seeds = [FLAGS.seed + i for i in range(FLAGS.seeds)]
+    configs = {}
+    for f in FLAGS.figures:
+        base = figure_config(f, FLAGS.preset, out)
+        configs[f] = [dataclasses.replace(base, seed=s, out=os.path.join(base.out, f"seed{s}"))
+                      for s in seeds]
+    flat = [c for cfgs in configs.values() for c in cfgs]
+    if jax.process_count() > 1:
+        raise experiment.ConfigError("--seeds: runs in one process; for several processes "
+                                     "use experiments.sweep --seeds")
+    experiment.check_sweep(flat)
+    experiment.check_devices(len(flat), FLAGS.devices)
+    experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+    t0 = time.perf_counter()
+    print(f"[reproduce] {', '.join(configs)} x seeds {seeds} as one sweep of {len(flat)} runs")
+    experiment.run_sweep(flat, devices=FLAGS.devices)
+    runs = {}
+    for figure, cfgs in configs.items():
+        title = (f"{figure}: {cfgs[0].split}, {cfgs[0].protocol}"
+                 f"{'' if cfgs[0].sync_period is None else f' every {cfgs[0].sync_period}'}")
+        for cfg in cfgs:
+            plotting.plot_run(cfg.out, title=f"{title}, seed {cfg.seed}")
+        runs[figure] = [metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for c in cfgs]
+        plotting.plot_seeds(runs[figure], os.path.join(out, figure, "seeds.png"), title)
+    path = os.path.join(out, "summary.md")
+    metrics_io.write_atomic(path, summary.seeds_markdown(runs, configs))
+    print(f"[reproduce] {len(flat)} runs in {time.perf_counter() - t0:.1f} s; summary: {path}")
 
 
 if __name__ == "__main__":

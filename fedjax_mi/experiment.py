@@ -54,6 +54,8 @@ class RunConfig:
     batch_size: int = 32
     lr: float = 0.01
     momentum: float = 0.0
+    init: str = "flax"
+    input_scale: str = "unit"
     opt_sync: str = "average"
     aggregate: str = "mean"
     independent_init: bool = False
@@ -121,6 +123,10 @@ def validate(cfg: RunConfig) -> None:
         _fail("lr", f"must be > 0, got {cfg.lr}")
     if not 0 <= cfg.momentum < 1:
         _fail("momentum", f"must be in [0, 1), got {cfg.momentum}")
+    if cfg.init not in models.INITS:
+        _fail("init", f"unknown scheme {cfg.init!r}; choose from {models.INITS}")
+    if cfg.input_scale not in models.INPUT_SCALES:
+        _fail("input_scale", f"unknown choice {cfg.input_scale!r}; choose from {models.INPUT_SCALES}")
     if cfg.opt_sync not in federated.OPT_SYNCS:
         _fail("opt_sync", f"unknown choice {cfg.opt_sync!r}; choose from {federated.OPT_SYNCS}")
     if cfg.aggregate not in federated.AGGREGATES:
@@ -267,10 +273,11 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
 
 
 # Settings that every run of a sweep must share (they fix shapes or the
-# compiled programs); the others (split, alpha, seeds, lr, protocol and its
-# settings, out) may differ per run.
+# compiled programs); the others (split, alpha, seeds, lr, init, protocol
+# and its settings, out) may differ per run.
 SHARED = ("dataset", "cifar_dir", "tfds_data_dir", "workers", "per_worker", "eval_period",
-          "epochs", "batch_size", "momentum", "opt_sync", "aggregate", "independent_init", "mi_samples",
+          "epochs", "batch_size", "momentum", "input_scale", "opt_sync", "aggregate",
+          "independent_init", "mi_samples",
           "test_samples", "mi", "edge_version", "edge_xz", "edge_zy", "kde_noise_var",
           "kde_relative", "kde_queries", "eval_chunk",
           "checkpoint_every", "resume",
@@ -374,12 +381,14 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses,
                                 mi_zy_floor=clean(m.mi_zy_floor[i, d]),
                                 mi_zy_head=clean(m.head[i, d]), mi_zy_fano=clean(m.fano[i, d]),
                                 **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())},
-                                **(comm or {})))
+                                **(comm or {}),
+                                **(interp_fields(m, d, clean) if model == "average" else {})))
         records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset="test",
                             mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss,
                             mi_xz_floor=None, mi_zy_floor=None,
                             mi_zy_head=clean(m.test_head[i]), mi_zy_fano=clean(m.test_fano[i]),
-                            **{k: None for k in sorted(m.mi)}, **(comm or {})))
+                            **{k: None for k in sorted(m.mi)}, **(comm or {}),
+                            **(interp_fields(m, None, clean) if model == "average" else {})))
     return records
 
 
@@ -431,6 +440,27 @@ def trigger_updates(cfgs: Sequence[RunConfig], m: measure.Measurement
     return pending, sent
 
 
+def interp_name(quantity: str, alpha: float) -> str:
+    """Record field of the interpolant at `alpha`: interp_acc_a0.25, interp_loss_a1, ..."""
+    return f"interp_{quantity}_a{alpha:g}"
+
+
+def interp_fields(m: measure.Measurement, d: Optional[int], clean: Callable) -> dict[str, Any]:
+    """Fields of the average's record on local dataset d (None: the test
+    split, where only the weight distance is defined): `barrier` = loss at
+    a = 0.5 minus the mean of the losses at a = 0 and 1 (nats), the
+    `weight_distance` and every interpolant's accuracy and loss."""
+    alphas = measure.INTERP_ALPHAS
+    out = {"barrier": None, "weight_distance": clean(m.weight_distance)}
+    for quantity, values in (("acc", m.interp_acc), ("loss", m.interp_loss)):
+        for j, a in enumerate(alphas):
+            out[interp_name(quantity, a)] = None if d is None else clean(values[j, d])
+    if d is not None:
+        loss = {a: float(m.interp_loss[j, d]) for j, a in enumerate(alphas)}
+        out["barrier"] = clean(loss[0.5] - 0.5 * (loss[0.0] + loss[1.0]))
+    return out
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
@@ -440,17 +470,18 @@ def _duration(seconds: float) -> str:
 @functools.lru_cache(maxsize=8)
 def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
              opt_sync: str, study: measure.StudySettings, eval_chunk: int,
-             aggregate: str = "mean"):
+             aggregate: str = "mean", input_scale: str = "unit"):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
-    model = models.LeNet(num_classes=num_classes)
+    model = models.LeNet(num_classes=num_classes, input_scale=input_scale)
     opt = federated.make_optimizer(momentum)
     round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
                                           opt_sync=opt_sync, how=aggregate)
     # The measurement's forward passes are not vmapped over workers (models
     # run in sequence), so they use the formulation fastest on this backend:
     # the same function of the same parameters (docs/performance.md).
-    eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
+    eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl(),
+                              input_scale=input_scale)
     measure_fn = measure.make_sweep_measure(
         eval_model, measure.study_estimators(study, num_classes),
         chunk=measure.forward_chunk(eval_chunk))
@@ -546,14 +577,15 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     first = cfgs[0]
     model, opt, round_fn, measure_fn = programs(
         data.num_classes, first.momentum, first.batch_size, first.eval_period, first.opt_sync,
-        first.study, first.eval_chunk, first.aggregate)
+        first.study, first.eval_chunk, first.aggregate, first.input_scale)
     mesh = sharding.run_mesh(devices) if devices > 1 else None
     if mesh is not None:
         round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
     states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
                                  first.workers, data.train_x.shape[2], [c.lr for c in cfgs],
-                                 identical=not first.independent_init)
+                                 identical=not first.independent_init,
+                                 torch_inits=[c.init == "torch" for c in cfgs])
     protocols = [federated.protocol_of(c.protocol, c.sync_period, c.check_every, c.delta)
                  for c in cfgs]
     sync_periods = federated.Protocol(*(jnp.asarray(np.stack(f)) for f in zip(*protocols)))

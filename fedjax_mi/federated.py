@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_mi import models
+
 OptSync = Literal["average", "reset", "keep"]
 OPT_SYNCS = ("average", "reset", "keep")
 # Protocol codes; "sync" is the old name of "periodic" (flagfiles use it).
@@ -172,7 +174,7 @@ def check_lr(lr: float) -> None:
 
 def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
          sample_x: jax.Array, num_workers: int, num_samples: int, lr: float,
-         identical: bool = True) -> FedState:
+         identical: bool = True, torch_init: jax.Array | bool = False) -> FedState:
     """Initial state of `num_workers` workers.
 
     Args:
@@ -185,13 +187,21 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
       lr: the SGD learning rate (a float, or a traced scalar under vmap).
       identical: all workers start from the same weights (the study's
         assumption) if True, from independent draws otherwise.
+      torch_init: PyTorch's default initialisation (`models.torch_init`)
+        instead of flax's; a bool or a traced () bool (both are drawn and one
+        is kept, so runs of a sweep may differ in it).
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     param_key, data_key = jax.random.split(key)
     param_keys = (jnp.broadcast_to(param_key, (num_workers,)) if identical
                   else jax.random.split(param_key, num_workers))
-    params = jax.vmap(lambda k: model.init(k, sample_x)["params"])(param_keys)
+    def draw(k):
+        flax_params = model.init(k, sample_x)["params"]
+        torch_params = models.torch_init(k, flax_params)
+        return jax.tree.map(lambda t, f: jnp.where(torch_init, t, f), torch_params, flax_params)
+
+    params = jax.vmap(draw)(param_keys)
     return FedState(
         params=params,
         opt_state=jax.vmap(optimizer.init)(params),
@@ -465,14 +475,17 @@ def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, 
                                              "identical"))
 def init_runs(keys: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
               sample_x: jax.Array, num_workers: int, num_samples: int, lrs: jax.Array,
-              identical: bool = True) -> FedState:
-    """Initial states of R runs (keys (R,), lrs (R,)), batched as `RUN_AXES`.
+              identical: bool = True, torch_inits: Optional[jax.Array] = None) -> FedState:
+    """Initial states of R runs (keys (R,), lrs (R,), torch_inits (R,) bool,
+    default all False: flax's initialisation), batched as `RUN_AXES`.
 
     Jitted: run op by op, flax's initialisers compile one small program per
     kernel shape (12.6 s for 4 runs on the 2-core CPU against 7.8 s jitted)."""
-    return jax.vmap(lambda k, lr: init(k, model, optimizer, sample_x, num_workers,
-                                       num_samples, lr, identical),
-                    out_axes=RUN_AXES)(keys, jnp.asarray(lrs, jnp.float32))
+    torch_inits = (jnp.zeros(keys.shape, bool) if torch_inits is None
+                   else jnp.asarray(torch_inits, bool))
+    return jax.vmap(lambda k, lr, t: init(k, model, optimizer, sample_x, num_workers,
+                                          num_samples, lr, identical, t),
+                    out_axes=RUN_AXES)(keys, jnp.asarray(lrs, jnp.float32), torch_inits)
 
 
 def sync_period_of(protocol: str, sync_period: int) -> int:

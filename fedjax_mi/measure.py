@@ -154,6 +154,11 @@ class Measurement(NamedTuple):
         KDE, `..._lower` (the Bhattacharyya value; the plain field is the KL one).
       mi_xz, mi_zy, mi_xz_floor, mi_zy_floor: (M, D) the primary estimator's
         values (`primary`); NaN where no estimator defines the quantity.
+      interp_acc, interp_loss: (A, D) accuracy and mean cross-entropy (nats)
+        of (1 - a) w0 + a w1 for a in `INTERP_ALPHAS` (workers 0 and 1) on
+        each local dataset; NaN with a single worker.
+      weight_distance: () ||w0 - w1|| / ||w0|| over all parameters; NaN with
+        a single worker.
     """
     acc: jax.Array
     test_acc: jax.Array
@@ -166,6 +171,29 @@ class Measurement(NamedTuple):
     mi_zy: jax.Array
     mi_xz_floor: jax.Array
     mi_zy_floor: jax.Array
+    interp_acc: jax.Array
+    interp_loss: jax.Array
+    weight_distance: jax.Array
+
+
+# Points of the linear path between local models 0 and 1 that are measured
+# (linear mode connectivity: Frankle, Dziugaite, Roy, Carbin, "Linear mode
+# connectivity and the lottery ticket hypothesis", 2020).
+INTERP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolate(params: chex.ArrayTree, alphas: jax.Array) -> chex.ArrayTree:
+    """(1 - a) w0 + a w1 of workers 0 and 1 of `params` (leading axis K >= 2)
+    for each a of `alphas` (A,): a tree with leading axis A."""
+    return jax.tree.map(lambda p: (1.0 - alphas).reshape((-1,) + (1,) * (p.ndim - 1)) * p[0]
+                        + alphas.reshape((-1,) + (1,) * (p.ndim - 1)) * p[1], params)
+
+
+def weight_distance(params: chex.ArrayTree) -> jax.Array:
+    """||w0 - w1|| / ||w0|| over all parameters of workers 0 and 1 (a () float)."""
+    leaves = jax.tree.leaves(params)
+    diff = sum(jnp.sum(jnp.square(p[1] - p[0])) for p in leaves)
+    return jnp.sqrt(diff / sum(jnp.sum(jnp.square(p[0])) for p in leaves))
 
 
 def models_to_measure(params: chex.ArrayTree) -> chex.ArrayTree:
@@ -269,6 +297,25 @@ def head_bounds(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Ar
     return bounds.barber_agakov(logits, labels), bounds.fano(accuracy, entropy, num_classes)
 
 
+def interpolation(model: nn.Module, params: chex.ArrayTree, local_x: jax.Array,
+                  local_y: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(accuracy (A, D), mean cross-entropy in nats (A, D), weight distance
+    ()) of the `INTERP_ALPHAS` interpolants of workers 0 and 1 of `params`
+    (stacked over K) on local_x (D, m, H, W, C) uint8, local_y (D, m); NaN
+    when K < 2."""
+    num_alphas, (num_datasets, m) = len(INTERP_ALPHAS), local_y.shape
+    if jax.tree.leaves(params)[0].shape[0] < 2:
+        nan = jnp.full((num_alphas, num_datasets), jnp.nan, jnp.float32)
+        return nan, nan, jnp.float32(jnp.nan)
+    path = interpolate(params, jnp.asarray(INTERP_ALPHAS, jnp.float32))
+    images = local_x.reshape((-1,) + local_x.shape[2:])
+    logits, _ = jax.lax.map(lambda p: chunked_forward(model, p, images, chunk), path)
+    logits = logits.reshape(num_alphas, num_datasets, m, -1)
+    acc = jnp.mean(jnp.argmax(logits, -1) == local_y, axis=-1)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), local_y[None, :, :, None], -1)[..., 0]
+    return acc, ce.mean(-1), weight_distance(params)
+
+
 def _measure_fn(model, estimators, chunk):
     xz_name, zy_name = primary(estimators, "xz"), primary(estimators, "zy")
 
@@ -295,8 +342,10 @@ def _measure_fn(model, estimators, chunk):
         fields = jax.vmap(over_datasets, in_axes=(None, None, 0))(local_x, local_y, z_local)
         nan = jnp.full(acc.shape, jnp.nan, acc.dtype)
         get = lambda name: fields[name] if name in fields else nan
+        interp_acc, interp_loss, distance = interpolation(model, params, local_x, local_y, chunk)
         return Measurement(acc, test_acc, head, fano, test_head, test_fano, fields,
                            get(f"mi_xz_{xz_name}"), get(f"mi_zy_{zy_name}"),
-                           get(f"mi_xz_{xz_name}_floor"), get(f"mi_zy_{zy_name}_floor"))
+                           get(f"mi_xz_{xz_name}_floor"), get(f"mi_zy_{zy_name}_floor"),
+                           interp_acc, interp_loss, distance)
 
     return measure

@@ -8,14 +8,58 @@ Both formulations compute the same function from the same parameters
 (`tests/test_models.py` checks it); BUILD_NOTES.md has the timings.
 """
 
+import math
 from typing import Literal
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 ConvImpl = Literal["patches", "xla", "toeplitz", "s2d"]
+InputScale = Literal["unit", "symmetric"]
+# Initialisation schemes (`--init`): flax's defaults (lecun_normal kernels,
+# zero biases) or PyTorch's default for nn.Conv2d / nn.Linear (`torch_init`).
+INITS = ("flax", "torch")
+INPUT_SCALES = ("unit", "symmetric")
+
+
+def torch_init(key: jax.Array, params: chex.ArrayTree) -> chex.ArrayTree:
+    """PyTorch's default initialisation of the same parameter shapes: every
+    kernel and bias of a layer ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)), with
+    fan_in = in_channels * kh * kw for a (kh, kw, C, F) conv kernel and
+    in_features for an (in, out) dense kernel (kaiming_uniform with
+    a = sqrt(5) for weights, and PyTorch's bias rule).
+
+    Args:
+        key: PRNG key; layer i's kernel and bias use fold_in(key, i) split in two.
+        params: {layer: {"kernel", "bias"}} as `LeNet.init` returns (values unused).
+
+    Returns:
+        A tree of the same structure, shapes and dtypes.
+    """
+    out = {}
+    for i, (name, layer) in enumerate(sorted(params.items())):
+        kernel = layer["kernel"]
+        bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+        k_kernel, k_bias = jax.random.split(jax.random.fold_in(key, i))
+        out[name] = {
+            "kernel": jax.random.uniform(k_kernel, kernel.shape, kernel.dtype, -bound, bound),
+            "bias": jax.random.uniform(k_bias, layer["bias"].shape, layer["bias"].dtype,
+                                       -bound, bound)}
+    return out
+
+
+def init_params(key: jax.Array, model: nn.Module, sample_x: jax.Array,
+                init: str = "flax") -> chex.ArrayTree:
+    """Initial parameters of `model` under scheme `init` (one of `INITS`)."""
+    params = model.init(key, sample_x)["params"]
+    if init == "torch":
+        return torch_init(key, params)
+    if init != "flax":
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return params
 
 
 def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> jax.Array:
@@ -148,7 +192,9 @@ class LeNet(nn.Module):
     """LeNet-5 as in the study: conv 6@5x5, pool, conv 16@5x5, pool, fc 120,
     fc 84, fc 10; ReLU activations and max pooling (DESIGN.md §5).
 
-    Input: (B, 32, 32, C) float images (any C). Output: `(logits, z)` with
+    Input: (B, 32, 32, C) float images in [0, 1] (any C); `input_scale`
+    "symmetric" maps them to [-1, 1] first (2x - 1, as PyTorch's CIFAR-10
+    tutorial normalises), "unit" leaves them. Output: `(logits, z)` with
     logits (B, num_classes) and z (B, 84), the fc-84 activation (the
     representation Z whose mutual information the study measures).
 
@@ -163,9 +209,14 @@ class LeNet(nn.Module):
     num_classes: int = 10
     # One formulation for both layers, or a pair (first layer, second layer).
     conv_impl: ConvImpl | tuple[ConvImpl, ConvImpl] = "patches"
+    input_scale: InputScale = "unit"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.input_scale == "symmetric":
+            x = 2.0 * x - 1.0
+        elif self.input_scale != "unit":
+            raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {self.input_scale!r}")
         impls = (self.conv_impl,) * 2 if isinstance(self.conv_impl, str) else self.conv_impl
         x = max_pool_2x2(nn.relu(Conv(6, impl=impls[0])(x)))
         x = max_pool_2x2(nn.relu(Conv(16, impl=impls[1])(x)))

@@ -6,7 +6,9 @@
   estimates with the pairing shuffled); KDE's Bhattacharyya value shades
   below its KL value; every I(Z;Y) panel also draws the head's
   Barber–Agakov bound (thin dotted lines), and panels share their axes;
-* `accuracy.png`: accuracy of every model on every local dataset and the test split;
+* `accuracy.png`: accuracy of every model on every local dataset and the test
+  split; beside it, where recorded, the loss barrier on the linear path
+  between local models 0 and 1 and their relative weight distance;
 * `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
 """
 
@@ -130,9 +132,35 @@ def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def _barrier_panel(ax, records):
+    """The average's barrier per local dataset (left axis) and the weight
+    distance (right axis) against the step."""
+    barrier = _series(records, "barrier")
+    for i, ((_, dataset), (steps, values)) in enumerate(sorted(barrier.items())):
+        ax.plot(steps, values, LINESTYLES[i % len(LINESTYLES)], color="tab:red",
+                label=f"barrier on {dataset}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("local step")
+    ax.set_ylabel("loss barrier [nats]: L(0.5) - (L(0) + L(1))/2", fontsize=8)
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    dist = _series(records, "weight_distance", dataset_filter=lambda d: d == "test")
+    for (_, _), (steps, values) in dist.items():
+        twin.plot(steps, values, color="tab:blue", lw=1.2, label="||w0 - w1|| / ||w0||")
+    twin.set_ylabel("weight distance ||w0 - w1|| / ||w0||", color="tab:blue", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7)
+    ax.set_title("linear path between local models 0 and 1")
+
+
 def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     series = _series(records, "acc", dataset_filter=lambda d: True)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    has_barrier = any(r.get("barrier") is not None for r in records)
+    fig, axes = plt.subplots(1, 2 if has_barrier else 1, figsize=(13 if has_barrier else 7, 4.2),
+                             squeeze=False)
+    ax = axes[0][0]
+    if has_barrier:
+        _barrier_panel(axes[0][1], records)
     _lines(ax, series, _model_colors({m for m, _ in series}))
     ax.set_xlabel("local step")
     ax.set_ylabel("accuracy")
@@ -167,6 +195,54 @@ def plot_info_plane(records: list[dict[str, Any]], path: str, title: str = "") -
     if points:
         fig.colorbar(sc, ax=axes[0].tolist(), label="local step")
     fig.suptitle(title or "information plane")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean_band(ax, runs, key, dataset_filter, colors):
+    """Mean over runs of each (model, dataset) series of `key`, over a band
+    from the runs' minimum to their maximum at each step."""
+    per_run = [_series(records, key, dataset_filter) for records in runs]
+    keys = sorted(set().union(*per_run))
+    datasets = _datasets({k: None for k in keys})
+    for model, dataset in keys:
+        by_step = defaultdict(list)
+        for series in per_run:
+            for step, value in zip(*series.get((model, dataset), ([], []))):
+                by_step[step].append(value)
+        steps = sorted(by_step)
+        values = [by_step[s] for s in steps]
+        style = LINESTYLES[datasets.index(dataset) % len(LINESTYLES)]
+        color = colors.get(model, "tab:red")
+        ax.plot(steps, [sum(v) / len(v) for v in values], style, color=color,
+                lw=1.6 if model == "average" else 1.1, label=f"{model} on {dataset}")
+        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color,
+                        alpha=0.15, lw=0)
+    return bool(keys)
+
+
+def plot_seeds(runs: list[list[dict[str, Any]]], path: str, title: str = "") -> None:
+    """One run's figures over several seeds: accuracy, the primary I(X;Z) and
+    I(Z;Y), and the barrier between local models 0 and 1, each the mean over
+    the seeds (line) within the seeds' minimum-maximum band."""
+    panels = [("acc", "accuracy", lambda d: True)]
+    for key, label in (("mi_xz", "I(X;Z) [bits]"), ("mi_zy", "I(Z;Y) [bits]")):
+        if any(r.get(key) is not None for records in runs for r in records):
+            panels.append((key, label, lambda d: d != "test"))
+    if any(r.get("barrier") is not None for records in runs for r in records):
+        panels.append(("barrier", "loss barrier [nats]", lambda d: d != "test"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    models = {r["model"] for records in runs for r in records}
+    colors = _model_colors(models)
+    for ax, (key, label, keep) in zip(axes[0], panels):
+        _mean_band(ax, runs, key, keep, colors)
+        ax.set_xlabel("local step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylim(0, 1)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle((title + ": " if title else "") + f"mean of {len(runs)} seeds, band min to max")
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -68,6 +68,47 @@ def first_drop(records: list[dict[str, Any]], fraction: float = DROP_FRACTION,
     return None
 
 
+# "Clearly below" for accuracies: the average at least this much under the
+# mean of the local models on their own data; "with them": within it.
+ACC_GAP = 0.05
+
+
+def own_and_average(records: list[dict[str, Any]]) -> tuple[float, float]:
+    """(mean accuracy of worker d on local d, mean accuracy of the average on
+    the local datasets) at the last eval point."""
+    acc = final_accuracies(records)
+    locals_ = [d for _, d in acc if d.startswith("local")]
+    own = [acc[(f"worker{d[5:]}", d)] for d in set(locals_) if (f"worker{d[5:]}", d) in acc]
+    avg = [acc[("average", d)] for d in set(locals_) if ("average", d) in acc]
+    return sum(own) / len(own), sum(avg) / len(avg)
+
+
+def claim_lines(runs: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+    """Which of the paper's accuracy and I(Z;Y) claims these runs show (for
+    the figures present): fig 1's average clearly below its locals and its
+    I(Z;Y) falling; fig 2's average with its locals; fig 3's I(Z;Y) falling."""
+    lines = ["## Which of the paper's claims these runs show", "",
+             f"Accuracies: mean over the local datasets at the last eval point; \"clearly "
+             f"below\" = at least {ACC_GAP:g} under the local models on their own data. "
+             f"I(Z;Y): the primary estimator's, the rule above.", ""]
+    for fig, claim in (("fig1", "below"), ("fig2", "with"), ("fig4", "with")):
+        if fig in runs:
+            own, avg = own_and_average(runs[fig])
+            shown = (own - avg >= ACC_GAP) if claim == "below" else (own - avg < ACC_GAP)
+            paper = {"fig1": "the average (36%) far below the locals (> 75%)",
+                     "fig2": "the average (> 73%) with the locals",
+                     "fig4": "the average (~60%) working"}[fig]
+            lines.append(f"- {fig}, {paper}: {'shown' if shown else 'not shown'} "
+                         f"(locals {own:.3f}, average {avg:.3f}).")
+    for fig in ("fig1", "fig3"):
+        if fig in runs:
+            drop = first_drop(runs[fig])
+            lines.append(f"- {fig}, the average's I(Z;Y) falls below the locals': " + (
+                "not shown (never clearly below, or no estimator recorded)." if drop is None
+                else f"shown (first at step {drop[0]})."))
+    return lines + [""]
+
+
 def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any]) -> str:
     """Markdown per run: final accuracies, final I(Z;Y) with its floor, and
     the I(Z;Y)-drop line."""
@@ -102,6 +143,70 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
             lines.append(f"- {label}: " + (
                 "never clearly below." if drop is None else
                 f"first clearly below at step {drop[0]} (epoch {drop[1]:g}) on {drop[2]}."))
+        lines.append("")
+    return "\n".join(lines + claim_lines(runs))
+
+
+def _mean_sd(values: list[float]) -> str:
+    """'mean ± sd' (sample sd, ddof 1; '± 0' for one value) of the non-null values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def seeds_markdown(runs: Mapping[str, list[list[dict[str, Any]]]],
+                   configs: Mapping[str, list[Any]]) -> str:
+    """Markdown per figure over its seeds: mean ± sd (over seeds) of every
+    final accuracy, every estimator's final I(Z;Y), the average's barrier and
+    the weight distance, and per seed the first eval point at which the
+    average's I(Z;Y) falls clearly below the local model's.
+
+    runs: {figure: [records of each seed]}; configs: {figure: [RunConfig of each seed]}.
+    """
+    lines = ["# Reproduction summary over seeds", "",
+             "Every number is the mean ± sample standard deviation over the seeds of the figure "
+             "(each seed draws its own initial weights, data order and partition), at the last "
+             "eval point.", ""]
+    for name, seed_records in runs.items():
+        cfgs = configs[name]
+        cfg = cfgs[0]
+        finals = [{(r["model"], r["dataset"]): r for r in records
+                   if r["step"] == max(x["step"] for x in records)} for records in seed_records]
+        datasets = sorted({d for f in finals for _, d in f}, key=lambda d: (d == "test", d))
+        models = sorted({m for f in finals for m, _ in f}, key=lambda m: (m == "average", m))
+        sync = "" if cfg.protocol == "nosync" else f", sync every {cfg.sync_period}"
+        lines += [f"## {name}: {cfg.dataset}, {cfg.split}, {cfg.protocol}{sync}", "",
+                  f"seeds {', '.join(str(c.seed) for c in cfgs)}; {cfg.workers} workers, "
+                  f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, momentum "
+                  f"{cfg.momentum:g}, init {cfg.init}, input scale {cfg.input_scale}, "
+                  f"estimators {cfg.mi!r}.", "",
+                  "| accuracy | " + " | ".join(datasets) + " |",
+                  "| --- |" + " --- |" * len(datasets)]
+        cell = lambda m, d, key: _mean_sd([f.get((m, d), {}).get(key) for f in finals])
+        for m in models:
+            lines.append(f"| {m} | " + " | ".join(cell(m, d, "acc") for d in datasets) + " |")
+        local = [d for d in datasets if d != "test"]
+        for key, label in zy_fields([r for records in seed_records for r in records]).items():
+            lines += ["", f"| I(Z;Y) {label} [bits] | " + " | ".join(local) + " |",
+                      "| --- |" + " --- |" * len(local)]
+            for m in models:
+                lines.append(f"| {m} | " + " | ".join(cell(m, d, key) for d in local) + " |")
+        if any(f.get(("average", d), {}).get("barrier") is not None for f in finals for d in local):
+            lines += ["", "| average | " + " | ".join(local) + " |",
+                      "| --- |" + " --- |" * len(local),
+                      "| barrier [nats] | " + " | ".join(cell("average", d, "barrier")
+                                                        for d in local) + " |",
+                      "| weight distance | " + " | ".join(cell("average", d, "weight_distance")
+                                                         for d in local) + " |"]
+        lines += ["", "Does the average's I(Z;Y) fall below the local models'? (per seed)", ""]
+        for key, label in zy_fields([r for records in seed_records for r in records]).items():
+            drops = [first_drop(records, key=key) for records in seed_records]
+            lines.append(f"- {label}: " + "; ".join(
+                f"seed {c.seed}: " + ("never" if d is None else f"step {d[0]}")
+                for c, d in zip(cfgs, drops)) + ".")
         lines.append("")
     return "\n".join(lines)
 
