@@ -282,7 +282,7 @@ def sync(params: chex.ArrayTree, opt_state: chex.ArrayTree,
 
 
 def scale_images(x_uint8: jax.Array) -> jax.Array:
-    """uint8 pixels to float32 in [0, 1] (DESIGN.md §5: input scaling)."""
+    """uint8 pixels to float32 in [0, 1] (docs/design.md §1; `--input_scale=symmetric` gives [-1, 1])."""
     return x_uint8.astype(jnp.float32) / 255.0
 
 

@@ -190,7 +190,7 @@ class Conv(nn.Module):
 
 class LeNet(nn.Module):
     """LeNet-5 as in the study: conv 6@5x5, pool, conv 16@5x5, pool, fc 120,
-    fc 84, fc 10; ReLU activations and max pooling (DESIGN.md §5).
+    fc 84, fc 10; ReLU activations and max pooling (docs/design.md §1).
 
     Input: (B, 32, 32, C) float images in [0, 1] (any C); `input_scale`
     "symmetric" maps them to [-1, 1] first (2x - 1, as PyTorch's CIFAR-10
