@@ -11,6 +11,7 @@ reads back, skipping damaged ones. Nothing is unpickled on restore.
 """
 
 import contextlib
+import logging as logging_std
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -99,6 +100,34 @@ class _IgnoreAbandonedReads:
         self.previous(unraisable)
 
 
+class _DropOrbaxReadErrors(logging_std.Filter):
+    """Drops `asyncio` log records that report an orbax read task's error
+    nobody retrieved: the same leftovers of a failed restore, reported
+    through asyncio's exception handler when the task is collected."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        orbax = f"{os.sep}orbax{os.sep}"
+        if orbax in record.getMessage():  # "future: <Task ... coro=<...> defined at .../orbax/...>"
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None:
+            if orbax in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+_DROP_ORBAX_READ_ERRORS = _DropOrbaxReadErrors()
+
+
+def _ignore_abandoned_reads() -> None:
+    """Install the filters of a failed restore's leftover reports (once)."""
+    if not isinstance(sys.unraisablehook, _IgnoreAbandonedReads):
+        sys.unraisablehook = _IgnoreAbandonedReads(sys.unraisablehook)
+    logging_std.getLogger("asyncio").addFilter(_DROP_ORBAX_READ_ERRORS)  # a no-op when present
+
+
 def _reason(e: Exception) -> str:
     """The exception's type and the start of its first line."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -109,8 +138,7 @@ def restore_step(mgr: ocp.CheckpointManager, step: int, template: federated.FedS
     """(states, meta) of checkpoint `step`; `CheckpointError` if it does not
     read back. `template` gives the shapes and dtypes."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
-    if not isinstance(sys.unraisablehook, _IgnoreAbandonedReads):
-        sys.unraisablehook = _IgnoreAbandonedReads(sys.unraisablehook)
+    _ignore_abandoned_reads()
     try:
         with _quiet_orbax():
             restored = mgr.restore(step, args=ocp.args.Composite(
