@@ -147,13 +147,12 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
     return "\n".join(lines + claim_lines(runs))
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd_text(values: list[Optional[float]]) -> str:
     """'mean ± sd' (sample sd, ddof 1; '± 0' for one value) of the non-null values."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    mean, sd = _mean_sd(values)
     return f"{mean:.3f} ± {sd:.3f}"
 
 
@@ -185,7 +184,7 @@ def seeds_markdown(runs: Mapping[str, list[list[dict[str, Any]]]],
                   f"estimators {cfg.mi!r}.", "",
                   "| accuracy | " + " | ".join(datasets) + " |",
                   "| --- |" + " --- |" * len(datasets)]
-        cell = lambda m, d, key: _mean_sd([f.get((m, d), {}).get(key) for f in finals])
+        cell = lambda m, d, key: _mean_sd_text([f.get((m, d), {}).get(key) for f in finals])
         for m in models:
             lines.append(f"| {m} | " + " | ".join(cell(m, d, "acc") for d in datasets) + " |")
         local = [d for d in datasets if d != "test"]
@@ -226,6 +225,7 @@ def final_point(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """(mean, sample sd with ddof 1; 0 for one value) of non-empty values."""
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, var ** 0.5
