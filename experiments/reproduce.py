@@ -111,6 +111,12 @@ FLAGS = flags.FLAGS
 _PER_FIGURE = ("split", "protocol", "sync_period", "out")
 
 
+def figure_title(figure: str, cfg: experiment.RunConfig) -> str:
+    """The figures' title: figure, split, protocol and sync period."""
+    every = "" if cfg.sync_period is None else f" every {cfg.sync_period}"
+    return f"{figure}: {cfg.split}, {cfg.protocol}{every}"
+
+
 def figure_config(figure: str, preset: str, out: str) -> experiment.RunConfig:
     """The preset, then the figure's settings, then every flag given explicitly."""
     values = dict(PRESETS[preset])
@@ -213,8 +219,7 @@ def main(argv):
             if not writer:
                 return
             for figure, cfg in configs.items():
-                plotting.plot_run(cfg.out, title=f"{figure}: {cfg.split}, {cfg.protocol}"
-                                  f"{'' if cfg.sync_period is None else f' every {cfg.sync_period}'}")
+                plotting.plot_run(cfg.out, title=figure_title(figure, cfg))
             runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
                     for f, c in configs.items()}
             path = os.path.join(out, "summary.md")
@@ -246,8 +251,7 @@ def reproduce_seeds(out: str) -> None:
     experiment.run_sweep(flat, devices=FLAGS.devices)
     runs = {}
     for figure, cfgs in configs.items():
-        title = (f"{figure}: {cfgs[0].split}, {cfgs[0].protocol}"
-                 f"{'' if cfgs[0].sync_period is None else f' every {cfgs[0].sync_period}'}")
+        title = figure_title(figure, cfgs[0])
         for cfg in cfgs:
             plotting.plot_run(cfg.out, title=f"{title}, seed {cfg.seed}")
         runs[figure] = [metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for c in cfgs]
