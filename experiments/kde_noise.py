@@ -18,7 +18,7 @@ import os
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment
+from fedjax_mi import config, sweep
 
 flags.DEFINE_list("noise_vars", ["1", "3", "10", "30", "100"],
                   "KDE noise variances to compare (relative to Z's scale unless --nokde_relative)")
@@ -62,17 +62,17 @@ def main(argv):
         out = FLAGS.out if FLAGS["out"].present else "runs/kde_noise"
         noise_vars = [float(v) for v in FLAGS.noise_vars]
         if not all(v > 0 and math.isfinite(v) for v in noise_vars):
-            raise experiment.ConfigError(f"--noise_vars: must be > 0, got {FLAGS.noise_vars}")
+            raise config.ConfigError("noise_vars", f"must be > 0, got {FLAGS.noise_vars}")
         runs = {}
         for s2 in noise_vars:
             cfg = run_flags.config_from_flags(mi="kde", kde_noise_var=s2,
                                               out=os.path.join(out, f"noise_{s2:g}"))
             print(f"[kde_noise] s2 = {s2:g} -> {cfg.out}")
-            runs[s2] = experiment.run(cfg, log=lambda line: None)
+            runs[s2] = sweep.run(cfg, log=lambda line: None)
         path = os.path.join(out, "kde_noise.png")
         with open(os.path.join(cfg.out, "config.json")) as fh:
             measured = json.load(fh)["data"]["measured_local"]
-        plot(runs, path, FLAGS.kde_relative, measured)
+        plot(runs, path, cfg.measurement.kde_relative, measured)
         print(f"[kde_noise] wrote {path}")
 
     run_flags.main_guard(go)

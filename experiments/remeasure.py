@@ -21,21 +21,10 @@ import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import checkpoint, experiment, measure, metrics_io, models
+from fedjax_mi import checkpoint, config, measure, metrics_io, models, outputs, sweep
 
 flags.DEFINE_list("noise_vars", ["10"], "KDE noise variances (with --mi containing kde)")
 FLAGS = flags.FLAGS
-
-
-def load_configs(run_dirs):
-    cfgs = []
-    for d in run_dirs:
-        path = os.path.join(d, "config.json")
-        if not os.path.exists(path):
-            raise experiment.ConfigError(f"--runs: {d!r} holds no config.json")
-        with open(path) as fh:
-            cfgs.append(experiment.RunConfig(**json.load(fh)["config"]))
-    return cfgs
 
 
 def plot(results, path):
@@ -72,34 +61,34 @@ def main(argv):
         raise app.UsageError("give the run folders to measure again")
 
     def go():
-        cfgs = load_configs(run_dirs)
+        cfgs = [outputs.read_config(d) for d in run_dirs]
         out = FLAGS.out if FLAGS["out"].present else os.path.join(
             os.path.dirname(os.path.abspath(run_dirs[0])), "remeasure")
         os.makedirs(out, exist_ok=True)
-        data = experiment.load_sweep_data(cfgs)
-        sweep = experiment.prepare_sweep(cfgs, data)
-        mgr = checkpoint.manager(experiment.default_checkpoint_dir(cfgs))
-        restored = checkpoint.restore_latest(mgr, sweep.states)
+        data = sweep.load_sweep_data(cfgs)
+        prepared = sweep.prepare_sweep(cfgs, data)
+        mgr = checkpoint.manager(outputs.default_checkpoint_dir(cfgs))
+        restored = checkpoint.restore_latest(mgr, prepared.states)
         mgr.close()
         if restored is None:
-            raise experiment.ConfigError(f"--runs: no checkpoint for {run_dirs}")
+            raise config.ConfigError("runs", f"no checkpoint for {run_dirs}")
         step, states, _ = restored
-        local_x, local_y, test_x, test_y = experiment.eval_subsets(cfgs[0], data)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sweep.edge_keys, step)
+        local_x, local_y, test_x, test_y = sweep.eval_subsets(cfgs[0], data)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(prepared.edge_keys, step)
         eval_model = models.LeNet(num_classes=data.num_classes, conv_impl=models.measure_conv_impl(),
-                                  input_scale=cfgs[0].input_scale)
+                                  input_scale=cfgs[0].training.input_scale)
         noise_vars = [float(v) for v in FLAGS.noise_vars] if "kde" in FLAGS.mi else [None]
         results = []
         for s2 in noise_vars:
-            study = dataclasses.replace(cfgs[0].study, mi=FLAGS.mi,
+            study = dataclasses.replace(cfgs[0].measurement.study, mi=FLAGS.mi,
                                         **({} if s2 is None else {"kde_noise_var": s2}))
             fn = measure.make_sweep_measure(eval_model,
                                             measure.study_estimators(study, data.num_classes),
-                                            chunk=measure.forward_chunk(cfgs[0].eval_chunk))
-            m = jax.device_get(fn(keys, states.params, local_x, local_y, sweep.groups,
+                                            chunk=measure.forward_chunk(cfgs[0].measurement.eval_chunk))
+            m = jax.device_get(fn(keys, states.params, local_x, local_y, prepared.groups,
                                   test_x, test_y))
             for r, cfg in enumerate(cfgs):
-                for rec in experiment.to_records(step, 0.0, jax.tree.map(lambda a: a[r], m), None):
+                for rec in outputs.to_records(step, 0.0, jax.tree.map(lambda a: a[r], m), None):
                     if rec["dataset"] != "test":
                         results.append(dict(run=os.path.basename(cfg.out), noise_var=s2, **rec))
             print(f"[remeasure] step {step}, s2 = {s2}: done", flush=True)

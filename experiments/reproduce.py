@@ -5,11 +5,13 @@
     python -m experiments.reproduce --preset=protocols_digits         # protocol study, digits
     python -m experiments.reproduce --preset=protocols --cifar_dir DIR  # ... on CIFAR-10
 
-Every flag of `experiments.run` passes through and overrides the preset
-(e.g. `--epochs=2` for a shorter paper run). The four experiments train and
-are measured as one sweep (`fedjax_mi.experiment.run_sweep`): one compiled
-program, vmapped over the four runs. Writes OUT/figN/ for each
-experiment (metrics.jsonl, config.json, figures/) and OUT/summary.md.
+The settings are the Python configs of experiments/configs (figN.py with
+the preset's shared settings, protocols.py for the studies). Every flag of
+`experiments.run` passes through and overrides them (e.g. `--epochs=2` for
+a shorter paper run). The four experiments train and are measured as one
+sweep (`fedjax_mi.sweep.run_sweep`): one compiled program, vmapped over the
+four runs. Writes OUT/figN/ for each experiment (metrics.jsonl,
+config.json, figures/) and OUT/summary.md.
 
 `--seeds=N` runs every figure with seeds --seed, ..., --seed + N - 1 (each
 its own initial weights, data order and partition), all 4N runs in the same
@@ -18,88 +20,25 @@ seeds within their min-max band) and a summary with mean ± sd over seeds.
 """
 
 import contextlib
-import dataclasses
 import os
 import time
 
 import jax
 from absl import app, flags
 
+from experiments import configs
 from experiments import flags as run_flags
-from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding, summary
+from experiments import progress
+from experiments.configs import common, protocols
+from fedjax_mi import config, folder_lock, metrics_io, outputs, plotting, sharding, summary, sweep
+from fedjax_mi.config import ConfigError, RunConfig
 
-# What distinguishes the four experiments (the paper's figures 1-4).
-FIGURES = {
-    "fig1": dict(split="iid", protocol="nosync", sync_period=None),
-    "fig2": dict(split="iid", protocol="sync", sync_period=1000),
-    "fig3": dict(split="classes", protocol="nosync", sync_period=None),
-    "fig4": dict(split="classes", protocol="sync", sync_period=100),
-}
+FIGURES = ("fig1", "fig2", "fig3", "fig4")
 
-# Shared settings of each preset; the figure settings above come on top.
-PRESETS = {
-    # The paper's setting at full size (the same as experiments/configs/figN.flags).
-    # lr 0.05: the smallest of {0.01, 0.02, 0.05} with which the iid no-sync
-    # locals pass 75% training accuracy in 20 epochs (BUILD_NOTES.md, "Learning rate").
-    "paper": dict(dataset="cifar10", workers=2, epochs=20.0, batch_size=32, eval_period=100,
-                  lr=0.05, momentum=0.0, mi="edge_reference,kde,probe", edge_version="4.2.0"),
-    # The embedded digits, small enough for the README's one-minute main job;
-    # sync periods keep the paper's order (fig2 rarely, fig4 at every eval
-    # point). The validated default estimators (EDGE reference mode
-    # saturates at H(Y) with the 750 samples of a digits share). lr 0.3: of
-    # {0.05, 0.1, 0.2, 0.3, 0.4}, the rate at which fig1's never-synced locals
-    # drift apart enough that their average falls clearly below them (a loss
-    # barrier of 1 nat) while fig2's and fig4's synced averages stay with
-    # their locals (docs/reproduction.md, "The quick preset"; one seed).
-    "quick": dict(dataset="digits", workers=2, epochs=6.0, batch_size=32, eval_period=10,
-                  lr=0.3, momentum=0.0),
-}
-QUICK_SYNC = {"fig2": 50, "fig4": 10}
-
-# The communication study (docs/protocols.md): nosync, periodic at a short
-# and a long period, dynamic averaging with three deltas (checked every half
-# short period), triggered with two ratios, on the iid and the classes
-# split, 3 seeds each; one sweep. Deltas: the drift max_k ||w_k - r||^2
-# that periodic runs reach 0.1, ~0.3 and 1 x the long period after a sync
-# (pilot runs of seed 100, not a study seed; median over their sync cycles
-# and both splits; docs/protocols.md gives the commands and the figures).
-# Ratios: the summary's "clearly below" (0.8) and a stricter 0.95, a
-# priori, not tuned. KDE alone measures I(Z;Y) (cheap; the trigger reads
-# the accuracy).
-PRESETS["protocols"] = dict(PRESETS["paper"], mi="kde")
-# Digits: 256 samples a worker, batch 16 (16 steps an epoch), 10 epochs,
-# measured every epoch. 3 min 46 s of CPU time on the shared 2-core CPU
-# (docs/protocols.md); halving the data did not make it faster (compilation
-# of the 48-run program dominates).
-# lr stated on its own: the deltas and docs/protocols.md's table were measured
-# at 0.05, and the quick preset's rate (chosen for fig 1's collapse) is not that.
-PRESETS["protocols_digits"] = dict(PRESETS["quick"], per_worker=256, batch_size=16, epochs=10.0,
-                                   eval_period=16, lr=0.05, mi="kde")
-PROTOCOL_STUDIES = {
-    "protocols": dict(periods=(100, 1000), check_every=50, deltas=(0.96, 5.6, 23.0),
-                      ratios=(0.8, 0.95)),
-    "protocols_digits": dict(periods=(8, 80), check_every=4, deltas=(0.27, 0.9, 3.3),
-                             ratios=(0.8, 0.95)),
-}
-STUDY_SEEDS = (0, 1, 2)
-
-
-def protocol_runs(study: str) -> dict[str, dict]:
-    """{run name: its protocol, split and seed} of a protocol study."""
-    spec = PROTOCOL_STUDIES[study]
-    settings = [("nosync", dict(protocol="nosync"))]
-    settings += [(f"periodic{p}", dict(protocol="periodic", sync_period=p))
-                 for p in spec["periods"]]
-    settings += [(f"dynamic{spec['check_every']}-d{d:g}",
-                  dict(protocol="dynamic", check_every=spec["check_every"], delta=d))
-                 for d in spec["deltas"]]
-    settings += [(f"triggered-acc{r:g}", dict(protocol="triggered", trigger_metric="acc",
-                                              trigger_ratio=r)) for r in spec["ratios"]]
-    return {f"{split}-{name}-seed{seed}": dict(values, split=split, seed=seed)
-            for split in ("iid", "classes") for name, values in settings for seed in STUDY_SEEDS}
-
-flags.DEFINE_enum("preset", "quick", list(PRESETS), "base settings of the four runs, or a "
-                  "protocol study (protocols, protocols_digits: docs/protocols.md)")
+flags.adopt_module_key_flags(run_flags)
+flags.DEFINE_enum("preset", "quick", list(common.PRESETS) + list(protocols.STUDIES),
+                  "settings of the four runs (experiments/configs), or a protocol study "
+                  "(protocols, protocols_digits: docs/protocols.md)")
 flags.DEFINE_list("figures", list(FIGURES), "which of the four experiments to run")
 flags.DEFINE_integer("fig2_sync_period", None, "override fig2's sync period")
 flags.DEFINE_integer("fig4_sync_period", None, "override fig4's sync period")
@@ -107,78 +46,132 @@ flags.DEFINE_integer("seeds", 1, "run every figure with this many seeds (--seed,
                      "in the same sweep; figures and summary give mean and spread")
 FLAGS = flags.FLAGS
 
-# Flags that reproduce sets per figure, so explicit values of them are refused.
-_PER_FIGURE = ("split", "protocol", "sync_period", "out")
+# Settings that reproduce sets per figure, so explicit values of them are refused.
+_PER_FIGURE = ("split", "protocol", "sync_period")
 
 
-def figure_title(figure: str, cfg: experiment.RunConfig) -> str:
+def figure_title(figure: str, cfg: RunConfig) -> str:
     """The figures' title: figure, split, protocol and sync period."""
-    every = "" if cfg.sync_period is None else f" every {cfg.sync_period}"
-    return f"{figure}: {cfg.split}, {cfg.protocol}{every}"
+    p = cfg.protocol
+    every = "" if p.sync_period is None else f" every {p.sync_period}"
+    return f"{figure}: {cfg.data.split}, {p.protocol}{every}"
 
 
-def figure_config(figure: str, preset: str, out: str) -> experiment.RunConfig:
-    """The preset, then the figure's settings, then every flag given explicitly."""
-    values = dict(PRESETS[preset])
-    values.update(FIGURES[figure])
-    if preset == "quick" and figure in QUICK_SYNC:
-        values["sync_period"] = QUICK_SYNC[figure]
+def figure_config(figure: str, preset: str, out: str) -> RunConfig:
+    """The figure's config at the preset, its sync period flag, then every
+    setting given explicitly."""
+    cfg = configs.load(f"{figure}:{preset}")
     override = getattr(FLAGS, f"{figure}_sync_period", None)
     if override is not None:
-        values["sync_period"] = override
-    for field in dataclasses.fields(experiment.RunConfig):
-        if field.name not in _PER_FIGURE and FLAGS[field.name].present:
-            values[field.name] = getattr(FLAGS, field.name)
-    return run_flags.config_from_flags(**values, out=os.path.join(out, figure))
+        cfg = cfg.replace(sync_period=override)
+    explicit = {k: v for k, v in run_flags.explicit_settings().items() if k != "out"}
+    return cfg.replace(**explicit, out=os.path.join(out, figure))
 
 
-_PER_STUDY_RUN = ("split", "protocol", "sync_period", "check_every", "delta", "trigger_metric",
-                  "trigger_ratio", "seed")
+def figure_runs(out: str) -> dict[str, list[RunConfig]]:
+    """{figure: its runs}: one run in OUT/figN, or with --seeds=N > 1 one run
+    per seed in OUT/figN/seedS."""
+    runs = {}
+    for figure in FLAGS.figures:
+        cfg = figure_config(figure, FLAGS.preset, out)
+        seeds = [cfg.training.seed + i for i in range(FLAGS.seeds)]
+        runs[figure] = [cfg] if FLAGS.seeds == 1 else [
+            cfg.replace(seed=s, out=os.path.join(cfg.out, f"seed{s}")) for s in seeds]
+    return runs
 
 
-def study_config(name: str, values: dict, preset: str, out: str) -> experiment.RunConfig:
-    """The preset, then the study run's settings, then every flag given explicitly."""
-    merged = dict(PRESETS[preset], **values)
-    for field in dataclasses.fields(experiment.RunConfig):
-        if field.name not in _PER_STUDY_RUN + ("out",) and FLAGS[field.name].present:
-            merged[field.name] = getattr(FLAGS, field.name)
-    return run_flags.config_from_flags(**{**{f: None for f in _PER_STUDY_RUN[2:-1]}, **merged},
-                                       out=os.path.join(out, name))
+def write_figures(out: str, runs_of: dict[str, list[RunConfig]]) -> str:
+    """Each run's figures, each figure's seed band (with several seeds), and
+    OUT/summary.md; returns the summary's path."""
+    records = {}
+    for figure, cfgs in runs_of.items():
+        title = figure_title(figure, cfgs[0])
+        for cfg in cfgs:
+            plotting.plot_run(cfg.out, title=title if len(cfgs) == 1
+                              else f"{title}, seed {cfg.training.seed}")
+        records[figure] = [metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
+                           for c in cfgs]
+        if len(cfgs) > 1:
+            plotting.plot_seeds(records[figure], os.path.join(out, figure, "seeds.png"), title)
+    path = os.path.join(out, "summary.md")
+    if FLAGS.seeds == 1:
+        text = summary.summary_markdown({f: r[0] for f, r in records.items()},
+                                        {f: c[0] for f, c in runs_of.items()})
+    else:
+        text = summary.seeds_markdown(records, runs_of)
+    metrics_io.write_atomic(path, text)
+    return path
+
+
+def reproduce(out: str) -> None:
+    """The figures (with their seeds) as one sweep, then figures and summary."""
+    for name in _PER_FIGURE:
+        if FLAGS[name].present:
+            raise ConfigError(name, "is set per figure by reproduce; use experiments.run for "
+                              "a single setting")
+    unknown = [f for f in FLAGS.figures if f not in FIGURES]
+    if unknown:
+        raise ConfigError("figures", f"unknown {unknown}; choose from {list(FIGURES)}")
+    if FLAGS.seeds < 1:
+        raise ConfigError("seeds", f"must be >= 1, got {FLAGS.seeds}")
+    runs_of = figure_runs(out)
+    cfgs = [c for runs in runs_of.values() for c in runs]
+    config.check_sweep(cfgs)  # every setting, before any work
+    sweep.check_devices(len(cfgs), FLAGS.devices)
+    writer = jax.process_index() == 0  # of several processes, 0 writes the files
+    # The whole command holds the lock: runs, checkpoints, summary.
+    with folder_lock.hold(out) if writer else contextlib.nullcontext():
+        if writer:
+            outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+        sharding.barrier("fedjax_mi reproduce out")
+        t0 = time.perf_counter()
+        if writer:
+            seeds = "" if FLAGS.seeds == 1 else \
+                f" x seeds {[c.training.seed for c in next(iter(runs_of.values()))]}"
+            print(f"[reproduce] {', '.join(runs_of)}{seeds} as one sweep of {len(cfgs)} runs "
+                  f"(one compiled program)")
+        sweep.run_sweep(cfgs, devices=FLAGS.devices, progress=progress.Printer())
+        if writer:
+            path = write_figures(out, runs_of)
+            print(f"[reproduce] {len(cfgs)} runs in {time.perf_counter() - t0:.1f} s; "
+                  f"summary: {path}")
 
 
 def run_study(out: str) -> None:
     """A protocol study as one sweep; OUT/summary.md holds its trade-off
     table and OUT/tradeoff.png its figure (no per-run figures: 48 runs)."""
-    for name in _PER_STUDY_RUN:
+    for name in protocols.PER_RUN:
         if FLAGS[name].present:
-            raise experiment.ConfigError(f"--{name}: is set per run by the protocol study")
-    configs = {n: study_config(n, v, FLAGS.preset, out)
-               for n, v in protocol_runs(FLAGS.preset).items()}
-    experiment.check_sweep(list(configs.values()))
-    experiment.check_devices(len(configs), FLAGS.devices)
-    experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+            raise ConfigError(name, "is set per run by the protocol study")
+    explicit = {k: v for k, v in run_flags.explicit_settings().items() if k != "out"}
+    cfgs = {name: cfg.replace(**explicit, out=os.path.join(out, name))
+            for name, cfg in protocols.get_configs(FLAGS.preset).items()}
+    config.check_sweep(list(cfgs.values()))
+    sweep.check_devices(len(cfgs), FLAGS.devices)
+    outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
     t0 = time.perf_counter()
-    print(f"[reproduce] protocol study {FLAGS.preset}: {len(configs)} runs as one sweep")
-    experiment.run_sweep(list(configs.values()), devices=FLAGS.devices,
-                         log=lambda line: print(line if len(line) < 200
-                                                else f"{line[:120]} ... {line[-50:]}"))
+    print(f"[reproduce] protocol study {FLAGS.preset}: {len(cfgs)} runs as one sweep")
+    sweep.run_sweep(list(cfgs.values()), devices=FLAGS.devices,
+                    progress=progress.Printer(max_width=200))
     runs = {n: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-            for n, c in configs.items()}
-    points = [dict(summary.final_point(runs[n]), split=c.split,
-                   protocol=experiment.protocol_label(c)) for n, c in configs.items()]
-    first = next(iter(configs.values()))
+            for n, c in cfgs.items()}
+    points = [dict(summary.final_point(runs[n]), split=c.data.split, protocol=c.protocol.label)
+              for n, c in cfgs.items()]
+    first = next(iter(cfgs.values()))
+    d, t = first.data, first.training
     figure = plotting.plot_tradeoff(points, os.path.join(out, "tradeoff.png"),
-                                    title=f"{FLAGS.preset}: {first.dataset}, K={first.workers}")
+                                    title=f"{FLAGS.preset}: {d.dataset}, K={d.workers}")
     lines = [f"# Protocol study {FLAGS.preset}", "",
-             f"{first.dataset}, {first.workers} workers, {first.epochs:g} epochs, batch "
-             f"{first.batch_size}, lr {first.lr:g}, eval every {first.eval_period} steps, "
-             f"aggregate {first.aggregate}, seeds {list(STUDY_SEEDS)}. Final test accuracy "
-             f"and I(Z;Y) of the average; communication as docs/protocols.md counts it.", ""]
-    lines += summary.tradeoff_table(runs, configs, experiment.protocol_label)
+             f"{d.dataset}, {d.workers} workers, {t.epochs:g} epochs, batch "
+             f"{t.batch_size}, lr {t.lr:g}, eval every {first.measurement.eval_period} steps, "
+             f"aggregate {first.protocol.aggregate}, seeds {list(protocols.SEEDS)}. Final test "
+             f"accuracy and I(Z;Y) of the average; communication as docs/protocols.md counts it.",
+             ""]
+    lines += summary.tradeoff_table(runs, cfgs)
     lines += ["", f"![trade-off]({os.path.basename(figure)})", ""]
     path = os.path.join(out, "summary.md")
     metrics_io.write_atomic(path, "\n".join(lines))
-    print(f"[reproduce] {len(configs)} runs in {time.perf_counter() - t0:.1f} s; summary: {path}")
+    print(f"[reproduce] {len(cfgs)} runs in {time.perf_counter() - t0:.1f} s; summary: {path}")
 
 
 def main(argv):
@@ -186,79 +179,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
     def go():
-        if FLAGS.preset in PROTOCOL_STUDIES:
-            study_out = FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}"
-            with folder_lock.hold(study_out):
-                return run_study(study_out)
-        for name in _PER_FIGURE[:-1]:
-            if FLAGS[name].present:
-                raise experiment.ConfigError(f"--{name}: is set per figure by reproduce; "
-                                             "use experiments.run for a single setting")
-        unknown = [f for f in FLAGS.figures if f not in FIGURES]
-        if unknown:
-            raise experiment.ConfigError(f"--figures: unknown {unknown}; choose from {list(FIGURES)}")
-        out = FLAGS.out if FLAGS["out"].present else "runs/reproduce"
-        if FLAGS.seeds < 1:
-            raise experiment.ConfigError(f"--seeds: must be >= 1, got {FLAGS.seeds}")
-        if FLAGS.seeds > 1:
+        if FLAGS.config:
+            raise ConfigError("config", "reproduce takes its settings from --preset "
+                              "(experiments/configs); use experiments.run --config")
+        if FLAGS.preset in protocols.STUDIES:
+            out = FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}"
             with folder_lock.hold(out):
-                return reproduce_seeds(out)
-        configs = {f: figure_config(f, FLAGS.preset, out) for f in FLAGS.figures}
-        experiment.check_sweep(list(configs.values()))  # every setting, before any work
-        experiment.check_devices(len(configs), FLAGS.devices)
-        writer = jax.process_index() == 0  # of several processes, 0 writes the files
-        # The whole command holds the lock: runs, checkpoints, summary.
-        with folder_lock.hold(out) if writer else contextlib.nullcontext():
-            if writer:
-                experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-            sharding.barrier("fedjax_mi reproduce out")
-            t0 = time.perf_counter()
-            if writer:
-                print(f"[reproduce] {', '.join(configs)} as one sweep (one compiled program)")
-            experiment.run_sweep(list(configs.values()), devices=FLAGS.devices)
-            if not writer:
-                return
-            for figure, cfg in configs.items():
-                plotting.plot_run(cfg.out, title=figure_title(figure, cfg))
-            runs = {f: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-                    for f, c in configs.items()}
-            path = os.path.join(out, "summary.md")
-            metrics_io.write_atomic(path, summary.summary_markdown(runs, configs))
-            print(f"[reproduce] {len(configs)} experiments in {time.perf_counter() - t0:.1f} s; "
-                  f"summary: {path}")
+                return run_study(out)
+        reproduce(FLAGS.out if FLAGS["out"].present else "runs/reproduce")
 
     run_flags.main_guard(go)
-
-
-def reproduce_seeds(out: str) -> None:
-    """Every figure with `--seeds` seeds as one sweep; per-seed runs, per-figure
-    seed figures, and the summary with mean ± sd over seeds."""
-    seeds = [FLAGS.seed + i for i in range(FLAGS.seeds)]
-    configs = {}
-    for f in FLAGS.figures:
-        base = figure_config(f, FLAGS.preset, out)
-        configs[f] = [dataclasses.replace(base, seed=s, out=os.path.join(base.out, f"seed{s}"))
-                      for s in seeds]
-    flat = [c for cfgs in configs.values() for c in cfgs]
-    if jax.process_count() > 1:
-        raise experiment.ConfigError("--seeds: runs in one process; for several processes "
-                                     "use experiments.sweep --seeds")
-    experiment.check_sweep(flat)
-    experiment.check_devices(len(flat), FLAGS.devices)
-    experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-    t0 = time.perf_counter()
-    print(f"[reproduce] {', '.join(configs)} x seeds {seeds} as one sweep of {len(flat)} runs")
-    experiment.run_sweep(flat, devices=FLAGS.devices)
-    runs = {}
-    for figure, cfgs in configs.items():
-        title = figure_title(figure, cfgs[0])
-        for cfg in cfgs:
-            plotting.plot_run(cfg.out, title=f"{title}, seed {cfg.seed}")
-        runs[figure] = [metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for c in cfgs]
-        plotting.plot_seeds(runs[figure], os.path.join(out, figure, "seeds.png"), title)
-    path = os.path.join(out, "summary.md")
-    metrics_io.write_atomic(path, summary.seeds_markdown(runs, configs))
-    print(f"[reproduce] {len(flat)} runs in {time.perf_counter() - t0:.1f} s; summary: {path}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ import numpy as np
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, metrics_io
+from experiments import progress
+from fedjax_mi import config, metrics_io, sweep
+
+flags.adopt_module_key_flags(run_flags)
 
 # The pruned grid (docs/reproduction.md): today's setting, PyTorch's
 # CIFAR-10 tutorial corner (torch init, [-1, 1] inputs, momentum 0.9) with an
@@ -51,12 +54,12 @@ def parse_setting(text: str) -> dict[str, Any]:
     """'torch:symmetric:0.9:0.005' -> {init, input_scale, momentum, lr}."""
     parts = text.split(":")
     if len(parts) != 4:
-        raise experiment.ConfigError(f"--settings: {text!r} is not init:input_scale:momentum:lr")
+        raise config.ConfigError("settings", f"{text!r} is not init:input_scale:momentum:lr")
     try:
         return dict(init=parts[0], input_scale=parts[1], momentum=float(parts[2]),
                     lr=float(parts[3]))
     except ValueError:
-        raise experiment.ConfigError(f"--settings: cannot read numbers in {text!r}") from None
+        raise config.ConfigError("settings", f"cannot read numbers in {text!r}") from None
 
 
 def setting_name(s: dict[str, Any]) -> str:
@@ -81,7 +84,7 @@ def final_point(records: list[dict[str, Any]]) -> dict[str, float]:
                 weight_distance=nan(avg[0].get("weight_distance")))
 
 
-def complete(cfg: experiment.RunConfig, total_steps: int) -> bool:
+def complete(cfg: config.RunConfig, total_steps: int) -> bool:
     path = os.path.join(cfg.out, "metrics.jsonl")
     return os.path.exists(path) and any(r["step"] == total_steps
                                         for r in metrics_io.read_records(path))
@@ -125,7 +128,7 @@ def plot(results: dict[str, list[dict[str, float]]], path: str) -> None:
     plt.close(fig)
 
 
-def write_results(out: str, cfgs_by_setting: dict[str, list[experiment.RunConfig]],
+def write_results(out: str, cfgs_by_setting: dict[str, list[config.RunConfig]],
                   total_steps: int) -> dict[str, list[dict[str, float]]]:
     results = collections.OrderedDict()
     for name, cfgs in cfgs_by_setting.items():
@@ -146,15 +149,13 @@ def main(argv):
 
     def go():
         out = FLAGS.out if FLAGS["out"].present else "runs/sensitivity"
-        values = {k: v for k, v in BASE.items()}
-        for name in experiment.RunConfig.__dataclass_fields__:
-            if FLAGS[name].present and name != "out":
-                values[name] = getattr(FLAGS, name)
+        values = dict(BASE, **{k: v for k, v in run_flags.explicit_settings().items()
+                               if k != "out"})
         settings = [parse_setting(s) for s in FLAGS.settings]
         try:
             seeds = [int(s) for s in FLAGS.seeds]
         except ValueError:
-            raise experiment.ConfigError(f"--seeds: cannot read {FLAGS.seeds} as integers") from None
+            raise config.ConfigError("seeds", f"cannot read {FLAGS.seeds} as integers") from None
         cfgs_by_setting = collections.OrderedDict()
         for s in settings:
             cfgs_by_setting[setting_name(s)] = [run_flags.config_from_flags(
@@ -162,12 +163,14 @@ def main(argv):
                 out=os.path.join(out, setting_name(s), f"seed{seed}")) for seed in seeds]
         groups = collections.OrderedDict()
         for name, cfgs in cfgs_by_setting.items():
-            groups.setdefault((cfgs[0].momentum, cfgs[0].input_scale), []).extend(cfgs)
+            groups.setdefault((cfgs[0].training.momentum, cfgs[0].training.input_scale),
+                              []).extend(cfgs)
         for cfgs in groups.values():
-            experiment.check_sweep(cfgs)
+            config.check_sweep(cfgs)
         os.makedirs(out, exist_ok=True)
-        data = experiment.load_sweep_data(groups[next(iter(groups))][:1])
-        total = experiment.make_schedule(groups[next(iter(groups))][0], data.train_x.shape[2]).total_steps
+        first = groups[next(iter(groups))][0]
+        data = sweep.load_sweep_data([first])
+        total = config.make_schedule(first, data.train_x.shape[2]).total_steps
         log_path = os.path.join(out, "progress.log")
 
         def log(line):
@@ -182,8 +185,8 @@ def main(argv):
                 continue
             t0 = time.perf_counter()
             log(f"[sensitivity] momentum {momentum:g}, {scale}: {len(todo)} runs as one sweep")
-            experiment.run_sweep([c.__class__(**{**c.__dict__, "overwrite": True}) for c in todo],
-                                 log=log)
+            sweep.run_sweep([c.replace(overwrite=True) for c in todo], log=log,
+                            progress=progress.Printer(log))
             log(f"[sensitivity] momentum {momentum:g}, {scale}: {len(todo)} runs in "
                 f"{time.perf_counter() - t0:.0f} s")
             write_results(out, cfgs_by_setting, total)

@@ -20,7 +20,11 @@ import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
-from fedjax_mi import experiment, folder_lock, metrics_io, plotting, sharding, summary
+from experiments import progress
+from fedjax_mi import config, folder_lock, metrics_io, outputs, plotting, sharding, summary
+from fedjax_mi import sweep as sweep_lib
+
+flags.adopt_module_key_flags(run_flags)
 
 flags.DEFINE_list("seeds", None, "seeds (default: --seed)")
 flags.DEFINE_list("lrs", None, "learning rates (default: --lr)")
@@ -35,26 +39,19 @@ def _values(name, single, cast):
     try:
         return [single] if raw is None else [cast(v) for v in raw]
     except ValueError:
-        raise experiment.ConfigError(f"--{name}: cannot read {raw} as {cast.__name__}s") from None
+        raise config.ConfigError(name, f"cannot read {raw} as {cast.__name__}s") from None
 
 
-def run_name(cfg: experiment.RunConfig) -> str:
-    if cfg.protocol == "dynamic":
-        sync = f"dynamic{cfg.check_every}-d{cfg.delta:g}"
-    elif cfg.protocol == "triggered":
-        sync = f"triggered-{cfg.trigger_metric or 'acc'}{cfg.trigger_ratio:g}"
-    else:
-        sync = cfg.protocol if cfg.protocol == "nosync" else f"{cfg.protocol}{cfg.sync_period}"
-    return f"{cfg.split}-{sync}-lr{cfg.lr:g}-seed{cfg.seed}"
 
 
-def sweep_configs(out: str) -> list[experiment.RunConfig]:
+
+def sweep_configs(out: str) -> list[config.RunConfig]:
     """The product of the list flags; no-sync runs ignore the sync periods."""
     cfgs = []
     for seed, lr, split, protocol in itertools.product(
             _values("seeds", FLAGS.seed, int), _values("lrs", FLAGS.lr, float),
             _values("splits", FLAGS.split, str), _values("protocols", FLAGS.protocol, str)):
-        periods = ([None] if protocol not in experiment.PERIODIC
+        periods = ([None] if protocol not in config.PERIODIC
                    else _values("sync_periods", FLAGS.sync_period, int))
         for period in periods:
             # A protocol's own flags reach only its runs (--delta: the dynamic ones).
@@ -63,7 +60,7 @@ def sweep_configs(out: str) -> list[experiment.RunConfig]:
                     ("triggered", ("trigger_metric", "trigger_ratio"))) for f in names}
             cfg = run_flags.config_from_flags(seed=seed, lr=lr, split=split, protocol=protocol,
                                               sync_period=period, **own)
-            cfgs.append(cfg.__class__(**{**cfg.__dict__, "out": os.path.join(out, run_name(cfg))}))
+            cfgs.append(cfg.replace(out=os.path.join(out, run_name(cfg))))
     return cfgs
 
 
@@ -73,20 +70,20 @@ def write_sweep_files(cfgs, out: str) -> None:
     docs/protocols.md)."""
     for cfg in cfgs:
         plotting.plot_run(cfg.out, title=run_name(cfg))
+    listed = ("seed", "lr", "split", "protocol", "sync_period", "check_every", "delta",
+              "trigger_metric", "trigger_ratio")
     metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
-        [{"name": run_name(c), "out": c.out, "seed": c.seed, "lr": c.lr, "split": c.split,
-          "protocol": c.protocol, "sync_period": c.sync_period, "check_every": c.check_every,
-          "delta": c.delta, "trigger_metric": c.trigger_metric,
-          "trigger_ratio": c.trigger_ratio} for c in cfgs], indent=2))
+        [{"name": run_name(c), "out": c.out, **{k: c.flat()[k] for k in listed}} for c in cfgs],
+        indent=2))
     runs = {run_name(c): metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
             for c in cfgs}
     named = {run_name(c): c for c in cfgs}
-    plotting.plot_tradeoff([dict(summary.final_point(runs[n]), split=c.split,
-                                 protocol=experiment.protocol_label(c))
+    plotting.plot_tradeoff([dict(summary.final_point(runs[n]), split=c.data.split,
+                                 protocol=c.protocol.label)
                             for n, c in named.items()], os.path.join(out, "tradeoff.png"))
     metrics_io.write_atomic(os.path.join(out, "summary.md"), "\n".join(
         ["# Sweep: accuracy against communication", ""]
-        + summary.tradeoff_table(runs, named, experiment.protocol_label)
+        + summary.tradeoff_table(runs, named)
         + ["", "![trade-off](tradeoff.png)", ""]))
     print(f"[sweep] {len(cfgs)} runs written under {out}; trade-off: {out}/summary.md")
 
@@ -98,15 +95,15 @@ def main(argv):
     def go():
         out = FLAGS.out if FLAGS["out"].present else "runs/sweep"
         cfgs = sweep_configs(out)
-        experiment.check_sweep(cfgs)
-        experiment.check_devices(len(cfgs), FLAGS.devices)
+        config.check_sweep(cfgs)
+        sweep_lib.check_devices(len(cfgs), FLAGS.devices)
         writer = jax.process_index() == 0  # of several processes, 0 writes the files
         # The whole command holds the lock: runs, checkpoints, runs.json, summary.
         with folder_lock.hold(out) if writer else contextlib.nullcontext():
             if writer:
-                experiment.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+                outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
             sharding.barrier("fedjax_mi sweep out")
-            experiment.run_sweep(cfgs, devices=FLAGS.devices)
+            sweep_lib.run_sweep(cfgs, devices=FLAGS.devices, progress=progress.Printer())
             if writer:
                 write_sweep_files(cfgs, out)
 

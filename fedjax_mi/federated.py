@@ -24,7 +24,7 @@ and its traced parameters), so one compiled round, and one sweep, mixes them
     traced predicate: no host round-trip.
   * "triggered": synced before the next step when `FedState.pending` is set;
     the host sets it between rounds from the eval-point measurement
-    (`trigger_decision`, called by `experiment.run_sweep`).
+    (`trigger_decision`, called by `sweep.run_sweep`).
 A plain integer in place of a `Protocol` still means the sync period (0:
 nosync), as before.
 

@@ -166,7 +166,7 @@ def run_mesh(num_devices: int) -> Mesh:
 
 def over_runs(sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
               ) -> tuple[Callable, Callable]:
-    """`experiment.programs`' sweep round and measurement with the run axis
+    """`sweep.programs`' sweep round and measurement with the run axis
     split over the mesh's "runs" axis: each device trains and measures R / D
     of the runs with the same vmapped code and no collective (runs are
     independent; the data groups and test split are replicated). Same

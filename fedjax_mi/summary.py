@@ -3,7 +3,10 @@ recorded estimator against its floor and the head's bounds, and when the
 average's I(Z;Y) first falls clearly below the local models', read with
 each estimator."""
 
+import types
 from typing import Any, Mapping, Optional
+
+from fedjax_mi.config import RunConfig
 
 # "Clearly below": under this fraction of the local model's own I(Z;Y)
 # (worker d on local dataset d, the model trained on that data).
@@ -109,7 +112,7 @@ def claim_lines(runs: Mapping[str, list[dict[str, Any]]]) -> list[str]:
     return lines + [""]
 
 
-def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any]) -> str:
+def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, RunConfig]) -> str:
     """Markdown per run: final accuracies, final I(Z;Y) with its floor, and
     the I(Z;Y)-drop line."""
     lines = ["# Reproduction summary", "",
@@ -119,7 +122,7 @@ def summary_markdown(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[
              f"falls below {DROP_FRACTION:g} x the local model's own (worker d on local "
              f"dataset d).", ""]
     for name, records in runs.items():
-        cfg = configs[name]
+        cfg = _settings(configs[name])
         acc = final_accuracies(records)
         datasets = sorted({d for _, d in acc}, key=lambda d: (d == "test", d))
         models = sorted({m for m, _ in acc}, key=lambda m: (m == "average", m))
@@ -157,7 +160,7 @@ def _mean_sd_text(values: list[Optional[float]]) -> str:
 
 
 def seeds_markdown(runs: Mapping[str, list[list[dict[str, Any]]]],
-                   configs: Mapping[str, list[Any]]) -> str:
+                   configs: Mapping[str, list[RunConfig]]) -> str:
     """Markdown per figure over its seeds: mean ± sd (over seeds) of every
     final accuracy, every estimator's final I(Z;Y), the average's barrier and
     the weight distance, and per seed the first eval point at which the
@@ -170,7 +173,7 @@ def seeds_markdown(runs: Mapping[str, list[list[dict[str, Any]]]],
              "(each seed draws its own initial weights, data order and partition), at the last "
              "eval point.", ""]
     for name, seed_records in runs.items():
-        cfgs = configs[name]
+        cfgs = [_settings(c) for c in configs[name]]
         cfg = cfgs[0]
         finals = [{(r["model"], r["dataset"]): r for r in records
                    if r["step"] == max(x["step"] for x in records)} for records in seed_records]
@@ -224,6 +227,11 @@ def final_point(records: list[dict[str, Any]]) -> dict[str, Any]:
                 bytes_sent=test.get("bytes_sent", 0))
 
 
+def _settings(cfg: RunConfig) -> types.SimpleNamespace:
+    """A config's settings by their flat names (cfg.lr rather than cfg.training.lr)."""
+    return types.SimpleNamespace(**cfg.flat())
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     """(mean, sample sd with ddof 1; 0 for one value) of non-empty values."""
     mean = sum(values) / len(values)
@@ -231,16 +239,15 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, var ** 0.5
 
 
-def tradeoff_table(runs: Mapping[str, list[dict[str, Any]]], configs: Mapping[str, Any],
-                   label) -> list[str]:
+def tradeoff_table(runs: Mapping[str, list[dict[str, Any]]],
+                   configs: Mapping[str, RunConfig]) -> list[str]:
     """Markdown rows: one per (split, protocol setting) over its seeds: final
     test accuracy of the average (mean ± sd over seeds, in %), its I(Z;Y),
-    syncs and MB sent (means), and the number of seeds. `label(cfg)` names
-    the protocol setting."""
+    syncs and MB sent (means), and the number of seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for name, records in runs.items():
         cfg = configs[name]
-        groups.setdefault((cfg.split, label(cfg)), []).append(final_point(records))
+        groups.setdefault((cfg.data.split, cfg.protocol.label), []).append(final_point(records))
     rows = ["| split | protocol | avg test acc [%] (mean ± sd) | avg I(Z;Y) [bits] | syncs | "
             "MB sent | seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for (split, proto), points in groups.items():

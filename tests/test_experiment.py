@@ -1,5 +1,6 @@
 """The study end to end on tiny data: metrics file, figures, reproduce, bad flags."""
 
+import importlib
 import json
 import os
 import re
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from fedjax_mi import experiment, measure, metrics_io, plotting, summary
+from fedjax_mi import config, measure, metrics_io, outputs, plotting, summary, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 64 digits per worker, batch 16 -> 4 steps per epoch, 10 steps, eval every 4
@@ -29,9 +30,9 @@ def cli(module, *args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    cfg = experiment.RunConfig(**TINY, protocol="sync", sync_period=4, out=out)
+    cfg = config.make(**TINY, protocol="sync", sync_period=4, out=out)
     lines = []
-    records = experiment.run(cfg, log=lines.append)
+    records = sweep.run(cfg, log=lines.append)
     return cfg, records, lines
 
 
@@ -78,10 +79,10 @@ def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
 def test_config_json_and_progress(tiny_run):
     cfg, _, lines = tiny_run
     with open(os.path.join(cfg.out, "config.json")) as fh:
-        config = json.load(fh)
-    assert config["config"]["sync_period"] == 4
-    assert "jax" in config["environment"]["packages"]
-    assert config["environment"]["device"]
+        info = json.load(fh)
+    assert info["config"]["sync_period"] == 4
+    assert "jax" in info["environment"]["packages"]
+    assert info["environment"]["device"]
     assert any("ETA" in line for line in lines)
 
 
@@ -156,19 +157,37 @@ def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     assert text.count("- probe: ") == 4
 
 
-def test_paper_flagfiles_match_reproduce_preset():
-    from experiments import reproduce
-    for fig, settings in reproduce.FIGURES.items():
-        with open(os.path.join(ROOT, "experiments", "configs", f"{fig}.flags")) as fh:
-            text = fh.read()
-        values = dict(re.findall(r"^--(\w+)=(.*)$", text, flags=re.M))
-        expected = {**reproduce.PRESETS["paper"], **settings}
-        for name, value in expected.items():
-            if value is None:
-                assert name not in values, (fig, name)
-            else:
-                assert type(value)(values[name]) == value, (fig, name)
-        assert "python -m experiments.run" in text and "Paper reports" in text
+# The paper's settings, as its text describes them (Adilova, Rosenzweig, Kamp):
+# two workers, iid or classes 0-4 / 5-9, never synced or synced every 1,000
+# (fig 2) or 100 (fig 4) local batches of 32, 20 epochs of CIFAR-10.
+PAPER = {"fig1": ("iid", "nosync", None), "fig2": ("iid", "sync", 1000),
+         "fig3": ("classes", "nosync", None), "fig4": ("classes", "sync", 100)}
+
+
+@pytest.mark.parametrize("figure", sorted(PAPER))
+def test_python_configs_hold_the_papers_settings(figure):
+    from experiments import configs
+    cfg = configs.load(figure)
+    cfg.validate()
+    assert (cfg.data.split, cfg.protocol.protocol, cfg.protocol.sync_period) == PAPER[figure]
+    assert (cfg.data.dataset, cfg.data.workers, cfg.training.batch_size, cfg.training.epochs) == (
+        "cifar10", 2, 32, 20.0)
+    doc = importlib.import_module(f"experiments.configs.{figure}").__doc__
+    assert f"python -m experiments.run --config={figure}" in doc and "Paper:" in doc
+    quick = configs.load(f"{figure}:quick")
+    assert (quick.data.dataset, quick.data.split) == ("digits", PAPER[figure][0])
+
+
+def test_config_flag_then_explicit_flags():
+    from absl import flags
+    from absl.testing import flagsaver
+    from experiments import flags as run_flags
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["prog", "--config=fig2:quick", "--lr=0.125", "--epochs=3"])
+        cfg = run_flags.config_from_flags()
+    assert (cfg.protocol.sync_period, cfg.training.lr, cfg.training.epochs) == (50, 0.125, 3.0)
+    assert cfg.measurement.eval_period == 10  # from the config, not the flag's default (100)
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -220,28 +239,28 @@ def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     protocol) writes the same metrics as that run alone (`assert_same_run`)."""
     alone_cfg, alone_records, _ = tiny_run
     base = dict(TINY)
-    cfgs = [experiment.RunConfig(**{**base, "lr": 0.02}, protocol="nosync", seed=1,
+    cfgs = [config.make(**{**base, "lr": 0.02}, protocol="nosync", seed=1,
                                  out=str(tmp_path / "a")),
-            experiment.RunConfig(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
-            experiment.RunConfig(**base, split="classes", protocol="sync", sync_period=8, seed=2,
+            config.make(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
+            config.make(**base, split="classes", protocol="sync", sync_period=8, seed=2,
                                  out=str(tmp_path / "c"))]
-    swept = experiment.run_sweep(cfgs, log=lambda line: None)
+    swept = sweep.run_sweep(cfgs, log=lambda line: None)
     assert_same_run(swept[1], alone_records)  # cfgs[1] is the tiny_run's config
     assert metrics_io.read_records(os.path.join(cfgs[1].out, "metrics.jsonl")) == swept[1]
     # The other runs really differ (different seed / lr / split).
     acc = lambda records: [r["acc"] for r in records]
     assert acc(swept[0]) != acc(swept[1]) and acc(swept[2]) != acc(swept[1])
-    alone_c = experiment.RunConfig(**{**cfgs[2].__dict__, "out": str(tmp_path / "c_alone")})
-    assert_same_run(experiment.run(alone_c, log=lambda line: None), swept[2])
+    alone_c = config.make(**{**cfgs[2].flat(), "out": str(tmp_path / "c_alone")})
+    assert_same_run(sweep.run(alone_c, log=lambda line: None), swept[2])
 
 
 def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):
-    cfgs = [experiment.RunConfig(**TINY, out=str(tmp_path / "a")),
-            experiment.RunConfig(**{**TINY, "batch_size": 8}, out=str(tmp_path / "b"))]
-    with pytest.raises(experiment.ConfigError, match="--batch_size: must be the same"):
-        experiment.run_sweep(cfgs)
-    with pytest.raises(experiment.ConfigError, match="--out"):
-        experiment.run_sweep([experiment.RunConfig(**TINY, out=str(tmp_path / "a"))] * 2)
+    cfgs = [config.make(**TINY, out=str(tmp_path / "a")),
+            config.make(**{**TINY, "batch_size": 8}, out=str(tmp_path / "b"))]
+    with pytest.raises(config.ConfigError, match="batch_size: must be the same"):
+        sweep.run_sweep(cfgs)
+    with pytest.raises(config.ConfigError, match="out"):
+        sweep.run_sweep([config.make(**TINY, out=str(tmp_path / "a"))] * 2)
 
 
 def test_sweep_cli_writes_one_folder_per_run(tmp_path):
@@ -289,9 +308,9 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("overrides, flag", BAD_SETTINGS)
 def test_every_bad_setting_is_refused_before_any_work(overrides, flag, tmp_path):
     out = tmp_path / "out"
-    cfg = experiment.RunConfig(**{**TINY, **overrides, "out": str(out)})
-    with pytest.raises(experiment.ConfigError, match=f"^--{flag}: "):
-        experiment.run(cfg, log=lambda line: None)
+    cfg = config.make(**{**TINY, **overrides, "out": str(out)})
+    with pytest.raises(config.ConfigError, match=f"^{flag}: "):
+        sweep.run(cfg, log=lambda line: None)
     # Nothing written: no metrics, no config, no checkpoint.
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
     assert not (out / "config.json").exists()
@@ -332,6 +351,6 @@ def test_bad_data_inputs_are_named(tmp_path):
     for overrides, pattern in [(dict(split="classes", workers=11), "empty class group"),
                                (dict(dataset="cifar10", cifar_dir="/nonexistent"), "/nonexistent"),
                                (dict(dataset="cifar10", cifar_dir=str(tmp_path)), "data_batch_1")]:
-        cfg = experiment.RunConfig(**{**TINY, **overrides, "out": str(tmp_path / "o")})
+        cfg = config.make(**{**TINY, **overrides, "out": str(tmp_path / "o")})
         with pytest.raises(data_lib.DataError, match=pattern):
-            experiment.run(cfg, log=lambda line: None)
+            sweep.run(cfg, log=lambda line: None)

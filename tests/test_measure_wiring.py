@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mi import experiment, measure, mi, models
+from fedjax_mi import config, measure, mi, models, outputs, sweep
 
 M = 120          # samples per local dataset
 NUM_CLASSES = 10
@@ -83,7 +83,7 @@ def test_every_record_equals_a_direct_forward_and_estimate(setting):
     params, local_x, local_y, test_x, test_y, key, m = setting
     workers = [jax.tree.map(lambda p, k=k: p[k], params) for k in range(2)]
     mean = jax.tree.map(lambda a, b: (a + b) / 2.0, *workers)  # hand-computed average
-    records = experiment.to_records(10, 1.0, m, None)
+    records = outputs.to_records(10, 1.0, m, None)
     by = {(r["model"], r["dataset"]): r for r in records}
     for name, p in (("worker0", workers[0]), ("worker1", workers[1]), ("average", mean)):
         for d in range(2):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mi import experiment, federated
+from fedjax_mi import config, federated, outputs, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, N, B, D, C = 3, 12, 4, 6, 3   # 3 workers (median), 3 steps per epoch, 6 features, 3 classes
@@ -99,7 +99,7 @@ def test_counts_and_bytes_by_hand(setup):
     x, y, state, round_fn = setup
     periodic = run(setup, federated.protocol_of("periodic", sync_period=3))
     batched = jax.tree.map(lambda a: a[None], periodic._replace(step=None))
-    comm = experiment.comm_fields(batched._replace(step=periodic.step))[0]
+    comm = sweep.comm_fields(batched._replace(step=periodic.step))[0]
     # 10 steps, period 3: syncs before steps 3, 6 and 9; each K models up and K down.
     assert comm["syncs"] == 3 and comm["models_sent"] == 18
     assert comm["bytes_sent"] == PARAMS_PER_MODEL * 4 * 18 == 3816
@@ -161,10 +161,10 @@ MIXED = [dict(protocol="periodic", sync_period=3),
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
-    cfgs = [experiment.RunConfig(**TINY, **p, out=str(root / f"sweep{i}"))
+    cfgs = [config.make(**TINY, **p, out=str(root / f"sweep{i}"))
             for i, p in enumerate(MIXED)]
-    swept = experiment.run_sweep(cfgs, log=lambda line: None)
-    alone = [experiment.run(experiment.RunConfig(**{**c.__dict__, "out": str(root / f"alone{i}")}),
+    swept = sweep.run_sweep(cfgs, log=lambda line: None)
+    alone = [sweep.run(config.make(**{**c.flat(), "out": str(root / f"alone{i}")}),
                             log=lambda line: None) for i, c in enumerate(cfgs)]
     return swept, alone
 
@@ -238,8 +238,8 @@ def test_lenet_parameter_count_by_hand():
     (dict(protocol="triggered", trigger_ratio=1.0, trigger_metric="loss"), "--trigger_metric"),
 ])
 def test_bad_protocol_settings_are_refused(settings, flag):
-    with pytest.raises(experiment.ConfigError, match=f"^{flag}"):
-        experiment.validate(experiment.RunConfig(**settings))
+    with pytest.raises(config.ConfigError, match=f"^{flag}"):
+        config.make(**settings).validate()
 
 
 def test_cli_bad_delta_is_one_line_exit_2(tmp_path):

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedjax_mi import checkpoint, experiment, folder_lock, metrics_io, preemption
+from fedjax_mi import checkpoint, config, folder_lock, metrics_io, outputs, preemption, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=12.5", "--eval_period=4", "--lr=0.05",
          "--protocol=sync", "--sync_period=8", "--checkpoint_every=1", "--mi=kde"]
 # The same run as a config (in-process runs share the compiled programs).
-CONFIG = experiment.RunConfig(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
+CONFIG = config.make(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
                               eval_period=4, lr=0.05, protocol="sync", sync_period=8,
                               checkpoint_every=1, mi="kde")
 
@@ -49,7 +49,7 @@ def finish(proc):
 # on the pipe fd argv[2] (forever, if none comes: until it is killed).
 _PAUSED = """
 import os, runpy, sys
-from fedjax_mi import checkpoint, experiment
+from fedjax_mi import checkpoint, config, outputs, sweep
 ready_fd, go_fd, where, module = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 calls = []
 def pause():
@@ -60,7 +60,7 @@ def pause():
 def paused_save(*args, save=checkpoint.save):
     pause()
     return save(*args)
-def paused_programs(*args, programs=experiment.programs):
+def paused_programs(*args, programs=sweep.programs):
     model, opt, round_fn, measure_fn = programs(*args)
     def paused_round(*args):
         result = round_fn(*args)
@@ -70,7 +70,7 @@ def paused_programs(*args, programs=experiment.programs):
 if where == "save":
     checkpoint.save = paused_save
 else:
-    experiment.programs = paused_programs
+    sweep.programs = paused_programs
 sys.argv = [module] + sys.argv[5:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
@@ -152,7 +152,7 @@ def checkpoint_steps(ckpts):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    experiment.run(experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)}),
+    sweep.run(config.make(**{**CONFIG.flat(), "out": str(out)}),
                    log=lambda line: None)
     with open(out / "metrics.jsonl", "rb") as fh:
         return fh.read()
@@ -207,7 +207,7 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
     # In-process (Ctrl-C in a notebook): SIGINT arrives while step 8's
     # progress line is logged, after that eval point's checkpoint decision,
     # so the run finishes the next eval point, 12, and saves there.
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "checkpoint_every": 0, "out": str(tmp_path)})
+    cfg = config.make(**{**CONFIG.flat(), "checkpoint_every": 0, "out": str(tmp_path)})
     before = signal.getsignal(signal.SIGINT)
 
     def log(line):
@@ -215,12 +215,12 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/50: "):
-        experiment.run(cfg, log=log)
+        sweep.run(cfg, log=log)
     assert signal.getsignal(signal.SIGINT) is before
     assert checkpoint_steps(tmp_path / "checkpoints") == [12]
     assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == \
         set(range(0, 13, 4))
-    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lambda line: None)
     assert (tmp_path / "metrics.jsonl").read_bytes() == uninterrupted
 
 
@@ -233,21 +233,21 @@ def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
 
 
 def test_overwrite_starts_over(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
-    first = experiment.run(cfg, log=lambda line: None)
-    with pytest.raises(experiment.ConfigError, match="--out: .* already holds results"):
-        experiment.run(cfg, log=lambda line: None)
-    again = experiment.run(experiment.RunConfig(**{**cfg.__dict__, "overwrite": True}),
+    cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
+    first = sweep.run(cfg, log=lambda line: None)
+    with pytest.raises(config.ConfigError, match="out: .* already holds results"):
+        sweep.run(cfg, log=lambda line: None)
+    again = sweep.run(config.make(**{**cfg.flat(), "overwrite": True}),
                            log=lambda line: None)
     assert again == first
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
-    experiment.run(cfg, log=lambda line: None)
-    changed = experiment.RunConfig(**{**cfg.__dict__, "lr": 0.2, "resume": True})
-    with pytest.raises(experiment.ConfigError, match="--resume: .*differing: lr"):
-        experiment.run(changed, log=lambda line: None)
+    cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
+    sweep.run(cfg, log=lambda line: None)
+    changed = config.make(**{**cfg.flat(), "lr": 0.2, "resume": True})
+    with pytest.raises(config.ConfigError, match="resume: .*differing: lr"):
+        sweep.run(changed, log=lambda line: None)
 
 
 def damage(ckpt, kind):
@@ -269,8 +269,8 @@ def damage(ckpt, kind):
 @pytest.mark.parametrize("kind", ["truncated", "random bytes", "missing file"])
 def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     # Eval points 0, 4, 8; checkpoints at 4 and 8.
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
-    experiment.run(cfg, log=lambda line: None)
+    cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
+    sweep.run(cfg, log=lambda line: None)
     whole = (tmp_path / "metrics.jsonl").read_bytes()
     assert checkpoint_steps(tmp_path / "checkpoints") == [4, 8]
     damage(tmp_path / "checkpoints" / "8", kind)
@@ -279,7 +279,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     metrics_io.write_records(str(tmp_path / "metrics.jsonl"),
                              [{**r, "acc": -1.0} if r["step"] == 8 else r for r in records])
     lines = []
-    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lines.append)
+    sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lines.append)
     warnings = [line for line in lines if line.startswith("warning")]
     assert len(warnings) == 1 and warnings[0].startswith(
         f"warning: skipped the damaged checkpoint {tmp_path}/checkpoints/8 (")
@@ -290,15 +290,15 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     mgr = checkpoint.manager(str(tmp_path / "checkpoints"))
     try:
         assert mgr.all_steps() == [4, 8]
-        checkpoint.restore_step(mgr, 8, experiment.prepare_sweep(
-            [cfg], experiment.load_sweep_data([cfg])).states)
+        checkpoint.restore_step(mgr, 8, sweep.prepare_sweep(
+            [cfg], sweep.load_sweep_data([cfg])).states)
     finally:
         checkpoint.close(mgr)
 
 
 def test_no_intact_checkpoint_exits_2_with_one_line(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 2, "out": str(tmp_path)})
-    experiment.run(cfg, log=lambda line: None)
+    cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
+    sweep.run(cfg, log=lambda line: None)
     damage(tmp_path / "checkpoints" / "8", "missing file")
     damage(tmp_path / "checkpoints" / "4", "truncated")
     # In a process of its own: orbax's abandoned reads used to print
@@ -355,7 +355,7 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
 def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monkeypatch,
                                                                    uninterrupted):
     out = tmp_path / "run"
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)})
+    cfg = config.make(**{**CONFIG.flat(), "out": str(out)})
     fsync, writes = os.fsync, []
 
     def full_disk_fsync(fd):  # the third metrics write (step 8's records) finds the disk full
@@ -366,7 +366,7 @@ def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monk
         return fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_disk_fsync)
-    _fails_on_full_disk(lambda: experiment.run(cfg, log=lambda line: None), out,
+    _fails_on_full_disk(lambda: sweep.run(cfg, log=lambda line: None), out,
                         out / "metrics.jsonl")
     monkeypatch.undo()
     assert not (out / "metrics.jsonl.tmp").exists()
@@ -374,7 +374,7 @@ def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monk
     assert {r["step"] for r in map(json.loads, kept.splitlines())} == {0, 4}
     assert uninterrupted.startswith(kept)
     assert checkpoint_steps(out / "checkpoints") == [4]
-    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lambda line: None)
     assert (out / "metrics.jsonl").read_bytes() == uninterrupted
 
 
@@ -382,7 +382,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, 
                                                                       uninterrupted):
     from orbax.checkpoint._src.path import async_path
     out = tmp_path / "run"
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "out": str(out)})
+    cfg = config.make(**{**CONFIG.flat(), "out": str(out)})
     rename = async_path.rename
 
     async def full_disk_rename(src, dst):  # committing step 8's checkpoint fails
@@ -391,27 +391,27 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, 
         return await rename(src, dst)
 
     monkeypatch.setattr(async_path, "rename", full_disk_rename)
-    _fails_on_full_disk(lambda: experiment.run(cfg, log=lambda line: None), out,
+    _fails_on_full_disk(lambda: sweep.run(cfg, log=lambda line: None), out,
                         out / "checkpoints" / "8")
     monkeypatch.undo()
     assert checkpoint_steps(out / "checkpoints") == [4]
     kept = (out / "metrics.jsonl").read_bytes()  # step 8's records were written before
     assert {r["step"] for r in map(json.loads, kept.splitlines())} == {0, 4, 8}
     assert uninterrupted.startswith(kept)
-    experiment.run(experiment.RunConfig(**{**cfg.__dict__, "resume": True}), log=lambda line: None)
+    sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lambda line: None)
     assert (out / "metrics.jsonl").read_bytes() == uninterrupted
 
 
 def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
-    cfg = experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 3, "lr": 1e6, "out": str(tmp_path)})
+    cfg = config.make(**{**CONFIG.flat(), "epochs": 3, "lr": 1e6, "out": str(tmp_path)})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ on worker \d"):
-        experiment.run(cfg, log=lambda line: None)
+        sweep.run(cfg, log=lambda line: None)
     records = metrics_io.read_records(str(tmp_path / "metrics.jsonl"))
     assert {r["step"] for r in records} >= {0, 4}
     lines = []
-    cont = experiment.RunConfig(**{**cfg.__dict__, "continue_on_divergence": True,
+    cont = config.make(**{**cfg.flat(), "continue_on_divergence": True,
                                    "overwrite": True})
-    records = experiment.run(cont, log=lines.append)
+    records = sweep.run(cont, log=lines.append)
     assert max(r["step"] for r in records) == 12
     assert any(line.startswith("warning: training diverged") for line in lines)
 
@@ -437,10 +437,10 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
             with pytest.raises(folder_lock.LockError, match=f"process {pid}, "):
                 with folder_lock.hold(str(folder)):
                     pass
-        one = experiment.RunConfig(**{**CONFIG.__dict__, "overwrite": True,
+        one = config.make(**{**CONFIG.flat(), "overwrite": True,
                                       "out": str(out / "iid-sync8-lr0.05-seed0")})
         with pytest.raises(folder_lock.LockError, match=f"is in use by another run .process {pid}"):
-            experiment.run(one, log=lambda line: None)
+            sweep.run(one, log=lambda line: None)
 
     command = sigterm_in_second_round(
         "experiments.sweep", [*flags, f"--out={out}", "--resume", "--checkpoint_every=100"],
@@ -453,12 +453,12 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
     runs = json.loads((out / "runs.json").read_text())
     assert len(runs) == 4
     # The same four runs uninterrupted, in-process, as one sweep.
-    whole = [experiment.RunConfig(**{**CONFIG.__dict__, "epochs": 8.0, "checkpoint_every": 0,
+    whole = [config.make(**{**CONFIG.flat(), "epochs": 8.0, "checkpoint_every": 0,
                                      "seed": r["seed"], "protocol": r["protocol"],
                                      "sync_period": r["sync_period"],
                                      "out": str(tmp_path / "whole" / os.path.basename(r["out"]))})
              for r in runs]
-    experiment.run_sweep(whole, log=lambda line: None)
+    sweep.run_sweep(whole, log=lambda line: None)
     for r, cfg in zip(runs, whole):
         with open(os.path.join(r["out"], "metrics.jsonl"), "rb") as a, \
                 open(os.path.join(cfg.out, "metrics.jsonl"), "rb") as b:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mi import experiment, federated, metrics_io, models
+from fedjax_mi import config, federated, metrics_io, models, outputs, sweep
 
 # fan_in of each LeNet layer written out by hand from the architecture
 # (conv 6@5x5 on 3 channels, conv 16@5x5 on 6, fc 400 -> 120 -> 84 -> 10).
@@ -95,7 +95,7 @@ def test_interpolation_ends_are_the_local_models():
     dist = math.sqrt(sum(((a[1] - a[0]) ** 2).sum() for a in leaves)
                      / sum((a[0] ** 2).sum() for a in leaves))
     assert float(m.weight_distance) == pytest.approx(dist, rel=1e-5)
-    records = experiment.to_records(0, 0.0, m, None)
+    records = outputs.to_records(0, 0.0, m, None)
     avg = [r for r in records if r["model"] == "average" and r["dataset"] == "local1"][0]
     loss = np.asarray(m.interp_loss[:, 1], np.float64)
     assert avg["barrier"] == pytest.approx(loss[2] - (loss[0] + loss[4]) / 2, abs=2e-6)
@@ -125,10 +125,10 @@ def test_reproduce_seeds_sweep_writes_each_run_alone_bytes(tmp_path):
     assert (out / "fig1" / "seeds.png").exists()
     assert "± " in (out / "summary.md").read_text()
     with open(out / "fig1" / "seed1" / "config.json") as fh:
-        config = json.load(fh)["config"]
-    assert config["seed"] == 1 and config["init"] == "flax" and config["input_scale"] == "unit"
-    alone = experiment.RunConfig(**{**config, "out": str(tmp_path / "alone")})
-    experiment.run(alone, log=lambda line: None)
+        saved = json.load(fh)["config"]
+    assert saved["seed"] == 1 and saved["init"] == "flax" and saved["input_scale"] == "unit"
+    alone = config.make(**{**saved, "out": str(tmp_path / "alone")})
+    sweep.run(alone, log=lambda line: None)
     # Every accuracy (of the locals, the average and the interpolants: the
     # trained weights) to the byte; the means of float32 cross-entropies
     # (the round's training loss, the head's bound, the interpolants'

@@ -1,0 +1,21 @@
+"""Figure 4 of Adilova, Rosenzweig, Kamp: non-iid split (classes 0-4 / 5-9),
+the average sent back every 100 local steps (every 10 in the quick preset).
+
+    python -m experiments.run --config=fig4 --cifar_dir=DIR --out=runs/fig4
+
+Paper: the average's MI stays close to the local models'; the final
+average reaches about 60% on each local dataset.
+Ours at full size (one seed, docs/reproduction.md, "Claim by claim"): 55% /
+58% (mean of the last 10 eval points), its I(Z;Y) 1.55 against the locals'
+1.61 bits on local0 at the end. Quick preset: locals 0.92, average 0.91.
+"""
+
+from experiments.configs import common
+from fedjax_mi.config import RunConfig
+
+SYNC_PERIOD = {"paper": 100, "quick": 10}
+
+
+def get_config(preset: str = "paper") -> RunConfig:
+    return common.base(preset).replace(split="classes", protocol="sync",
+                                       sync_period=SYNC_PERIOD[preset])
