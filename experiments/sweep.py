@@ -45,6 +45,18 @@ def _values(name, single, cast):
 
 
 
+def run_name(cfg: config.RunConfig) -> str:
+    """e.g. 'iid-periodic100-lr0.05-seed0', 'classes-dynamic4-d0.9-lr0.05-seed1'."""
+    p, t = cfg.protocol, cfg.training
+    if p.protocol == "dynamic":
+        sync = f"dynamic{p.check_every}-d{p.delta:g}"
+    elif p.protocol == "triggered":
+        sync = f"triggered-{p.metric}{p.trigger_ratio:g}"
+    else:
+        sync = p.protocol if p.protocol == "nosync" else f"{p.protocol}{p.sync_period}"
+    return f"{cfg.data.split}-{sync}-lr{t.lr:g}-seed{t.seed}"
+
+
 def sweep_configs(out: str) -> list[config.RunConfig]:
     """The product of the list flags; no-sync runs ignore the sync periods."""
     cfgs = []

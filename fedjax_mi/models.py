@@ -5,7 +5,7 @@ under `jax.vmap` over a stacked worker axis, XLA:CPU lowers a vmapped
 `conv_general_dilated` to a grouped convolution, which is slow inside
 `lax.scan` (jax-ml/jax#12868), while the vmapped matmul is a batched GEMM.
 Both formulations compute the same function from the same parameters
-(`tests/test_models.py` checks it); BUILD_NOTES.md has the timings.
+(`tests/test_models.py` checks it); docs/performance.md, "Training step", has the timings.
 """
 
 import math

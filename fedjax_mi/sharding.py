@@ -7,7 +7,7 @@ only collective is the `lax.pmean` of `federated.average` at a sync (and,
 for dynamic averaging, one integer `pmax` at each of its checks). Plain
 `jit(vmap(step))` over worker-sharded inputs instead lets the SPMD
 partitioner choose, and it inserts all-gathers into every step
-(`benchmarks/sharding_collectives.py` counts them; BUILD_NOTES.md).
+(`benchmarks/sharding_collectives.py` counts them; docs/performance.md, "Several devices").
 
 Runs of a sweep are independent: `over_runs` splits the run axis of the
 sweep's round and measurement over a "runs" mesh (`run_mesh`), each device

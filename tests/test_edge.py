@@ -238,7 +238,7 @@ class GaussianGridTest(parameterized.TestCase):
     # 0.134, reference 0.246 bits). The bar (half the reference's
     # error over all 18 cases) is NOT met: at d = 10, rho = 0.9 (12 bits)
     # neither mode gets near the truth, and the reference's upward bias
-    # happens to land closer; see BUILD_NOTES.
+    # happens to land closer; see docs/estimators.md, "EDGE quantile".
     err = {m: [] for m in ("reference", "default")}
     for n, d in GRID:
       if d > 2:

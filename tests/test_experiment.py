@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from experiments import progress
 from fedjax_mi import config, measure, metrics_io, outputs, plotting, summary, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
     cfg = config.make(**TINY, protocol="sync", sync_period=4, out=out)
     lines = []
-    records = sweep.run(cfg, log=lines.append)
+    records = sweep.run(cfg, log=lines.append, progress=progress.Printer(lines.append))
     return cfg, records, lines
 
 
@@ -283,7 +284,7 @@ def test_sweep_cli_writes_one_folder_per_run(tmp_path):
     assert re.search(r"\| iid \| nosync \| [^|]+\| [^|]+\| 0\.0 \| 0\.00 \| 2 \|", table), table
 
 
-# Every bad setting of the validation table in BUILD_NOTES.md, in-process:
+# Every bad setting of the table of docs/reliability.md, "Bad inputs", in-process:
 # (overrides of the tiny config, flag named first in the message).
 BAD_SETTINGS = [
     (dict(split="halves"), "split"), (dict(workers=0), "workers"),

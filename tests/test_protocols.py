@@ -228,17 +228,17 @@ def test_lenet_parameter_count_by_hand():
 # --- bad input ---------------------------------------------------------------
 
 @pytest.mark.parametrize("settings, flag", [
-    (dict(protocol="dynamic", check_every=2, delta=-0.1), "--delta"),
-    (dict(protocol="dynamic", delta=1.0), "--check_every"),
-    (dict(protocol="periodic", sync_period=2, aggregate="median"), "--aggregate"),  # K = 2
-    (dict(protocol="nosync", aggregate="weighted"), "--aggregate"),
-    (dict(protocol="periodic", sync_period=2, trigger_ratio=0.9), "--trigger_ratio"),
-    (dict(protocol="nosync", trigger_metric="acc"), "--trigger_metric"),
-    (dict(protocol="nosync", delta=1.0), "--delta"),
-    (dict(protocol="triggered", trigger_ratio=1.0, trigger_metric="loss"), "--trigger_metric"),
+    (dict(protocol="dynamic", check_every=2, delta=-0.1), "delta"),
+    (dict(protocol="dynamic", delta=1.0), "check_every"),
+    (dict(protocol="periodic", sync_period=2, aggregate="median"), "aggregate"),  # K = 2
+    (dict(protocol="nosync", aggregate="weighted"), "aggregate"),
+    (dict(protocol="periodic", sync_period=2, trigger_ratio=0.9), "trigger_ratio"),
+    (dict(protocol="nosync", trigger_metric="acc"), "trigger_metric"),
+    (dict(protocol="nosync", delta=1.0), "delta"),
+    (dict(protocol="triggered", trigger_ratio=1.0, trigger_metric="loss"), "trigger_metric"),
 ])
 def test_bad_protocol_settings_are_refused(settings, flag):
-    with pytest.raises(config.ConfigError, match=f"^{flag}"):
+    with pytest.raises(config.ConfigError, match=f"^{flag}: "):
         config.make(**settings).validate()
 
 

@@ -36,7 +36,7 @@ Two families of settings live in one `EdgeConfig`:
   inputs (labels) are hashed by value. It estimates the MI of the projected,
   discretised pair: a lower bound that is close where N covers the joint
   grid (low dimensions) and far below the truth for high MI in many
-  dimensions. Measured errors: BUILD_NOTES.
+  dimensions. Measured errors: docs/estimators.md, "EDGE quantile".
 
 Counting: each integer bucket vector is hashed to one 32-bit key (two rounds
 of a murmur3-style mixer; 1-D codes are their own keys); each side's keys are
@@ -62,7 +62,7 @@ same collision bound.
 Precision: arrays are float32 unless jax x64 is enabled and float64 inputs are
 passed (then float64 throughout). The reference computes in float64; float32
 rounding can move a sample across a bucket boundary. Measured effect: see
-BUILD_NOTES (parity table).
+docs/estimators.md, "Parity and speed against the author's code".
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ _MIN_SAMPLES = 20  # floor(log2(N / 10)) >= 1 needs N >= 20.
 # makes every bucket wider than the data, as in the reference.
 _MAX_RENORM_EXPONENT = 60.0
 
-# The two passes of section 4 are a scan, unrolled: XLA:CPU runs a loop
-# body's ops on one thread (section 5 I(Z; Y) at N = 25,000: 38-39 ms
+# The two passes of EDGE step 4 are a scan, unrolled: XLA:CPU runs a loop
+# body's ops on one thread (EDGE step 5's I(Z; Y) at N = 25,000: 38-39 ms
 # unrolled, 61-62 ms looped; I(X; Z): 168-173 against 169-214 ms, no clear
 # gain; about 1 s more compile; `python benchmarks/edge_speed_floor.py
 # --ablation`).
@@ -113,7 +113,7 @@ class EdgeConfig:
     lower_clip: lower clip of each per-sample log ratio (bits); the reference
       uses 0.001 (docs/estimators.md, EDGE step 3), `None` for none.
     gamma: smoothness (gamma_X, gamma_Y) multiplying the base widths.
-    gamma_scale: the version's scale s applied to gamma (section 2).
+    gamma_scale: the version's scale s applied to gamma (EDGE step 2, docs/estimators.md).
     epsilon: manual base widths (e_X, e_Y); `epsilon[0] == 0` switches both
       sides to automatic widths (the reference's rule).
     auto_width_factor, manual_width_factor: C / k' for automatic and manual
@@ -143,14 +143,14 @@ class EdgeConfig:
     dim_divisor: projected dimension k = min(d, floor(log2(N / dim_divisor))).
     max_projected_dim: cap on k (None for no cap).
     renormalize: run a second pass with gamma multiplied by
-      renormalize_rescale * 2^(-sqrt(2 I1) + 0.5 / I1) (section 4).
+      renormalize_rescale * 2^(-sqrt(2 I1) + 0.5 / I1) (EDGE step 4, docs/estimators.md).
     renormalize_rescale: the extra factor of that second pass; the reference
-      4.3.1 and 4.4.1 apply s again here (the double scaling of section 6.1).
+      4.3.1 and 4.4.1 apply s again here (the double scaling of EDGE step 6).
     bias_correction: "none"; "miller_madow" (add the first-order plug-in
       correction (K_a + K_b - K_ab - 1) / (2 N ln 2) per member, K the
       numbers of occupied buckets; knn rule only); or "shuffle" (subtract the
       same grid's estimate with y permuted; quantile rule only).
-    width_rule: "knn" (the reference: k-NN widths, sections 2-4) or
+    width_rule: "knn" (the reference: k-NN widths, EDGE steps 2-4) or
       "quantile" (the default: equal-probability bins of each z-scored hash
       coordinate at several resolutions, see `_estimate_quantile`).
     resolutions: quantile rule: number of bins-per-coordinate values, from 2
@@ -161,9 +161,9 @@ class EdgeConfig:
     discrete_bits: quantile rule: hash-space coordinates charged to a
       discrete side (about log2 of its number of values; 3 for 10 classes).
     scale_rows: quantile rule: the column standard deviations that scale a
-      projection (section 1) are taken over at most this many evenly spaced
+      projection (EDGE step 1, docs/estimators.md) are taken over at most this many evenly spaced
       rows (None: every row, as the reference). The projection is random
-      anyway; this saves a full pass over a wide x (BUILD_NOTES: speed).
+      anyway; this saves a full pass over a wide x (docs/estimators.md, "EDGE quantile").
   """
 
   upper_clip: float = math.inf
@@ -486,14 +486,14 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
   k_proj, k_shift = jax.random.split(key)
   kpx, kpy = jax.random.split(k_proj)
 
-  # Hash space (section 1): one shared projection or one per member.
+  # Hash space (EDGE step 1, docs/estimators.md): one shared projection or one per member.
   fixed = config.projection == "reference"
   g, v = (_reference_projections(side_x.dim, side_x.proj, side_y.dim, side_y.proj)
           if fixed else (None, None))
   p = _project(kpx, x, side_x, members, g)
   q = _project(kpy, y, side_y, members, v)
 
-  # Base widths r and constants C (section 2).
+  # Base widths r and constants C (EDGE step 2, docs/estimators.md).
   if config.epsilon[0] == 0:
     rx, ry = _auto_widths(p, side_x, config), _auto_widths(q, side_y, config)
     cx = _width_constant(side_x, config.auto_width_factor, config)
@@ -504,7 +504,7 @@ def _estimate_knn(key: jax.Array, x: jax.Array, y: jax.Array, config: EdgeConfig
     cx = _width_constant(side_x, config.manual_width_factor, config)
     cy = _width_constant(side_y, config.manual_width_factor, config)
 
-  # Member multipliers T and shift fractions (section 3).
+  # Member multipliers T and shift fractions (EDGE step 3, docs/estimators.md).
   if config.epsilon_vector == "fixed":
     mult = np.ones(members)
   else:
