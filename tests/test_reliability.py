@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import progress
 from fedjax_mi import checkpoint, config, folder_lock, metrics_io, outputs, preemption, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,7 +216,7 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/50: "):
-        sweep.run(cfg, log=log)
+        sweep.run(cfg, log=log, progress=progress.Printer(log))
     assert signal.getsignal(signal.SIGINT) is before
     assert checkpoint_steps(tmp_path / "checkpoints") == [12]
     assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == \
