@@ -43,9 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_mi import mi
-
 from benchmarks import timing
+from fedjax_mi import mi
 
 MODELS, DATASETS, CLASSES, D_X, D_Z = 3, 2, 10, 3072, 84
 
