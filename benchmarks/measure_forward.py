@@ -16,15 +16,16 @@ last line is one JSON record.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from fedjax_mi import measure, models
 
 IMPLS = ("xla", "patches", "toeplitz", "s2d")
@@ -52,21 +53,11 @@ def main(argv=None):
     pairs = (list(itertools.product(IMPLS, IMPLS)) if args.impls == "all"
              else [tuple(p.split("/")) for p in args.impls.split(",")])
     fns = {f"{a}/{b}": forward_fn((a, b), args.chunk) for a, b in pairs}
-    first = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(stacked, images))
-        first[name] = time.perf_counter() - t0
-    ref = jax.block_until_ready(fns[next(iter(fns))](stacked, images))
     load_before = os.getloadavg()
-    times = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn(stacked, images))
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    timed = timing.interleaved({name: functools.partial(fn, stacked, images)
+                                for name, fn in fns.items()}, args.rounds)
+    first, times, cpu = timed.first_s, timed.times, timed.cpu
+    ref = jax.block_until_ready(fns[next(iter(fns))](stacked, images))
     diffs = {name: float(jnp.max(jnp.abs(fn(stacked, images)[1] - ref[1]))) for name, fn in fns.items()}
     base = np.asarray(times["xla/xla"]) if "xla/xla" in times else None
     per_image = 1e6 / (num_models * args.images)

@@ -1,6 +1,6 @@
 """Where one eval-point measurement's time goes: forward passes vs EDGE.
 
-Run:  python benchmarks/measure_profile.py [M] [T]    (defaults 25000 10000)
+Run:  python -m benchmarks.measure_profile [M] [T]    (defaults 25000 10000)
 
 One run's measurement as `experiment` builds it (2 workers, so 3 models: the
 two locals and their average), on random uint8 images: M samples per local
@@ -16,26 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from fedjax_mi import federated, measure, models
 from fedjax_mi import mi
-
-
-def median_seconds(fn, *args, repeats: int = 5) -> dict:
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return dict(s=round(float(np.median(times)), 5), first_s=round(first, 2))
 
 
 def main(m: int = 25_000, t_n: int = 10_000):
@@ -50,7 +38,8 @@ def main(m: int = 25_000, t_n: int = 10_000):
   out = {}
 
   def record(name, fn, *args):
-    out[name] = median_seconds(fn, *args)
+    t = timing.time_calls(fn, *args, repeats=5)
+    out[name] = dict(s=round(t.median_s, 5), first_s=round(t.first_s, 2))
     print(name, out[name], flush=True)
 
   images = jnp.concatenate([local_x.reshape((-1, 32, 32, 3)), test_x])

@@ -1,8 +1,7 @@
 """Seconds per call of every MI estimator at the study's shapes (docs/estimators.md, "Speed").
 
-Run:  python benchmarks/mi_speed.py                  # N = 25,000 and 5,000
-      python benchmarks/mi_speed.py --n 5000 --repeats 2
-      (or python -m benchmarks.mi_speed ...)
+Run:  python -m benchmarks.mi_speed                  # N = 25,000 and 5,000
+      python -m benchmarks.mi_speed --n 5000 --repeats 2
 
 Shapes are the study's eval point: X (N, 3072) float32 inputs, labels (N,)
 int32 with 10 classes, Z (N, 84) float32 = relu of a random linear map of X
@@ -22,7 +21,7 @@ EdgeQuantile, KDE. KSG (k = 3, and the continuous default: normal scores,
 k = 1) is timed on two 84-dim representations (Z of two models on the same
 inputs): the kNN cost at the study's width. (KSG with the LNC correction is
 not: at 84 + 84 dims it needs k > 168 neighbours and a 168 x 168
-eigendecomposition per sample; mi_accuracy.py times it at 10 + 10.) The
+eigendecomposition per sample; studies/mi_accuracy.py times it at 10 + 10.) The
 "eval point" column adds an estimator's batched I(X;Z) and I(Z;Y) times:
 one whole eval-point measurement with it.
 
@@ -44,12 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from fedjax_mi import mi
-
-try:
-    from benchmarks.mi_accuracy import code_version
-except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from mi_accuracy import code_version
 
 MODELS, DATASETS, CLASSES, D_X, D_Z = 3, 2, 10, 3072, 84
 
@@ -99,19 +94,6 @@ def pair(order: str, x, labels, z, z2):
     return {"xz": (x, z), "yz": (labels, z), "zy": (z, labels), "zz": (z, z2)}[order]
 
 
-def timed(fn, args, repeats: int):
-    """(median seconds after one compiling call, first-call seconds, value)."""
-    t0 = time.perf_counter()
-    value = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), first, value, times
-
-
 def run(n: int, repeats: int, batch_repeats: int, queries: int, batch: bool, only) -> dict:
     x, labels, z = study_shapes(jax.random.key(0), n)
     key = jax.random.key(1)
@@ -122,7 +104,8 @@ def run(n: int, repeats: int, batch_repeats: int, queries: int, batch: bool, onl
         name = f"{est} {quantity}"
         single = jax.jit(functools.partial(mi.estimate_traced, config=config))
         args = pair(order, x[0], labels[0], z[0, 0], z[1, 0])
-        t, first, value, times = timed(single, (key,) + args, repeats)
+        st = timing.time_calls(single, key, *args, repeats=repeats)
+        t, first, value, times = st.median_s, st.first_s, st.value, st.times
         rec = dict(estimator=est, quantity=quantity, single_s=t, single_first_s=first,
                    value_bits=float(value))
         print(f"  N={n} {name}: {t:.3f} s/call (first {first:.1f} s; {[round(s, 3) for s in times]}), "
@@ -142,7 +125,8 @@ def run(n: int, repeats: int, batch_repeats: int, queries: int, batch: bool, onl
                 else:
                     fn = jax.jit(jax.vmap(per_dataset, in_axes=(None, 0)))
                     bargs = (side, z)
-            tb, firstb, vb, timesb = timed(fn, bargs, batch_repeats)
+            bt = timing.time_calls(fn, *bargs, repeats=batch_repeats)
+            tb, firstb, vb, timesb = bt.median_s, bt.first_s, bt.value, bt.times
             rec.update(batch_s=tb, batch_first_s=firstb, batch_values_bits=np.asarray(vb).round(4).tolist())
             print(f"  N={n} {name} vmapped 3 x 2: {tb:.3f} s (first {firstb:.1f} s; "
                   f"{[round(s, 3) for s in timesb]})", file=sys.stderr, flush=True)
@@ -243,7 +227,7 @@ def main(argv=None):
                            args.only)
                for n in args.n}
     record = dict(device=jax.devices()[0].device_kind, models=MODELS, datasets=DATASETS,
-                  code=code_version(), results=results)
+                  code=timing.code_version(), results=results)
     print_report(record, args.repeats, args.batch_repeats)
     record["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(record))

@@ -7,7 +7,7 @@ device runs its workers alone and the average is one `pmean`. Counts the
 collective ops in each compiled HLO and times a round. Without a flag it
 fakes 4 CPU devices (set before jax is imported):
 
-    python benchmarks/sharding_collectives.py [--devices 4 --workers 4 --steps 20]
+    python -m benchmarks.sharding_collectives [--devices 4 --workers 4 --steps 20]
 """
 
 import argparse
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import time
 
 ARGS = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ARGS.add_argument("--devices", type=int, default=4)
@@ -31,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from fedjax_mi import federated, models, sharding  # noqa: E402
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -39,13 +39,6 @@ COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "
 def count_collectives(hlo: str) -> dict[str, int]:
     """Collective instructions by opcode (an op is written ` opcode(` in HLO text)."""
     return {c: len(re.findall(rf"\s{c}(-start)?\(", hlo)) for c in COLLECTIVES}
-
-
-def timed(fn, *a):
-    jax.block_until_ready(fn(*a))
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*a))
-    return time.perf_counter() - t0
 
 
 def main():
@@ -63,7 +56,7 @@ def main():
     for name, fn in (("jit_vmap", plain), ("shard_map", mapped)):
         hlo = fn.lower(state, x, y, 10, args.steps).compile().as_text()
         result[f"{name}_collectives"] = count_collectives(hlo)
-        result[f"{name}_round_s"] = round(timed(fn, state, x, y, 10, args.steps), 4)
+        result[f"{name}_round_s"] = round(timing.time_calls(fn, state, x, y, 10, args.steps, repeats=1).median_s, 4)
         print(f"{name:10s} collectives in the compiled round: {result[f'{name}_collectives']}  "
               f"round of {args.steps} steps: {result[f'{name}_round_s']:.3f} s")
     print(json.dumps(result))

@@ -50,6 +50,7 @@ that subtraction.
 
 import argparse
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -63,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import edge_speed, timing
 from experiments import reproduce
 from fedjax_mi import experiment, federated, measure, models
 from fedjax_mi import mi
@@ -208,26 +210,8 @@ def edge_inputs(n: int):
     """x (n, 3072) pixels in [0, 1], z (n, 84) of a randomly initialised
     project LeNet, y (n,) labels: synthetic CIFAR-like images, so that the
     part needs no dataset of 25,000 images (EDGE's cost depends on shapes)."""
-    from benchmarks.edge_speed import cifar_like  # committed with the EDGE benchmark
-    images, labels = cifar_like(jax.random.key(0), n)
-    model = models.LeNet()
-    params = model.init(jax.random.key(1), images[:1])["params"]
-    images_u8 = jnp.round(images * 255).astype(jnp.uint8)
-    _, z = jax.jit(lambda p, x: measure.chunked_forward(model, p, x, 500))(params, images_u8)
-    return federated.scale_images(images_u8).reshape(n, -1), z, labels
-
-
-def time_call(fn, repeats: int) -> tuple[float, float]:
-    """(seconds of the first, compiling call; median seconds of `repeats` more)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times))
+    x, z, y = edge_speed.eval_point_inputs(jax.random.key(0), [jax.random.key(1)], n)
+    return x, z[0], y
 
 
 def part_edge(repeats: int) -> dict:
@@ -239,9 +223,9 @@ def part_edge(repeats: int) -> dict:
              "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
     for mode, (cfg_xz, cfg_zy) in modes.items():
         for pair, a, b, cfg in (("xz", x, z, cfg_xz), ("zy", y, z, cfg_zy)):
-            first, steady = time_call(lambda: mi.estimate(key, a, b, cfg), repeats)
-            out[f"{mode}_{pair}"] = dict(s_per_call=round(steady, 4),
-                                         first_call_s=round(first, 3),
+            t = timing.time_calls(mi.estimate, key, a, b, cfg, repeats=repeats)
+            out[f"{mode}_{pair}"] = dict(s_per_call=round(t.median_s, 4),
+                                         first_call_s=round(t.first_s, 3),
                                          bits=round(float(mi.estimate(key, a, b, cfg)), 4))
     return dict(n=EDGE_N, x_dim=int(x.shape[1]), z_dim=int(z.shape[1]), classes=10, **out)
 
@@ -265,8 +249,8 @@ def part_steps(cfgs, repeats: int) -> dict:
     out = {}
     for name, group in (("sweep4", cfgs), ("one_run", cfgs[:1])):
         round_fn, round_args, measure_fn, measure_args = sweep_setup(group)
-        _, round_s = time_call(lambda: round_fn(*round_args), repeats)
-        _, measure_s = time_call(lambda: measure_fn(*measure_args), repeats)
+        round_s = timing.time_calls(round_fn, *round_args, repeats=repeats).median_s
+        measure_s = timing.time_calls(measure_fn, *measure_args, repeats=repeats).median_s
         runs, workers, steps = len(group), group[0].workers, group[0].eval_period
         out[name] = dict(runs=runs, round_s=round(round_s, 4), steps_per_round=steps,
                          steps_per_s=round(steps / round_s, 2),  # every run advances one step
@@ -312,9 +296,9 @@ def part_eval_split(cfgs, repeats: int) -> dict:
             sweep_setup(group)
         num_classes = int(experiment.load_sweep_data(group[:1]).num_classes)
         forward = sweep_forward(group, num_classes)
-        _, whole = time_call(lambda: measure_fn(keys, params, local_x, local_y, groups, test_x,
-                                                test_y), repeats)
-        _, fwd = time_call(lambda: forward(params, local_x, groups, test_x), repeats)
+        whole = timing.time_calls(measure_fn, keys, params, local_x, local_y, groups, test_x,
+                                  test_y, repeats=repeats).median_s
+        fwd = timing.time_calls(forward, params, local_x, groups, test_x, repeats=repeats).median_s
         images = len(group) * (jax.tree.leaves(params)[0].shape[1] + 1) * (
             local_x.shape[1] * local_x.shape[2] + test_x.shape[0])
         out[mode] = dict(mi=group[0].mi, measure_s=round(whole, 4), forward_s=round(fwd, 4),
@@ -346,8 +330,9 @@ def part_runs_vmap(args, cfgs) -> dict:
                 models.LeNet(num_classes=num_classes), federated.make_optimizer(first.momentum),
                 batch_size=first.batch_size, steps=args.vmap_steps, opt_sync=first.opt_sync,
                 unroll=unroll)
-            compile_call, s = time_call(lambda: round_fn(states, train_x, train_y, groups,
-                                                         periods), args.steps_repeats)
+            t = timing.time_calls(round_fn, states, train_x, train_y, groups, periods,
+                                  repeats=args.steps_repeats)
+            compile_call, s = t.first_s, t.median_s
             out[f"runs{runs}_unroll{unroll}"] = dict(
                 runs=runs, unroll=unroll, steps=args.vmap_steps,
                 ms_per_step=round(s / args.vmap_steps * 1e3, 3),
@@ -381,20 +366,10 @@ def part_forward(args) -> dict:
         with jax.default_matmul_precision(variants[name][2]):
             return jax.block_until_ready(fns[name](stacked, images))
 
-    first = {}
-    for name in fns:
-        t0 = time.perf_counter()
-        call(name)
-        first[name] = time.perf_counter() - t0
+    timed = timing.interleaved({name: functools.partial(call, name) for name in fns},
+                               max(args.steps_repeats, 3))
+    first, times, cpu = timed.first_s, timed.times, timed.cpu
     ref = call(f"impl_auto_chunk{auto_chunk}_float32")[1]
-    times = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}  # process CPU time: moves less with other jobs' load
-    for _ in range(max(args.steps_repeats, 3)):
-        for name in fns:
-            t0, c0 = time.perf_counter(), time.process_time()
-            call(name)
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
     base = np.asarray(next(times[n] for n, v in variants.items()
                            if v == (("xla", "xla"), args.eval_chunk, "float32")))
     out = {name: dict(impl=list(variants[name][0]), chunk=variants[name][1],

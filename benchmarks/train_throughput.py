@@ -4,21 +4,21 @@
     stacked on one axis, P steps in one `lax.scan` under `jit`;
 (b) a plain Python loop over workers and steps of a jitted single-worker step.
 
-Both are timed after compilation, for each convolution formulation of LeNet
+Both are timed after a first, compiling call (best of `--repeats`), for each convolution formulation of LeNet
 ("patches": slices + batched matmul; "xla": `lax.conv_general_dilated`). The
 last line is JSON with `"vmapped_over_loop"`: the best (a) over the best (b).
 
-    python benchmarks/train_throughput.py [--workers 2 --steps 100 --repeats 3]
+    python -m benchmarks.train_throughput [--workers 2 --steps 100 --repeats 3]
 """
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from fedjax_mi import federated, models
 
 LR = 0.01
@@ -35,12 +35,13 @@ def time_scanned(model, opt, x, y, batch_size, steps, repeats):
     state = federated.init(jax.random.key(0), model, opt, x[0, :1].astype(jnp.float32),
                            x.shape[0], x.shape[1], LR)
     round_fn = federated.make_round(model, opt, batch_size=batch_size, steps=steps)
-    state, _ = jax.block_until_ready(round_fn(state, x, y, 0))  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, _ = jax.block_until_ready(round_fn(state, x, y, 0))
-        best = min(best, time.perf_counter() - t0)
+
+    def one_round():  # each round continues from the last one's state
+        nonlocal state
+        state, metrics = round_fn(state, x, y, 0)
+        return state, metrics
+
+    best = timing.time_calls(one_round, repeats=repeats).best_s
     return x.shape[0] * steps / best
 
 
@@ -52,15 +53,14 @@ def time_loop(model, opt, x, y, batch_size, steps, repeats):
     opt_states = [opt.init(p) for p in params]
     batches = [[(x[k, i * batch_size:(i + 1) * batch_size], y[k, i * batch_size:(i + 1) * batch_size])
                 for i in range(steps)] for k in range(num_workers)]
-    jax.block_until_ready(local_step(params[0], opt_states[0], *batches[0][0], LR))  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def all_steps():  # every worker's steps, one jitted step at a time
         for i in range(steps):
             for k in range(num_workers):
                 params[k], opt_states[k], _ = local_step(params[k], opt_states[k], *batches[k][i], LR)
-        jax.block_until_ready(params)
-        best = min(best, time.perf_counter() - t0)
+        return params
+
+    best = timing.time_calls(all_steps, repeats=repeats).best_s
     return num_workers * steps / best
 
 

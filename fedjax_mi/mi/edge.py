@@ -93,8 +93,8 @@ _MAX_RENORM_EXPONENT = 60.0
 # The two passes of EDGE step 4 are a scan, unrolled: XLA:CPU runs a loop
 # body's ops on one thread (EDGE step 5's I(Z; Y) at N = 25,000: 38-39 ms
 # unrolled, 61-62 ms looped; I(X; Z): 168-173 against 169-214 ms, no clear
-# gain; about 1 s more compile; `python benchmarks/edge_speed_floor.py
-# --ablation`).
+# gain; about 1 s more compile; an interleaved A/B of this flag on a 2-core
+# CPU, each variant compiled after `jax.clear_caches()`).
 _UNROLL_PASSES = True
 
 VERSION_SCALE = {"4.2.0": 1.0, "4.3.1": 0.9, "4.4.1": 0.4}

@@ -1,6 +1,11 @@
 """Which damage to one checkpoint file does a restore notice?
 
-    python -m benchmarks.checkpoint_damage
+Answer: every damage either fails the restore (the resume then skips that
+checkpoint) or leaves the arrays exactly as saved (a file the restore does
+not need); none gives other numbers. Figures: docs/reliability.md,
+"Damaged checkpoints".
+
+    python -m studies.checkpoint_damage
 
 Trains the tiny digits run of tests/test_reliability.py (eval points 0, 4, 8,
 a checkpoint at 4 and 8) into a temporary folder, then for every file of

@@ -1,12 +1,17 @@
-"""Validation study of the MI estimators on known-answer tasks (docs/estimators.md, "Validation").
+"""How accurate is each MI estimator on tasks with a known answer?
 
-Run:  python benchmarks/mi_accuracy.py                 # every task, N = 5,000, one seed
-      python benchmarks/mi_accuracy.py --quick         # a small subset, for a smoke test
-      python benchmarks/mi_accuracy.py --check_truths  # verify every truth formula (no estimators)
-      python benchmarks/mi_accuracy.py --large         # also a subset at N = 25,000
-      python benchmarks/mi_accuracy.py --n 2000 --first_seed 101 --seeds 2 --tasks "^(gauss|t_|mono|noise)" \
-          --no_timing                                  # a separate draw, for choosing settings
-      (or python -m benchmarks.mi_accuracy ...)
+Answer: on continuous pairs with <= 5 dims a side the default (KSG on normal
+scores, k = 1) errs by about 0.1 bit on average, but every estimator errs by
+>= 1.2 bits with >= 10 dims a side and several bits of MI; the probe reads
+labels within 0.15 bits where a linear boundary separates the classes.
+Figures: docs/estimators.md, "Validation".
+
+Run:  python -m studies.mi_accuracy                 # every task, N = 5,000, one seed
+      python -m studies.mi_accuracy --quick         # a small subset, for a smoke test
+      python -m studies.mi_accuracy --check_truths  # verify every truth formula (no estimators)
+      python -m studies.mi_accuracy --large         # also a subset at N = 25,000
+      python -m studies.mi_accuracy --n 2000 --first_seed 101 --seeds 2 --tasks "^(gauss|t_|mono|noise)" \
+          --no_timing                               # a separate draw, for choosing settings
 
 Every task is a sampler with an analytic (or numerically integrated, or large
 Monte Carlo) mutual information in bits; truths use numpy/scipy only, never
@@ -63,6 +68,8 @@ from typing import Callable, Optional
 
 import numpy as np
 from scipy import integrate, linalg, special, stats
+
+from benchmarks import timing
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -793,16 +800,10 @@ def time_estimators(n: int, repeats: int, quick: bool, only=None) -> dict:
     for name, call in calls.items():
         if only is not None and name not in only:
             continue
-        key = jax.random.key(0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(call(key))
-        first = time.perf_counter() - t0
-        times = []
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(call(jax.random.key(r + 1)))
-            times.append(time.perf_counter() - t0)
-        out[name] = float(np.median(times))
+        keys = iter(range(repeats + 1))  # key 0 for the compiling call, then 1, 2, ...
+        t = timing.time_calls(lambda: call(jax.random.key(next(keys))), repeats=repeats)
+        first, times = t.first_s, t.times
+        out[name] = t.median_s
         print(f"  time N={n} {name}: {out[name]:.3f} s (first call {first:.1f} s, "
               f"all {[round(t, 3) for t in times]})", file=sys.stderr, flush=True)
     return out
@@ -821,23 +822,6 @@ TIMED_LARGE = ("KSG copula k=1", "KSG k=3", "KSG LNC copula", "EdgeRef", "EdgeRe
 QUICK_TASKS = ("gauss_indep_d1", "gauss_d1_r0.9", "gauss_sparse_d10_3pairs", "t_df3_d3_r0.7",
                "mono_exp_d1_r0.9", "noise_ux_un_a0.5_d1", "lab_d10_c10", "lab_d84_c10",
                "lab_d84_c10_indep", "kde_xz_d10_z10_s1", "kde_zy_d84_c10_s1")
-
-
-def code_version() -> dict:
-    """The git commit and a hash of the estimator sources measured (they may be uncommitted)."""
-    import hashlib
-    import pathlib
-    import subprocess
-    root = pathlib.Path(__file__).resolve().parents[1]
-    digest = hashlib.sha1()
-    for f in sorted((root / "fedjax_mi" / "mi").glob("*.py")):
-        digest.update(f.name.encode() + f.read_bytes())
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return dict(commit=commit, mi_sources_sha1=digest.hexdigest()[:12])
 
 
 def check_truths(tasks: list[Task]) -> bool:
@@ -978,7 +962,7 @@ def main(argv=None):
     results = run_tasks(tasks, n, args.seeds, args.quick, probe_mlp=args.probe_mlp,
                         first_seed=args.first_seed)
     summary = report(tasks, results, n, args.seeds, args.quick)
-    record = dict(n=n, seeds=args.seeds, first_seed=args.first_seed, tasks=len(tasks), code=code_version(), summary=summary,
+    record = dict(n=n, seeds=args.seeds, first_seed=args.first_seed, tasks=len(tasks), code=timing.code_version(), summary=summary,
                   goals=goals(summary, tasks, results),
                   truths={t.name: round(t.truth, 4) for t in tasks},
                   estimates={t: {k: round(float(np.mean(v)), 4) for k, v in r.items()}
