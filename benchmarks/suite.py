@@ -4,7 +4,7 @@
     python -m benchmarks.suite --preset=cpu --cifar_dir DIR    # reduced sizes for a CPU
     python -m benchmarks.suite --preset=cpu --dataset=digits   # no files needed
 
-Also `python benchmarks/suite.py ...` (`--preset=paper` is `gpu`). Writes
+Also `python -m benchmarks.suite ...` (`--preset=paper` is `gpu`). Writes
 `--out` (default runs/suite.json) and `--markdown` (default runs/suite.md,
 the table), prints the table, and prints the JSON record as the last line;
 its `measure_forward_us_per_image` is the measurement's forward pass per
@@ -12,10 +12,10 @@ image and model with the formulation `models.measure_conv_impl()` picks.
 Parts (`--skip` any of them):
 
   sweep       the four paper experiments (reproduce.FIGURES on PRESETS["paper"])
-              as one `experiment.run_sweep`, default estimators: wall time
+              as one `sweep.run_sweep`, default estimators: wall time
               with and without compile.
   sweep_edge  the same with `--mi=edge_reference` (EDGE reference mode).
-  separate    the same four as four `experiment.run` calls in one process.
+  separate    the same four as four `sweep.run` calls in one process.
   seeds       `--seeds_per_figure` seeds x the four figures as one sweep
               (16 runs on the gpu preset) vs one run.
   edge        EDGE seconds per call after compilation at N = 25,000:
@@ -49,7 +49,6 @@ that subtraction.
 """
 
 import argparse
-import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -66,7 +65,9 @@ import numpy as np
 
 from benchmarks import edge_speed, timing
 from experiments import reproduce
-from fedjax_mi import experiment, federated, measure, models
+from experiments import configs
+from fedjax_mi import config, federated, measure, models
+from fedjax_mi import sweep as sweep_lib
 from fedjax_mi import mi
 
 PARTS = ("sweep", "sweep_edge", "separate", "seeds", "edge", "steps", "eval_split", "runs_vmap",
@@ -140,31 +141,31 @@ def timed(log: CompileLog, fn: Callable[[], object]) -> dict:
                 wall_excl_compile_s=round(wall - compile_s["total"], 3))
 
 
-def paper_configs(args, out_root: str, total_steps: int = None) -> list[experiment.RunConfig]:
-    """reproduce.FIGURES on PRESETS['paper'], with the suite's sizes. Sync
-    periods keep their ratio to the eval period (fig2 10x, fig4 1x, as
-    reproduce's quick preset does), capped at the run's `total_steps`
-    (experiment refuses longer ones); at full size they are the paper's."""
-    paper = reproduce.PRESETS["paper"]
-    base = dict(paper, dataset=args.dataset, cifar_dir=args.cifar_dir,
-                epochs=args.epochs, eval_period=args.eval_period, per_worker=args.per_worker,
-                mi_samples=args.mi_samples, test_samples=args.test_samples,
-                eval_chunk=args.eval_chunk)
+def paper_configs(args, out_root: str, total_steps: int = None) -> list[config.RunConfig]:
+    """The four figures' paper configs (experiments/configs), with the
+    suite's sizes. Sync periods keep their ratio to the eval period (fig2
+    10x, fig4 1x, as reproduce's quick preset does), capped at the run's
+    `total_steps` (a longer one is refused); at full size they are the paper's."""
+    sizes = dict(dataset=args.dataset, cifar_dir=args.cifar_dir, epochs=args.epochs,
+                 eval_period=args.eval_period, per_worker=args.per_worker,
+                 mi_samples=args.mi_samples, test_samples=args.test_samples,
+                 eval_chunk=args.eval_chunk)
     cfgs = []
-    for name, fig in reproduce.FIGURES.items():
-        fig = dict(fig)
-        if fig["sync_period"] is not None:
-            period = fig["sync_period"] // paper["eval_period"] * args.eval_period
-            fig["sync_period"] = min(period, total_steps or period)
-        cfgs.append(experiment.RunConfig(**base, **fig, out=os.path.join(out_root, name)))
+    for name in reproduce.FIGURES:
+        paper = configs.load(name)
+        cfg = paper.replace(**sizes, out=os.path.join(out_root, name))
+        if paper.protocol.sync_period is not None:
+            period = paper.protocol.sync_period // paper.measurement.eval_period * args.eval_period
+            cfg = cfg.replace(sync_period=min(period, total_steps or period))
+        cfgs.append(cfg)
     return cfgs
 
 
-def moved(cfgs, folder: str) -> list[experiment.RunConfig]:
+def moved(cfgs, folder: str) -> list[config.RunConfig]:
     """The same runs writing under a fresh folder: every timed call starts
     from scratch (run_sweep refuses, or would resume, a folder with results)."""
-    return [dataclasses.replace(c, out=os.path.join(os.path.dirname(c.out), folder,
-                                                    os.path.basename(c.out))) for c in cfgs]
+    return [c.replace(out=os.path.join(os.path.dirname(c.out), folder, os.path.basename(c.out)))
+            for c in cfgs]
 
 
 def quiet(_line: str) -> None:
@@ -173,16 +174,16 @@ def quiet(_line: str) -> None:
 
 def part_sweep(args, log, cfgs) -> dict:
     """The four experiments as one run_sweep (first in the process: cold)."""
-    result = timed(log, lambda: experiment.run_sweep(moved(cfgs, "sweep"), quiet))
+    result = timed(log, lambda: sweep_lib.run_sweep(moved(cfgs, "sweep"), quiet))
     if args.warm_repeat:  # everything compiled now: the direct compile-free figure
-        warm = timed(log, lambda: experiment.run_sweep(moved(cfgs, "sweep-warm"), quiet))
+        warm = timed(log, lambda: sweep_lib.run_sweep(moved(cfgs, "sweep-warm"), quiet))
         result["warm_repeat_wall_s"] = warm["wall_s"]
     return result
 
 
 def part_separate(log, cfgs) -> dict:
     """The four experiments one after the other in this process."""
-    runs = {os.path.basename(c.out): timed(log, lambda c=c: experiment.run(c, quiet))
+    runs = {os.path.basename(c.out): timed(log, lambda c=c: sweep_lib.run(c, quiet))
             for c in moved(cfgs, "separate")}
     total = {k: round(sum(r[k] for r in runs.values()), 3)
              for k in ("wall_s", "wall_excl_compile_s")}
@@ -195,11 +196,11 @@ def part_seeds(args, log, cfgs) -> dict:
     fig1's seed-0 run alone."""
     fig1 = cfgs[0]
     root = os.path.dirname(fig1.out)
-    sweep = [dataclasses.replace(c, seed=s, out=os.path.join(root, "seeds", f"{s}-{os.path.basename(c.out)}"))
+    sweep = [c.replace(seed=s, out=os.path.join(root, "seeds", f"{s}-{os.path.basename(c.out)}"))
              for s in range(args.seeds_per_figure) for c in cfgs]
-    one = timed(log, lambda: experiment.run(
-        dataclasses.replace(fig1, out=os.path.join(root, "seeds-one")), quiet))
-    many = timed(log, lambda: experiment.run_sweep(sweep, quiet))
+    one = timed(log, lambda: sweep_lib.run(
+        fig1.replace(out=os.path.join(root, "seeds-one")), quiet))
+    many = timed(log, lambda: sweep_lib.run_sweep(sweep, quiet))
     return dict(runs=len(sweep), one=one, sweep=many,
                 ratio=round(many["wall_s"] / one["wall_s"], 3),
                 ratio_excl_compile=round(many["wall_excl_compile_s"]
@@ -231,13 +232,13 @@ def part_edge(repeats: int) -> dict:
 
 
 def sweep_setup(cfgs):
-    """What run_sweep builds before its loop (`experiment.prepare_sweep`)."""
+    """What run_sweep builds before its loop (`sweep.prepare_sweep`)."""
     first = cfgs[0]
-    data = experiment.load_sweep_data(cfgs)
-    local_x, local_y, test_x, test_y = experiment.eval_subsets(first, data)
-    sweep = experiment.prepare_sweep(cfgs, data)
-    round_args = (sweep.states, sweep.train_x, sweep.train_y, sweep.groups, sweep.sync_periods,
-                  first.eval_period)
+    data = sweep_lib.load_sweep_data(cfgs)
+    local_x, local_y, test_x, test_y = sweep_lib.eval_subsets(first, data)
+    sweep = sweep_lib.prepare_sweep(cfgs, data)
+    round_args = (sweep.states, sweep.train_x, sweep.train_y, sweep.groups, sweep.protocols,
+                  first.measurement.eval_period)
     measure_args = (sweep.edge_keys, sweep.states.params, local_x, local_y, sweep.groups, test_x,
                     test_y)
     return sweep.round_fn, round_args, sweep.measure_fn, measure_args
@@ -251,7 +252,7 @@ def part_steps(cfgs, repeats: int) -> dict:
         round_fn, round_args, measure_fn, measure_args = sweep_setup(group)
         round_s = timing.time_calls(round_fn, *round_args, repeats=repeats).median_s
         measure_s = timing.time_calls(measure_fn, *measure_args, repeats=repeats).median_s
-        runs, workers, steps = len(group), group[0].workers, group[0].eval_period
+        runs, workers, steps = len(group), group[0].data.workers, group[0].measurement.eval_period
         out[name] = dict(runs=runs, round_s=round(round_s, 4), steps_per_round=steps,
                          steps_per_s=round(steps / round_s, 2),  # every run advances one step
                          fed_steps_per_s=round(runs * steps / round_s, 2),  # K workers each
@@ -260,14 +261,14 @@ def part_steps(cfgs, repeats: int) -> dict:
     return out
 
 
-def with_mi(cfgs, mi_names: str) -> list[experiment.RunConfig]:
+def with_mi(cfgs, mi_names: str) -> list[config.RunConfig]:
     """The same runs recording other estimators (`--mi`)."""
-    return [dataclasses.replace(c, mi=mi_names) for c in cfgs]
+    return [c.replace(mi=mi_names) for c in cfgs]
 
 
 def part_sweep_edge(log, cfgs) -> dict:
     """The four experiments as one sweep in EDGE reference mode."""
-    return timed(log, lambda: experiment.run_sweep(moved(with_mi(cfgs, "edge_reference"),
+    return timed(log, lambda: sweep_lib.run_sweep(moved(with_mi(cfgs, "edge_reference"),
                                                          "sweep-edge"), quiet))
 
 
@@ -275,7 +276,7 @@ def sweep_forward(cfgs, num_classes: int) -> Callable:
     """The forward passes of the sweep measurement alone, same shapes and
     formulation: `(params (R, K, ...), local_x, groups, test_x) -> (logits, z)`."""
     model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl())
-    chunk = measure.forward_chunk(cfgs[0].eval_chunk)
+    chunk = measure.forward_chunk(cfgs[0].measurement.eval_chunk)
 
     def one_run(params, local_x, test_x):
         images = jnp.concatenate([local_x.reshape((-1,) + local_x.shape[2:]), test_x])
@@ -294,24 +295,24 @@ def part_eval_split(cfgs, repeats: int) -> dict:
     for mode, group in (("default", cfgs), ("edge_reference", with_mi(cfgs, "edge_reference"))):
         _, _, measure_fn, (keys, params, local_x, local_y, groups, test_x, test_y) = \
             sweep_setup(group)
-        num_classes = int(experiment.load_sweep_data(group[:1]).num_classes)
+        num_classes = int(sweep_lib.load_sweep_data(group[:1]).num_classes)
         forward = sweep_forward(group, num_classes)
         whole = timing.time_calls(measure_fn, keys, params, local_x, local_y, groups, test_x,
                                   test_y, repeats=repeats).median_s
         fwd = timing.time_calls(forward, params, local_x, groups, test_x, repeats=repeats).median_s
         images = len(group) * (jax.tree.leaves(params)[0].shape[1] + 1) * (
             local_x.shape[1] * local_x.shape[2] + test_x.shape[0])
-        out[mode] = dict(mi=group[0].mi, measure_s=round(whole, 4), forward_s=round(fwd, 4),
+        out[mode] = dict(mi=group[0].measurement.mi, measure_s=round(whole, 4), forward_s=round(fwd, 4),
                          estimators_s=round(whole - fwd, 4),
                          forward_share=round(fwd / whole, 3),
                          forward_us_per_image=round(fwd / images * 1e6, 2))
     return out
 
 
-def vmap_configs(cfgs, runs: int) -> list[experiment.RunConfig]:
+def vmap_configs(cfgs, runs: int) -> list[config.RunConfig]:
     """`runs` runs cycling over the four figures (seeds 0, 1, ...), all on
     data seed 0, so the sweep holds at most four partitions."""
-    return [dataclasses.replace(cfgs[i % len(cfgs)], seed=i // len(cfgs), data_seed=0)
+    return [cfgs[i % len(cfgs)].replace(seed=i // len(cfgs), data_seed=0)
             for i in range(runs)]
 
 
@@ -324,11 +325,12 @@ def part_runs_vmap(args, cfgs) -> dict:
     for runs in args.vmap_runs:
         group = vmap_configs(cfgs, runs)
         _, (states, train_x, train_y, groups, periods, _), _, _ = sweep_setup(group)
-        num_classes = int(experiment.load_sweep_data(group[:1]).num_classes)
+        num_classes = int(sweep_lib.load_sweep_data(group[:1]).num_classes)
         for unroll in (args.unrolls if runs == len(cfgs) else (1,)):
             round_fn = federated.make_sweep_round(
-                models.LeNet(num_classes=num_classes), federated.make_optimizer(first.momentum),
-                batch_size=first.batch_size, steps=args.vmap_steps, opt_sync=first.opt_sync,
+                models.LeNet(num_classes=num_classes), federated.make_optimizer(first.training.momentum),
+                batch_size=first.training.batch_size, steps=args.vmap_steps,
+                opt_sync=first.training.opt_sync,
                 unroll=unroll)
             t = timing.time_calls(round_fn, states, train_x, train_y, groups, periods,
                                   repeats=args.steps_repeats)
@@ -397,8 +399,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval_period", type=int)
     parser.add_argument("--mi_samples", type=int, help="local samples measured (default all)")
     parser.add_argument("--test_samples", type=int, help="test samples measured (default all)")
-    parser.add_argument("--eval_chunk", type=int, default=experiment.RunConfig.eval_chunk,
-                        help="images per forward chunk in the measurement (RunConfig.eval_chunk)")
+    parser.add_argument("--eval_chunk", type=int, default=config.MeasurementConfig.eval_chunk,
+                        help="images per forward chunk in the measurement (--eval_chunk)")
     parser.add_argument("--seeds_per_figure", type=int, help="seeds of the seed sweep (x 4 figures)")
     parser.add_argument("--vmap_runs", help="runs vmapped in the runs_vmap part, comma-separated")
     parser.add_argument("--unrolls", help="scan unrolls timed with the four runs, comma-separated")
@@ -519,18 +521,19 @@ def markdown(record: dict) -> str:
 
 def sizes_of(args, cfgs, n: int, schedule) -> dict:
     """Every size the suite used (the JSON's `sizes`)."""
-    first = cfgs[0]
+    first = cfgs[0].flat()
     return dict(
-        dataset=args.dataset, cifar_dir=args.cifar_dir, workers=first.workers, per_worker=n,
-        epochs=args.epochs, batch_size=first.batch_size, eval_period=args.eval_period,
+        dataset=args.dataset, cifar_dir=args.cifar_dir, workers=first["workers"], per_worker=n,
+        epochs=args.epochs, batch_size=first["batch_size"], eval_period=args.eval_period,
         total_steps=schedule.total_steps, eval_points=len(schedule.eval_steps),
         mi_samples=args.mi_samples or n, test_samples=args.test_samples or "all",
-        seeds_per_figure=args.seeds_per_figure, mi=first.mi, edge_version=first.edge_version,
-        eval_chunk=first.eval_chunk, edge_n=EDGE_N, steps_repeats=args.steps_repeats,
+        seeds_per_figure=args.seeds_per_figure, mi=first["mi"],
+        edge_version=first["edge_version"],
+        eval_chunk=first["eval_chunk"], edge_n=EDGE_N, steps_repeats=args.steps_repeats,
         vmap_runs=args.vmap_runs, unrolls=args.unrolls, vmap_steps=args.vmap_steps,
         forward_images=args.forward_images, measure_conv_impl=models.measure_conv_impl(),
-        figures={os.path.basename(c.out): dict(split=c.split, protocol=c.protocol,
-                                               sync_period=c.sync_period) for c in cfgs})
+        figures={os.path.basename(c.out): dict(split=c.data.split, protocol=c.protocol.protocol,
+                                               sync_period=c.protocol.sync_period) for c in cfgs})
 
 
 def jaxlib_version() -> str | None:
@@ -571,13 +574,13 @@ def main(argv=None):
     results = record["results"]
     with tempfile.TemporaryDirectory() as tmp:
         fig1 = paper_configs(args, tmp)[0]  # no-sync: fixes the schedule
-        experiment.validate(fig1)
+        fig1.validate()
         t0 = time.perf_counter()  # every run_sweep / run call loads the data like this
-        n = experiment.load_sweep_data([fig1]).train_x.shape[2]
+        n = sweep_lib.load_sweep_data([fig1]).train_x.shape[2]
         record["data_load_s"] = round(time.perf_counter() - t0, 3)
-        schedule = experiment.make_schedule(fig1, n)
+        schedule = config.make_schedule(fig1, n)
         cfgs = paper_configs(args, tmp, schedule.total_steps)
-        experiment.check_sweep(cfgs)
+        config.check_sweep(cfgs)
         record["sizes"] = sizes_of(args, cfgs, n, schedule)
         # Order matters: the sweep runs first so that its compiles are cold.
         # The record is written after every part, so a run stopped by a

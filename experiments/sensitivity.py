@@ -34,7 +34,7 @@ flags.adopt_module_key_flags(run_flags)
 # The pruned grid (docs/reproduction.md): today's setting, PyTorch's
 # CIFAR-10 tutorial corner (torch init, [-1, 1] inputs, momentum 0.9) with an
 # lr sweep, and plain SGD at the rates around the collapse seen in a
-# one-seed probe (issue 12).
+# one-seed probe (docs/reproduction.md, "The sensitivity study").
 DEFAULT_SETTINGS = ("flax:unit:0:0.05", "flax:unit:0:0.1", "flax:unit:0:0.2",
                     "torch:symmetric:0.9:0.001", "torch:symmetric:0.9:0.005",
                     "torch:symmetric:0.9:0.01", "torch:symmetric:0.9:0.02")

@@ -23,7 +23,7 @@ import tempfile
 import jax
 import numpy as np
 
-from fedjax_mi import checkpoint, experiment
+from fedjax_mi import checkpoint, config, sweep
 
 DAMAGES = ("truncated", "random bytes", "deleted")
 
@@ -46,11 +46,11 @@ def leaves(states) -> list[np.ndarray]:
 
 def main() -> None:
     root = tempfile.mkdtemp()
-    cfg = experiment.RunConfig(dataset="digits", per_worker=64, batch_size=16, epochs=2,
-                               eval_period=4, lr=0.05, protocol="sync", sync_period=8,
-                               checkpoint_every=1, mi="kde", out=os.path.join(root, "run"))
-    experiment.run(cfg, log=lambda line: None)
-    template = experiment.prepare_sweep([cfg], experiment.load_sweep_data([cfg])).states
+    cfg = config.make(dataset="digits", per_worker=64, batch_size=16, epochs=2, eval_period=4,
+                      lr=0.05, protocol="sync", sync_period=8, checkpoint_every=1, mi="kde",
+                      out=os.path.join(root, "run"))
+    sweep.run(cfg, log=lambda line: None)
+    template = sweep.prepare_sweep([cfg], sweep.load_sweep_data([cfg])).states
     source = os.path.join(cfg.out, "checkpoints")
     mgr = checkpoint.manager(source)
     saved = leaves(checkpoint.restore_step(mgr, 8, template)[0])

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import stats
 
 # Reference 4.2.0's mean absolute error on this grid: a hard-coded figure
-# (session 2, docs/estimators.md, "EDGE quantile"), measured again only with
+# (docs/estimators.md, "EDGE quantile"), measured again only with
 # --estimators; the output says which.
 REFERENCE_MAE = 1.300
 
@@ -107,7 +107,7 @@ def main():
   parser.add_argument("--estimators", action="store_true",
                       help="also measure both EDGE modes on the grid (minutes)")
   args = parser.parse_args()
-  reference_mae, source = REFERENCE_MAE, "a recorded figure (session 2); not measured now"
+  reference_mae, source = REFERENCE_MAE, "a recorded figure (docs/estimators.md); not measured now"
   if args.estimators:
     reference_mae, source = estimator_errors()["reference_4.2.0"], "measured now"
   floors = []

@@ -4,8 +4,8 @@ Answer: not for I(X; Z): a strict subset of the work exact reference parity
 needs already takes longer than 1/200 of the reference's 12.89 s at
 N = 25,000 (the column standard deviations and the projection alone are
 about 55 ms of the 64 ms budget); for I(Z; Y) the subset fits its 24 ms
-budget, so it is possible in principle. Figures: docs/estimators.md, "EDGE
-reference mode" (the reference's seconds per call are the session-1
+budget, so it is possible in principle. Figures: docs/estimators.md, "Parity and
+speed against the author's code" (the reference's seconds per call are the
 measurement recorded there, not measured here).
 
 Run:  python -m studies.edge_speed_floor
@@ -22,7 +22,7 @@ is the codes, their 32-bit hash and ONE integer sort per grid (an exact
 counter needs the Z groups and the (Z, label) groups, so at least one sort).
 Labels and anything else are free here.
 
-I(X; Z), section 5 settings (3,072-dim X vs 84-dim Z, automatic widths):
+I(X; Z), EDGE step 5 settings (3,072-dim X vs 84-dim Z, automatic widths):
 the column standard deviations of X (two passes, as the reference's float64
 numbers need; see edge._column_std), the projection X W (one more pass),
 the 22 sorted hash columns behind the k-NN widths, and per grid both sides'
@@ -51,11 +51,11 @@ N = 25_000
 # The paper's settings (docs/estimators.md, "EDGE reference mode") as the engine's knobs.
 REF_XZ, REF_ZY = (c.settings() for c in measure.paper_edge_configs())
 
-# The numpy reference per call: hard-coded figures measured in session 1 on
+# The numpy reference per call: hard-coded figures, measured once on
 # this 2-core machine (docs/estimators.md, "EDGE reference mode"), not
 # measured by this script; the output says so wherever it uses them.
 REFERENCE_S = {"xz": 12.89, "zy": 4.76}
-REFERENCE_NOTE = "reference figure from session 1, docs/estimators.md; not measured now"
+REFERENCE_NOTE = "reference figure recorded in docs/estimators.md; not measured now"
 TARGET = 200.0
 GRIDS = 2 * 10  # two passes (renormalisation) x L_ensemble = 10
 K_PROJ = 11  # floor(log2(25,000 / 10))

@@ -110,18 +110,18 @@ MUTATIONS = (
         "lambda: epoch_order(state.data_keys, epoch, num_samples)",
         "lambda: epoch_order(state.data_keys, 0, num_samples)",
         TRAINING_TESTS),
-    # Measurement mutations, written after the measurement rewrite (issue 17, item 3).
+    # Measurement mutations, written after the measurement rewrite .
     # M = K + 1 models and D = K datasets: a literal transpose would fail on
     # its shape, so each axis is mixed up on its own.
     Mutation(
         "records_model_axis_reversed", "estimator fields of model i written to model M-1-i",
-        "fedjax_mi/experiment.py",
+        "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[num_models - 1 - i, d]) for k, v in sorted(m.mi.items())}",
         ("tests/test_measure_wiring.py",)),
     Mutation(
         "records_dataset_axis_reversed", "estimator fields of dataset d written to dataset D-1-d",
-        "fedjax_mi/experiment.py",
+        "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[i, num_datasets - 1 - d]) for k, v in sorted(m.mi.items())}",
         ("tests/test_measure_wiring.py",)),
