@@ -73,8 +73,8 @@ MUTATIONS = (
     Mutation(
         "ignore_opt_sync", "the round ignores opt_sync (always averages the optimiser state)",
         "fedjax_mi/federated.py",
-        "lambda p, o: sync(p, o, optimizer, opt_sync, axis_name)",
-        'lambda p, o: sync(p, o, optimizer, "average", axis_name)',
+        "lambda p, o: sync(p, o, optimizer, opt_sync, axis_name, how, weights)",
+        'lambda p, o: sync(p, o, optimizer, "average", axis_name, how, weights)',
         TRAINING_TESTS),
     Mutation(
         "ignore_lr", "the local step ignores the learning rate (unit rate)",

@@ -78,5 +78,5 @@ def test_sweep_split_over_devices_gives_the_one_device_records(sweep_results, de
 
 def test_sweep_device_count_errors(sweep_results):
     assert sweep_results["resumed"]
-    assert sweep_results["error_d3"].startswith("--devices: 4 runs do not split evenly")
-    assert sweep_results["error_d8"].startswith("--devices: must be in 1..4")
+    assert sweep_results["error_d3"].startswith("devices: 4 runs do not split evenly")
+    assert sweep_results["error_d8"].startswith("devices: must be in 1..4")
