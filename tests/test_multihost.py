@@ -27,7 +27,7 @@ def two_processes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("multihost"))
     port = str(free_port())
     env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multihost_check.py"),
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
                                root, port, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     outs = []

@@ -1,7 +1,7 @@
 """Run by tests/test_multihost.py as two processes on loopback, each with 2
 fake CPU devices (4 global devices):
 
-    python tests/multihost_check.py ROOT PORT PROCESS_ID
+    python tests/helpers/multihost_check.py ROOT PORT PROCESS_ID
 
 Each process runs `experiments.sweep --devices=4` over the two processes
 (the CLI's own flags join them) into ROOT/two, the same with `--devices=1`
