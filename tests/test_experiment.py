@@ -35,6 +35,7 @@ def tiny_run(tmp_path_factory):
     return cfg, records, lines
 
 
+@pytest.mark.slow
 def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
     cfg, records, _ = tiny_run
     path = os.path.join(cfg.out, "metrics.jsonl")
@@ -75,6 +76,7 @@ def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
     assert {r["epoch"] for r in parsed} == {0.0, 1.0, 2.0, 2.5}
 
 
+@pytest.mark.slow
 def test_config_json_and_progress(tiny_run):
     cfg, _, lines = tiny_run
     with open(os.path.join(cfg.out, "config.json")) as fh:
@@ -85,6 +87,7 @@ def test_config_json_and_progress(tiny_run):
     assert any("ETA" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_plot_from_metrics_file(tiny_run):
     cfg, _, _ = tiny_run
     paths = plotting.plot_run(cfg.out)
@@ -94,6 +97,7 @@ def test_plot_from_metrics_file(tiny_run):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plot_cli(tiny_run):
     cfg, _, _ = tiny_run
     result = cli("experiments.plot", cfg.out)
@@ -136,6 +140,7 @@ def test_first_drop_on_hand_made_records():
     assert summary.first_drop(records[:10]) is None
 
 
+@pytest.mark.slow
 def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     out = str(tmp_path / "repro")
     result = cli("experiments.reproduce", *TINY_FLAGS[:-1], "--fig2_sync_period=8",
@@ -171,6 +176,7 @@ def test_paper_flagfiles_match_reproduce_preset():
         assert "python -m experiments.run" in text and "Paper reports" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, flag", [
     (["--split=halves"], "split"),
     (["--eval_period=0"], "eval_period"),
@@ -215,6 +221,7 @@ def assert_same_run(a, b):
                 assert va == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
 
 
+@pytest.mark.slow
 def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     """Run r of a sweep (vmapped over runs that differ in seed, lr, split and
     protocol) writes the same metrics as that run alone (`assert_same_run`)."""
@@ -244,6 +251,7 @@ def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):
         experiment.run_sweep([experiment.RunConfig(**TINY, out=str(tmp_path / "a"))] * 2)
 
 
+@pytest.mark.slow
 def test_sweep_cli_writes_one_folder_per_run(tmp_path):
     result = cli("experiments.sweep", *TINY_FLAGS, "--seeds=0,1", "--protocols=sync,nosync",
                  "--sync_periods=4", f"--out={tmp_path}")

@@ -13,6 +13,10 @@ import pytest
 
 from fedjax_mi import metrics_io, sharding
 
+TINY = ["--dataset=digits", "--per_worker=48", "--batch_size=16", "--epochs=2", "--eval_period=3",
+        "--lr=0.05", "--mi_samples=40", "--test_samples=40", "--mi=none", "--checkpoint_every=1",
+        "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=3"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,7 +32,7 @@ def two_processes(tmp_path_factory):
     port = str(free_port())
     env = dict(os.environ, PYTHONPATH=ROOT)
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
-                               root, port, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               root, port, str(i), *TINY], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     outs = []
     try:
@@ -40,6 +44,12 @@ def two_processes(tmp_path_factory):
         for p in procs:  # a process left waiting for its peer
             if p.poll() is None:
                 p.kill()
+    # The reference: the same sweep in one process on one device.
+    one = subprocess.run([sys.executable, "-m", "experiments.sweep", *TINY, "--devices=1",
+                          "--checkpoint_every=0", f"--out={root}/one", "--compilation_cache_dir="],
+                         cwd=ROOT, env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
     return root, outs
 
 
@@ -48,6 +58,7 @@ def records(folder: str) -> dict:
     return {r: metrics_io.read_records(os.path.join(folder, r, "metrics.jsonl")) for r in runs}
 
 
+@pytest.mark.slow
 def test_processes_see_four_devices(two_processes):
     _, outs = two_processes
     assert [o["process"] for o in outs] == [0, 1]
@@ -55,6 +66,7 @@ def test_processes_see_four_devices(two_processes):
         assert (o["processes"], o["devices"], o["local_devices"]) == (2, 4, 2)
 
 
+@pytest.mark.slow
 def test_sweep_over_two_processes_writes_the_one_process_records(two_processes):
     root, _ = two_processes
     two, one = records(os.path.join(root, "two")), records(os.path.join(root, "one"))
@@ -78,6 +90,7 @@ def test_sweep_over_two_processes_writes_the_one_process_records(two_processes):
     assert sorted(os.listdir(os.path.join(root, "two", "checkpoints"))) == ["3", "6"]
 
 
+@pytest.mark.slow
 def test_worker_sharded_round_over_two_processes(two_processes):
     _, outs = two_processes
     # pmean of per-device means vs one mean of 4 workers: float32 rounding.
