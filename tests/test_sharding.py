@@ -12,33 +12,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def checks(tmp_path_factory):
-    """Both helper processes, started together: each compiles mostly on one
-    core, so the two overlap on a machine with two."""
+def results():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    helpers = os.path.join(ROOT, "tests", "helpers")
-    procs = {name: subprocess.Popen([sys.executable, os.path.join(helpers, f"{name}.py"), *args],
-                                    cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, args in (("sharded_check", []),
-                                ("sharded_sweep_check", [str(tmp_path_factory.mktemp("sweeps"))]))}
-    yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def output(proc):
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def results(checks):
-    return output(checks["sharded_check"])
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "sharded_check.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("devices", [4, 2])
@@ -68,8 +48,14 @@ def test_only_collective_is_the_average(results, devices):
 
 
 @pytest.fixture(scope="module")
-def sweep_results(checks):
-    return output(checks["sharded_sweep_check"])
+def sweep_results(tmp_path_factory):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "sharded_sweep_check.py"),
+                           str(tmp_path_factory.mktemp("sweeps"))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("devices", ["d2", "d4", "resumed_d4"])
