@@ -34,23 +34,25 @@ def two_processes(tmp_path_factory):
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
                                root, port, str(i), *TINY], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    # The reference: the same sweep in one process on one device, at the
+    # lowest priority: it computes while the pair waits (compiling, or on
+    # each other) and takes no time from them.
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep", *TINY, "--devices=1", "--checkpoint_every=0",
+         f"--out={root}/one", "--compilation_cache_dir="], cwd=ROOT,
+        env=dict(env, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: os.nice(19)))
     outs = []
     try:
         for p in procs:
             stdout, stderr = p.communicate(timeout=600)
             assert p.returncode == 0, stderr[-3000:]
-            outs.append(json.loads(stdout.strip().splitlines()[-1]))
+            outs.append(stdout)
     finally:
         for p in procs:  # a process left waiting for its peer
             if p.poll() is None:
                 p.kill()
-    # The reference: the same sweep in one process on one device.
-    one = subprocess.run([sys.executable, "-m", "experiments.sweep", *TINY, "--devices=1",
-                          "--checkpoint_every=0", f"--out={root}/one", "--compilation_cache_dir="],
-                         cwd=ROOT, env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True,
-                         text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return root, outs
+    return root, [json.loads(stdout.strip().splitlines()[-1]) for stdout in outs[:2]]
 
 
 def records(folder: str) -> dict:
