@@ -1,14 +1,14 @@
 """Run by tests/test_multihost.py as two processes on loopback, each with 2
 fake CPU devices (4 global devices):
 
-    python tests/helpers/multihost_check.py ROOT PORT PROCESS_ID SWEEP_FLAG...
+    python tests/helpers/multihost_check.py ROOT PORT PROCESS_ID
 
-Each process runs `experiments.sweep SWEEP_FLAG... --devices=4` over the two processes
-(the CLI's own flags join them) into ROOT/two, then the worker-sharded
-round over the 4 global devices against the same round on one device of
-its own. Prints one JSON line: the process and device counts and the
-round's largest difference; the test reads the files. The test compares
-ROOT/two with the same sweep run by one process on one device.
+Each process runs `experiments.sweep --devices=4` over the two processes
+(the CLI's own flags join them) into ROOT/two, the same with `--devices=1`
+(every run on one device of each process) into ROOT/one, then the
+worker-sharded round over the 4 global devices against the same round on
+one device of its own. Prints one JSON line: the process and device
+counts and the round's largest difference; the test reads the files.
 """
 
 import json
@@ -25,6 +25,10 @@ from absl import flags  # noqa: E402
 
 from experiments import sweep  # noqa: E402
 from fedjax_mi import federated, models, sharding  # noqa: E402
+
+TINY = ["--dataset=digits", "--per_worker=48", "--batch_size=16", "--epochs=2", "--eval_period=3",
+        "--lr=0.05", "--mi_samples=40", "--test_samples=40", "--mi=none", "--checkpoint_every=1",
+        "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=3"]
 
 
 def sharded_round_diff() -> float:
@@ -45,10 +49,16 @@ def sharded_round_diff() -> float:
     return max(float(np.max(np.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def main(root: str, port: str, process_id: str, *sweep_flags: str):
-    argv = ["sweep", *sweep_flags, "--devices=4", f"--out={root}/two", f"--coordinator=127.0.0.1:{port}",
+def main(root: str, port: str, process_id: str):
+    argv = ["sweep", *TINY, "--devices=4", f"--out={root}/two", f"--coordinator=127.0.0.1:{port}",
             "--num_processes=2", f"--process_id={process_id}", "--compilation_cache_dir="]
     flags.FLAGS(argv)
+    sweep.main(argv[:1])
+    # The reference: the same CLI with the runs on one device of each
+    # process (each process computes every run; process 0 writes).
+    # Checkpoints need global arrays (runs split over the processes): none here.
+    flags.FLAGS["devices"].value, flags.FLAGS["out"].value = 1, f"{root}/one"
+    flags.FLAGS["checkpoint_every"].value = 0
     sweep.main(argv[:1])
     out = dict(process=jax.process_index(), processes=jax.process_count(),
                devices=len(jax.devices()), local_devices=len(jax.local_devices()),
@@ -57,4 +67,4 @@ def main(root: str, port: str, process_id: str, *sweep_flags: str):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main(*sys.argv[1:4])
