@@ -38,8 +38,9 @@ def sharded_round_diff() -> float:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4, 16, 32, 32, 3), dtype=np.uint8)  # 4 workers, 16 samples
     y = rng.integers(0, 10, (4, 16)).astype(np.int32)
-    state = federated.init(jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16,
-                           lr=0.05)
+    # jitted: op by op, LeNet's initialisation compiles a program per op (seconds).
+    state = jax.jit(federated.init, static_argnums=(1, 2, 4, 5))(
+        jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16, lr=0.05)
     one, _ = federated.make_round(model, opt, batch_size=8, steps=4)(state, x, y, 2)
     mesh = sharding.worker_mesh(4)
     sharded_fn = sharding.make_sharded_round(model, opt, mesh, batch_size=8, steps=4)
