@@ -176,8 +176,7 @@ def test_paper_flagfiles_match_reproduce_preset():
         assert "python -m experiments.run" in text and "Paper reports" in text
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args, flag", [
+BAD_FLAGS = [
     (["--split=halves"], "split"),
     (["--eval_period=0"], "eval_period"),
     (["--protocol=sync", "--sync_period=-5"], "sync_period"),
@@ -188,13 +187,37 @@ def test_paper_flagfiles_match_reproduce_preset():
     (["--split=dirichlet"], "alpha"),
     (["--lr=-1"], "lr"),
     (["--devices=2"], "devices"),
-])
-def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
-    out = [] if any(a.startswith("--out=") for a in args) else [f"--out={tmp_path}"]
-    result = cli("experiments.run", *TINY_FLAGS, *out, *args)
-    assert result.returncode != 0
-    message = result.stderr.strip().splitlines()
-    assert len(message) == 1, result.stderr[-2000:]
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory):
+    """`python -m experiments.run` with each of BAD_FLAGS, each in a process
+    of its own, forked after the imports (tests/helpers/cli_forks.py):
+    (exit status, stderr) per entry."""
+    results = str(tmp_path_factory.mktemp("bad_flags"))
+    arg_lists = []
+    for args, _ in BAD_FLAGS:
+        out = [] if any(a.startswith("--out=") for a in args) else [
+            f"--out={tmp_path_factory.mktemp('out')}"]
+        arg_lists.append([*TINY_FLAGS, *out, *args])
+    forks = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "cli_forks.py"),
+                            "experiments.run", results, json.dumps(arg_lists)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert forks.returncode == 0, forks.stderr[-3000:]
+    read = lambda i, ext: open(os.path.join(results, f"{i}.{ext}")).read()
+    return [(int(read(i, "status")), read(i, "err")) for i in range(len(BAD_FLAGS))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(BAD_FLAGS)),
+                         ids=[f"{flag}:{' '.join(args)}" for args, flag in BAD_FLAGS])
+def test_bad_flags_exit_nonzero_with_one_line(case, bad_flag_runs):
+    flag = BAD_FLAGS[case][1]
+    returncode, stderr = bad_flag_runs[case]
+    assert returncode != 0
+    message = stderr.strip().splitlines()
+    assert len(message) == 1, stderr[-2000:]
     assert message[0].startswith(f"error: --{flag}"), message
 
 
