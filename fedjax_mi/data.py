@@ -398,7 +398,12 @@ def _check_nonempty(shares: list[np.ndarray], why: str) -> list[np.ndarray]:
 
 def partition_iid(rng: np.random.Generator, labels: np.ndarray,
                   num_workers: int) -> list[np.ndarray]:
-    """Random shares of a permutation of range(N); sizes differ by at most one."""
+    """Random shares of a permutation of range(N); sizes differ by at most one.
+
+    >>> shares = partition_iid(np.random.default_rng(0), np.zeros(10, int), 3)
+    >>> [len(s) for s in shares], sorted(np.concatenate(shares).tolist()) == list(range(10))
+    ([4, 3, 3], True)
+    """
     n = len(labels)
     shares = np.array_split(rng.permutation(n), num_workers)
     return _check_nonempty(shares, f"{num_workers} workers for {n} examples")
@@ -411,6 +416,10 @@ def partition_classes(labels: np.ndarray, num_workers: int,
     Groups are `np.array_split(arange(num_classes), K)`: for CIFAR-10 and K=2,
     worker 0 has classes 0-4 and worker 1 classes 5-9 (the paper's non-iid split).
     Shares are sorted indices.
+
+    >>> labels = np.array([0, 3, 1, 2, 0, 3])
+    >>> [s.tolist() for s in partition_classes(labels, 2, num_classes=4)]  # classes 0-1, 2-3
+    [[0, 2, 4], [1, 3, 5]]
     """
     if num_workers > num_classes:
         raise DataError(f"split 'classes' with {num_workers} workers > {num_classes} "

@@ -240,7 +240,14 @@ def aggregate(tree: chex.ArrayTree, how: str = "mean",
     `weights` (K,) (e.g. local dataset sizes; all K workers' weights, also
     inside `shard_map`); "median": coordinate-wise median (for K >= 3; the
     mean of the two middle values for even K). `axis_name`: the workers are
-    split over that mesh axis (see `average`)."""
+    split over that mesh axis (see `average`).
+
+    >>> w = {"b": jnp.array([[1.0, 0.0], [2.0, 4.0], [6.0, 2.0]])}  # K = 3 workers
+    >>> aggregate(w)["b"].tolist(), aggregate(w, "median")["b"].tolist()
+    ([3.0, 2.0], [2.0, 2.0])
+    >>> aggregate(w, "weighted", weights=(2, 1, 1))["b"].tolist()  # (2x + y + z) / 4
+    [2.5, 1.5]
+    """
     if how == "mean":
         return average(tree, axis_name)
     if how == "weighted":
@@ -490,7 +497,11 @@ def init_runs(keys: jax.Array, model: nn.Module, optimizer: optax.GradientTransf
 
 def sync_period_of(protocol: str, sync_period: int) -> int:
     """The traced sync period of a protocol: `sync_period` for "periodic" (or
-    its alias "sync"), 0 for "nosync"."""
+    its alias "sync"), 0 for "nosync".
+
+    >>> sync_period_of("sync", 4), sync_period_of("nosync", 4)
+    (4, 0)
+    """
     if protocol == "nosync":
         return 0
     if protocol not in ("sync", "periodic"):
@@ -505,7 +516,15 @@ def trigger_decision(avg_quality, own_quality, ratio: float) -> bool:
     step when the average's quality, averaged over the K local datasets,
     falls below `ratio` x the local models' own (worker d on local dataset
     d), averaged likewise. avg_quality, own_quality: (K,). ratio 0 never
-    syncs, ratio inf always (also where a quality is not finite)."""
+    syncs, ratio inf always (also where a quality is not finite).
+
+    >>> trigger_decision([0.5, 0.7], [0.8, 0.8], ratio=0.9)  # 0.6 < 0.9 x 0.8
+    True
+    >>> trigger_decision([0.5, 0.7], [0.8, 0.8], ratio=0.5)  # 0.6 >= 0.5 x 0.8
+    False
+    >>> trigger_decision([float("nan")] * 2, [0.8, 0.8], ratio=float("inf"))
+    True
+    """
     if ratio == 0:
         return False
     if math.isinf(ratio):

@@ -52,7 +52,21 @@ def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
-    """Read a metrics file; raises ValueError naming the line that does not parse."""
+    """Read a metrics file; raises ValueError naming the line that does not parse.
+
+    >>> import tempfile
+    >>> record = dict(step=0, epoch=0.0, model="average", dataset="test", mi_xz=None,
+    ...               mi_zy=None, acc=0.5)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "metrics.jsonl")
+    ...     write_records(path, [record, {**record, "step": 4}])
+    ...     text, records = open(path).read(), read_records(path)
+    >>> print(text, end="")
+    {"step": 0, "epoch": 0.0, "model": "average", "dataset": "test", "mi_xz": null, "mi_zy": null, "acc": 0.5}
+    {"step": 4, "epoch": 0.0, "model": "average", "dataset": "test", "mi_xz": null, "mi_zy": null, "acc": 0.5}
+    >>> records == [record, {**record, "step": 4}]
+    True
+    """
     records = []
     with open(path) as fh:
         for number, line in enumerate(fh, 1):

@@ -37,6 +37,7 @@ def tiny_run(tmp_path_factory):
     return cfg, records, lines
 
 
+@pytest.mark.slow
 def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
     cfg, records, _ = tiny_run
     path = os.path.join(cfg.out, "metrics.jsonl")
@@ -77,6 +78,7 @@ def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
     assert {r["epoch"] for r in parsed} == {0.0, 1.0, 2.0, 2.5}
 
 
+@pytest.mark.slow
 def test_config_json_and_progress(tiny_run):
     cfg, _, lines = tiny_run
     with open(os.path.join(cfg.out, "config.json")) as fh:
@@ -87,6 +89,7 @@ def test_config_json_and_progress(tiny_run):
     assert any("ETA" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_plot_from_metrics_file(tiny_run):
     cfg, _, _ = tiny_run
     paths = plotting.plot_run(cfg.out)
@@ -96,6 +99,7 @@ def test_plot_from_metrics_file(tiny_run):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plot_cli(tiny_run):
     cfg, _, _ = tiny_run
     result = cli("experiments.plot", cfg.out)
@@ -138,6 +142,7 @@ def test_first_drop_on_hand_made_records():
     assert summary.first_drop(records[:10]) is None
 
 
+@pytest.mark.slow
 def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     out = str(tmp_path / "repro")
     result = cli("experiments.reproduce", *TINY_FLAGS[:-1], "--fig2_sync_period=8",
@@ -191,7 +196,7 @@ def test_config_flag_then_explicit_flags():
     assert cfg.measurement.eval_period == 10  # from the config, not the flag's default (100)
 
 
-@pytest.mark.parametrize("args, flag", [
+BAD_FLAGS = [
     (["--split=halves"], "split"),
     (["--eval_period=0"], "eval_period"),
     (["--protocol=sync", "--sync_period=-5"], "sync_period"),
@@ -202,13 +207,37 @@ def test_config_flag_then_explicit_flags():
     (["--split=dirichlet"], "alpha"),
     (["--lr=-1"], "lr"),
     (["--devices=2"], "devices"),
-])
-def test_bad_flags_exit_nonzero_with_one_line(args, flag, tmp_path):
-    out = [] if any(a.startswith("--out=") for a in args) else [f"--out={tmp_path}"]
-    result = cli("experiments.run", *TINY_FLAGS, *out, *args)
-    assert result.returncode != 0
-    message = result.stderr.strip().splitlines()
-    assert len(message) == 1, result.stderr[-2000:]
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory):
+    """`python -m experiments.run` with each of BAD_FLAGS, each in a process
+    of its own, forked after the imports (tests/helpers/cli_forks.py):
+    (exit status, stderr) per entry."""
+    results = str(tmp_path_factory.mktemp("bad_flags"))
+    arg_lists = []
+    for args, _ in BAD_FLAGS:
+        out = [] if any(a.startswith("--out=") for a in args) else [
+            f"--out={tmp_path_factory.mktemp('out')}"]
+        arg_lists.append([*TINY_FLAGS, *out, *args])
+    forks = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "cli_forks.py"),
+                            "experiments.run", results, json.dumps(arg_lists)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert forks.returncode == 0, forks.stderr[-3000:]
+    read = lambda i, ext: open(os.path.join(results, f"{i}.{ext}")).read()
+    return [(int(read(i, "status")), read(i, "err")) for i in range(len(BAD_FLAGS))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(BAD_FLAGS)),
+                         ids=[f"{flag}:{' '.join(args)}" for args, flag in BAD_FLAGS])
+def test_bad_flags_exit_nonzero_with_one_line(case, bad_flag_runs):
+    flag = BAD_FLAGS[case][1]
+    returncode, stderr = bad_flag_runs[case]
+    assert returncode != 0
+    message = stderr.strip().splitlines()
+    assert len(message) == 1, stderr[-2000:]
     assert message[0].startswith(f"error: --{flag}"), message
 
 
@@ -235,6 +264,7 @@ def assert_same_run(a, b):
                 assert va == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
 
 
+@pytest.mark.slow
 def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     """Run r of a sweep (vmapped over runs that differ in seed, lr, split and
     protocol) writes the same metrics as that run alone (`assert_same_run`)."""
@@ -264,6 +294,7 @@ def test_sweep_refuses_runs_that_cannot_share_a_program(tmp_path):
         sweep.run_sweep([config.make(**TINY, out=str(tmp_path / "a"))] * 2)
 
 
+@pytest.mark.slow
 def test_sweep_cli_writes_one_folder_per_run(tmp_path):
     result = cli("experiments.sweep", *TINY_FLAGS, "--seeds=0,1", "--protocols=sync,nosync",
                  "--sync_periods=4", f"--out={tmp_path}")

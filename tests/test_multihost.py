@@ -27,7 +27,7 @@ def two_processes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("multihost"))
     port = str(free_port())
     env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multihost_check.py"),
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
                                root, port, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     outs = []
@@ -48,6 +48,7 @@ def records(folder: str) -> dict:
     return {r: metrics_io.read_records(os.path.join(folder, r, "metrics.jsonl")) for r in runs}
 
 
+@pytest.mark.slow
 def test_processes_see_four_devices(two_processes):
     _, outs = two_processes
     assert [o["process"] for o in outs] == [0, 1]
@@ -55,6 +56,7 @@ def test_processes_see_four_devices(two_processes):
         assert (o["processes"], o["devices"], o["local_devices"]) == (2, 4, 2)
 
 
+@pytest.mark.slow
 def test_sweep_over_two_processes_writes_the_one_process_records(two_processes):
     root, _ = two_processes
     two, one = records(os.path.join(root, "two")), records(os.path.join(root, "one"))
@@ -78,6 +80,7 @@ def test_sweep_over_two_processes_writes_the_one_process_records(two_processes):
     assert sorted(os.listdir(os.path.join(root, "two", "checkpoints"))) == ["3", "6"]
 
 
+@pytest.mark.slow
 def test_worker_sharded_round_over_two_processes(two_processes):
     _, outs = two_processes
     # pmean of per-device means vs one mean of 4 workers: float32 rounding.

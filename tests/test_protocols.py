@@ -169,6 +169,7 @@ def mixed(tmp_path_factory):
     return swept, alone
 
 
+@pytest.mark.slow
 def test_mixed_protocol_sweep_writes_what_each_run_writes_alone(mixed):
     """Each run of a sweep mixing periodic, dynamic and triggered writes the
     communication each writes alone, exactly, and the same accuracies. The
@@ -196,6 +197,7 @@ def comm_at_points(records):
     return [(r["step"], r["syncs"], r["models_sent"], r["bytes_sent"]) for r in test]
 
 
+@pytest.mark.slow
 def test_sweep_counts_by_hand(mixed):
     swept, _ = mixed
     lenet_bytes = 4 * 61706  # LeNet on 8x8 digits upscaled to 32x32, 10 classes (hand count below)
@@ -242,6 +244,7 @@ def test_bad_protocol_settings_are_refused(settings, flag):
         config.make(**settings).validate()
 
 
+@pytest.mark.slow
 def test_cli_bad_delta_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.run", "--protocol=dynamic",
                            "--check_every=2", "--delta=-1", f"--out={tmp_path}"], cwd=ROOT,

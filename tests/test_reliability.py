@@ -159,6 +159,7 @@ def uninterrupted(tmp_path_factory):
         return fh.read()
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_path,
                                                                           uninterrupted):
     out = tmp_path / "killed"
@@ -203,6 +204,7 @@ def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_pa
         assert fh.read() == uninterrupted
 
 
+@pytest.mark.slow
 def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_path,
                                                                            uninterrupted):
     # In-process (Ctrl-C in a notebook): SIGINT arrives while step 8's
@@ -225,6 +227,7 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
     assert (tmp_path / "metrics.jsonl").read_bytes() == uninterrupted
 
 
+@pytest.mark.slow
 def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
     # A second process (the killed-and-resumed run above is a third).
     out = tmp_path / "again"
@@ -233,6 +236,7 @@ def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
         assert fh.read() == uninterrupted
 
 
+@pytest.mark.slow
 def test_overwrite_starts_over(tmp_path):
     cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
     first = sweep.run(cfg, log=lambda line: None)
@@ -243,6 +247,7 @@ def test_overwrite_starts_over(tmp_path):
     assert again == first
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(tmp_path):
     cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
     sweep.run(cfg, log=lambda line: None)
@@ -267,6 +272,7 @@ def damage(ckpt, kind):
         (ckpt / "state" / "manifest.ocdbt").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["truncated", "random bytes", "missing file"])
 def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     # Eval points 0, 4, 8; checkpoints at 4 and 8.
@@ -297,6 +303,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
         checkpoint.close(mgr)
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_exits_2_with_one_line(tmp_path):
     cfg = config.make(**{**CONFIG.flat(), "epochs": 2, "out": str(tmp_path)})
     sweep.run(cfg, log=lambda line: None)
@@ -353,6 +360,7 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
     assert reported() == ["an error of our own"]
 
 
+@pytest.mark.slow
 def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monkeypatch,
                                                                    uninterrupted):
     out = tmp_path / "run"
@@ -379,6 +387,7 @@ def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monk
     assert (out / "metrics.jsonl").read_bytes() == uninterrupted
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, monkeypatch,
                                                                       uninterrupted):
     from orbax.checkpoint._src.path import async_path
@@ -403,6 +412,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, 
     assert (out / "metrics.jsonl").read_bytes() == uninterrupted
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
     cfg = config.make(**{**CONFIG.flat(), "epochs": 3, "lr": 1e6, "out": str(tmp_path)})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ on worker \d"):
@@ -417,6 +427,7 @@ def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
     assert any(line.startswith("warning: training diverged") for line in lines)
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(
         tmp_path):
     # Two seeds x two protocols in one program, one checkpoint for all four
@@ -424,6 +435,15 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
     flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1", "--mi=kde",
                          "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=8"]
     out = tmp_path / "sweep"
+    # The same four runs uninterrupted, in-process, as one sweep, in the
+    # sweep CLI's order (seeds, then protocols; checked below). First: the
+    # processes below then load its compiled programs (tests/conftest.py).
+    order = [(0, "sync", 8), (0, "nosync", None), (1, "sync", 8), (1, "nosync", None)]
+    whole = [config.make(**{**CONFIG.flat(), "epochs": 8.0, "checkpoint_every": 0,
+                                     "seed": seed, "protocol": protocol, "sync_period": period,
+                                     "out": str(tmp_path / "whole" / str(i))})
+             for i, (seed, protocol, period) in enumerate(order)]
+    sweep.run_sweep(whole, log=lambda line: None)
 
     kill_at_second_checkpoint("experiments.sweep", [*flags, f"--out={out}"], tmp_path)
     assert checkpoint_steps(out / "checkpoints") == [4]
@@ -452,14 +472,7 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from the checkpoint at step 12" in resumed.stdout
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 4
-    # The same four runs uninterrupted, in-process, as one sweep.
-    whole = [config.make(**{**CONFIG.flat(), "epochs": 8.0, "checkpoint_every": 0,
-                                     "seed": r["seed"], "protocol": r["protocol"],
-                                     "sync_period": r["sync_period"],
-                                     "out": str(tmp_path / "whole" / os.path.basename(r["out"]))})
-             for r in runs]
-    sweep.run_sweep(whole, log=lambda line: None)
+    assert [(r["seed"], r["protocol"], r["sync_period"]) for r in runs] == order
     for r, cfg in zip(runs, whole):
         with open(os.path.join(r["out"], "metrics.jsonl"), "rb") as a, \
                 open(os.path.join(cfg.out, "metrics.jsonl"), "rb") as b:

@@ -104,6 +104,7 @@ def test_interpolation_ends_are_the_local_models():
     assert "barrier" not in [r for r in records if r["model"] == "worker0"][0]
 
 
+@pytest.mark.slow
 def test_reproduce_seeds_sweep_writes_each_run_alone_bytes(tmp_path):
     """`reproduce --seeds=2`: seed 1's metrics, written inside the sweep of
     both seeds, are those that run writes alone (accuracies to the byte,

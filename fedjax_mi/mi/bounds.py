@@ -87,6 +87,11 @@ def label_entropy(labels: jax.Array, num_classes: int) -> jax.Array:
 
     Raises:
         TypeError: labels are not integers.
+
+    >>> float(label_entropy(jnp.array([0, 1, 2, 3]), 4))  # uniform on 4: log2 4
+    2.0
+    >>> float(label_entropy(jnp.array([0, 0, 0, 1]), 10))  # -(3/4 log2 3/4 + 1/4 log2 1/4)
+    0.811...
     """
     labels = _labels(labels, "label_entropy")
     if num_classes < 1:
@@ -144,6 +149,11 @@ def fano(accuracy: jax.typing.ArrayLike, label_entropy_bits: jax.typing.ArrayLik
 
     Returns:
         Bits, >= 0; NaN where accuracy is outside [0, 1] or NaN.
+
+    >>> float(fano(1.0, 1.0, 2))  # no errors: all of H(Y)
+    1.0
+    >>> round(float(fano(0.5, 1.0, 2)), 6)  # chance on two balanced classes: 1 - h2(1/2)
+    0.0
     """
     if isinstance(num_classes, int) and num_classes < 2:
         raise ValueError(f"fano needs num_classes >= 2, got {num_classes}")

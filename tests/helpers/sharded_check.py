@@ -20,8 +20,9 @@ def main():
     x = jnp.asarray(rng.integers(0, 256, (K, N, 32, 32, 1), dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, 10, (K, N), dtype=np.int32))
     model, opt = models.LeNet(), federated.make_optimizer(0.9)
-    state = federated.init(jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 1)), K, N, 0.05,
-                           identical=False)
+    # jitted: op by op, LeNet's initialisation compiles a program per op (seconds).
+    state = jax.jit(federated.init, static_argnums=(1, 2, 4, 5, 7))(
+        jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 1)), K, N, 0.05, False)
     out = {}
     for devices in (4, 2):
         mesh = sharding.worker_mesh(devices)

@@ -1,7 +1,7 @@
 """Run by tests/test_multihost.py as two processes on loopback, each with 2
 fake CPU devices (4 global devices):
 
-    python tests/multihost_check.py ROOT PORT PROCESS_ID
+    python tests/helpers/multihost_check.py ROOT PORT PROCESS_ID
 
 Each process runs `experiments.sweep --devices=4` over the two processes
 (the CLI's own flags join them) into ROOT/two, the same with `--devices=1`
@@ -38,8 +38,9 @@ def sharded_round_diff() -> float:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4, 16, 32, 32, 3), dtype=np.uint8)  # 4 workers, 16 samples
     y = rng.integers(0, 10, (4, 16)).astype(np.int32)
-    state = federated.init(jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16,
-                           lr=0.05)
+    # jitted: op by op, LeNet's initialisation compiles a program per op (seconds).
+    state = jax.jit(federated.init, static_argnums=(1, 2, 4, 5))(
+        jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16, lr=0.05)
     one, _ = federated.make_round(model, opt, batch_size=8, steps=4)(state, x, y, 2)
     mesh = sharding.worker_mesh(4)
     sharded_fn = sharding.make_sharded_round(model, opt, mesh, batch_size=8, steps=4)
