@@ -23,6 +23,7 @@ from absl import app, flags
 from experiments import flags as run_flags
 from fedjax_mi import checkpoint, config, measure, metrics_io, models, outputs, sweep
 
+flags.adopt_module_key_flags(run_flags)
 flags.DEFINE_list("noise_vars", ["10"], "KDE noise variances (with --mi containing kde)")
 FLAGS = flags.FLAGS
 

@@ -27,6 +27,7 @@ from absl import app, flags
 from experiments import flags as run_flags
 from fedjax_mi import config, sweep
 
+flags.adopt_module_key_flags(run_flags)
 flags.DEFINE_list("noise_vars", ["1", "3", "10", "30", "100"],
                   "KDE noise variances to compare (relative to Z's scale unless --nokde_relative)")
 FLAGS = flags.FLAGS
