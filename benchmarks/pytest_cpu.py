@@ -1,11 +1,11 @@
 """A pytest plugin that prints the CPU time of each test, its subprocesses
 included (wall time means little on a machine shared with other jobs).
 
-    python -m pytest tests/test_reliability.py -p benchmarks.pytest_cpu
+    python -m pytest tests/test_preemption.py -p benchmarks.pytest_cpu
 
 Each test's figure is the change of getrusage(RUSAGE_SELF) plus
 getrusage(RUSAGE_CHILDREN) (user + system) over its setup, call and
-teardown; a module-scoped fixture counts in the first test that uses it.
+teardown; a module- or session-scoped fixture counts in the first test that uses it.
 """
 
 import resource

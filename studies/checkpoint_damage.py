@@ -7,7 +7,7 @@ not need); none gives other numbers. Figures: docs/reliability.md,
 
     python -m studies.checkpoint_damage
 
-Trains the tiny digits run of tests/test_reliability.py (eval points 0, 4, 8,
+Trains the tiny digits run of tests/test_checkpoint.py (eval points 0, 4, 8,
 a checkpoint at 4 and 8) into a temporary folder, then for every file of
 checkpoint 8 and each damage (truncated to half, overwritten by random bytes
 of the same size, deleted) restores a damaged copy and prints whether the

@@ -118,19 +118,19 @@ MUTATIONS = (
         "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[num_models - 1 - i, d]) for k, v in sorted(m.mi.items())}",
-        ("tests/test_measure_wiring.py",)),
+        ("tests/test_measure.py",)),
     Mutation(
         "records_dataset_axis_reversed", "estimator fields of dataset d written to dataset D-1-d",
         "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[i, num_datasets - 1 - d]) for k, v in sorted(m.mi.items())}",
-        ("tests/test_measure_wiring.py",)),
+        ("tests/test_measure.py",)),
     Mutation(
         "floor_without_shuffling", "the floor pairs each sample with itself (no shuffle)",
         "fedjax_mi/measure.py",
         "perm = jax.random.permutation(jax.random.fold_in(key, 1), y.shape[0])",
         "perm = jnp.arange(y.shape[0])",
-        ("tests/test_measure_wiring.py",)),
+        ("tests/test_measure.py",)),
 )
 
 

@@ -6,7 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from fedjax_mi import data
+from fedjax_mi import config, data, sweep
+from helpers.shared import TINY
 
 KS = (1, 2, 3, 5)
 
@@ -453,3 +454,18 @@ def test_tfds_unknown_name(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(data.DataError, match="no dataset named 'no_such_dataset_xyz'"):
         data.load_tfds("no_such_dataset_xyz", data_dir=str(tmp_path))
+
+
+def test_bad_data_inputs_are_named(tmp_path):
+    from fedjax_mi import data as data_lib
+    bad = tmp_path / "cifar-10-batches-py"
+    bad.mkdir()
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                 "data_batch_5", "test_batch"]:
+        (bad / name).write_bytes(b"\x80\x04garbage")
+    for overrides, pattern in [(dict(split="classes", workers=11), "empty class group"),
+                               (dict(dataset="cifar10", cifar_dir="/nonexistent"), "/nonexistent"),
+                               (dict(dataset="cifar10", cifar_dir=str(tmp_path)), "data_batch_1")]:
+        cfg = config.make(**{**TINY, **overrides, "out": str(tmp_path / "o")})
+        with pytest.raises(data_lib.DataError, match=pattern):
+            sweep.run(cfg, log=lambda line: None)

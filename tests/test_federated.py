@@ -1,13 +1,20 @@
-"""Federated training: the vmapped, scanned round against per-worker ground truth."""
+"""fedjax_mi.federated: the vmapped, scanned round against per-worker ground
+truth; the protocols beyond periodic averaging, the aggregation operators and
+the communication counters on a tiny model (docs/protocols.md; ground truths:
+the periodic and no-sync code paths bitwise, numpy, hand counts); the
+initialisation of a sweep's runs. tests/test_round_reference.py checks the
+round against an independent reference implementation."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from fedjax_mi import federated, models
+from fedjax_mi import federated, models, sweep
+from helpers.shared import FAN_IN
 
 K, N, B = 2, 48, 8          # workers, samples per worker, batch size: 6 steps per epoch
 MODEL = models.LeNet(num_classes=10)
@@ -227,3 +234,152 @@ def test_bad_arguments_raise():
         federated.make_step(MODEL, optax.sgd(1.0), batch_size=B, opt_sync="merge")
     with pytest.raises(ValueError, match="num_workers"):
         make_state(optax.sgd(1.0), workers=0)
+
+
+# --- protocols, aggregation and communication counts on a tiny model ----------
+# TINY_K = 3 workers (for the median; not the K above), TINY_N = 12 samples
+# each, batches of TINY_B = 4: 3 steps per epoch; 6 features, 3 classes.
+TINY_K, TINY_N, TINY_B, D, C = 3, 12, 4, 6, 3
+STEPS = 10
+# Parameters of one Tiny model, counted by hand: 6x5 + 5 + 5x3 + 3.
+PARAMS_PER_MODEL = 6 * 5 + 5 + 5 * 3 + 3
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        z = nn.relu(nn.Dense(5)(x))
+        return nn.Dense(C)(z), z
+
+
+TINY_MODEL = Tiny()
+OPT = federated.make_optimizer(0.9)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (TINY_K, TINY_N, D), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, C, (TINY_K, TINY_N), dtype=np.int32))
+    state = federated.init(jax.random.key(0), TINY_MODEL, OPT, jnp.zeros((1, D)), TINY_K, TINY_N, 0.3,
+                           identical=False)
+    # One compiled round serves every protocol (the protocol is traced data).
+    round_fn = federated.make_round(TINY_MODEL, OPT, batch_size=TINY_B, steps=STEPS)
+    return x, y, state, round_fn
+
+
+def run_tiny(tiny_setup, protocol, active=STEPS):
+    """`active` is always passed: a defaulted argument of a jitted function is
+    a constant of its trace, so omitting it would compile a second program."""
+    x, y, state, round_fn = tiny_setup
+    return round_fn(state, x, y, protocol, active)[0]
+
+
+def assert_same_training(a, b):
+    chex.assert_trees_all_equal(a.params, b.params)
+    chex.assert_trees_all_equal(a.opt_state, b.opt_state)
+
+
+def test_dynamic_with_delta_zero_and_b_equal_p_is_periodic(tiny_setup):
+    periodic = run_tiny(tiny_setup, 3)  # the existing integer path: sync every 3 steps
+    dynamic = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=3, delta=0.0))
+    assert_same_training(dynamic, periodic)
+    assert int(periodic.syncs) == int(dynamic.syncs) == 3  # before steps 3, 6, 9
+    assert int(dynamic.models_sent) == int(periodic.models_sent) == 3 * 2 * TINY_K
+
+
+def test_dynamic_with_delta_inf_is_nosync(tiny_setup):
+    nosync = run_tiny(tiny_setup, 0)
+    dynamic = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=1, delta=float("inf")))
+    assert_same_training(dynamic, nosync)
+    assert int(dynamic.syncs) == int(dynamic.models_sent) == 0
+    # ... and the workers really drifted apart (a sync would have changed them).
+    assert not np.allclose(nosync.params["Dense_0"]["kernel"][0],
+                           nosync.params["Dense_0"]["kernel"][1])
+
+
+def test_dynamic_syncs_exactly_when_the_condition_is_violated(tiny_setup):
+    """b = 4, 5 steps: one check, before step 4. A delta just below the drift
+    the workers reach after 4 steps (measured on the no-sync path, the same
+    up to there) syncs there; one just above does not."""
+    x, y, state, round_fn = tiny_setup
+    after4 = run_tiny(tiny_setup, 0, 4)
+    d4 = float(jnp.max(federated.drift(after4.params, after4.ref)))
+    assert d4 > 0
+    below = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=0.999 * d4), 5)
+    above = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=1.001 * d4), 5)
+    assert (int(below.syncs), int(above.syncs)) == (1, 0)
+    # The reference is now the aggregate the workers restarted from.
+    mean = federated.average(after4.params)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], below.ref), mean, rtol=1e-6)
+
+
+def test_counts_and_bytes_by_hand(tiny_setup):
+    x, y, state, round_fn = tiny_setup
+    periodic = run_tiny(tiny_setup, federated.protocol_of("periodic", sync_period=3))
+    batched = jax.tree.map(lambda a: a[None], periodic._replace(step=None))
+    comm = sweep.comm_fields(batched._replace(step=periodic.step))[0]
+    # 10 steps, period 3: syncs before steps 3, 6 and 9; each TINY_K models up and TINY_K down.
+    assert comm["syncs"] == 3 and comm["models_sent"] == 18
+    assert comm["bytes_sent"] == PARAMS_PER_MODEL * 4 * 18 == 3816
+    # The drift field is max_k ||w_k - r||^2 with r the sync-9 average: numpy.
+    flat = lambda tree: np.concatenate([np.asarray(a).reshape(TINY_K, -1)
+                                        for a in jax.tree.leaves(tree)], axis=1)
+    want = np.max(np.sum((flat(periodic.params) - flat(periodic.ref)) ** 2, axis=1))
+    assert comm["drift"] == pytest.approx(want, rel=1e-5)
+    # A second round continues the counts (they live in the state).
+    again = round_fn(periodic, x, y, 3, STEPS)[0]  # steps 10..19: syncs before 12, 15, 18
+    assert int(again.syncs) == 6 and int(again.models_sent) == 36
+
+
+def test_weighted_with_equal_sizes_is_mean_and_unequal_is_numpy():
+    rng = np.random.default_rng(1)
+    tree = {"w": jnp.asarray(rng.normal(size=(TINY_K, 4, 2)).astype(np.float32)),
+            "b": jnp.asarray(rng.normal(size=(TINY_K, 3)).astype(np.float32))}
+    equal = federated.aggregate(tree, "weighted", (500, 500, 500))
+    chex.assert_trees_all_close(equal, federated.aggregate(tree, "mean"), rtol=1e-6, atol=1e-7)
+    sizes = (100, 300, 600)
+    got = federated.aggregate(tree, "weighted", sizes)
+    for name, leaf in tree.items():
+        want = sum(s * np.asarray(leaf[k], np.float64) for k, s in enumerate(sizes)) / sum(sizes)
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_median_of_three_is_numpys_also_for_the_optimiser_state():
+    rng = np.random.default_rng(2)
+    params = {"w": jnp.asarray(rng.normal(size=(TINY_K, 4, 2)).astype(np.float32))}
+    opt_state = OPT.init(jax.tree.map(lambda a: a[0], params))
+    opt_state = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=(TINY_K,) + a.shape), a.dtype),
+                             opt_state)
+    new_params, new_opt = federated.sync(params, opt_state, OPT, "average", how="median")
+    for k in range(TINY_K):
+        np.testing.assert_array_equal(new_params["w"][k], np.median(np.asarray(params["w"]), 0))
+        np.testing.assert_array_equal(new_opt[0].trace["w"][k],
+                                      np.median(np.asarray(opt_state[0].trace["w"]), 0))
+
+
+def test_trigger_decision_edges():
+    avg, own = np.array([0.2, 0.3, 0.1]), np.array([0.9, 0.8, 0.95])
+    assert federated.trigger_decision(avg, own, 0.0) is False  # never, however bad
+    assert federated.trigger_decision(own, avg, float("inf")) is True  # always
+    assert federated.trigger_decision(avg, own, 0.5) is True    # 0.2 < 0.5 x 0.883
+    assert federated.trigger_decision(avg, own, 0.2) is False   # 0.2 >= 0.2 x 0.883
+
+
+def test_init_runs_mixes_schemes_per_run():
+    """A run's initial weights in a sweep mixing schemes are those of a sweep
+    of that scheme alone (bit for bit; one compilation: the scheme is data),
+    torch's with nonzero biases, flax's with zero ones."""
+    model, opt = models.LeNet(), federated.make_optimizer()
+    x = jnp.zeros((1, 32, 32, 1))
+    keys = jax.random.split(jax.random.key(0), 2)
+    init = lambda t: federated.init_runs(keys, model, opt, x, 2, 8, [0.1, 0.1], torch_inits=t)
+    mixed, torch, flax = init([True, False]), init([True, True]), init([False, False])
+    for name in FAN_IN:
+        for part in ("kernel", "bias"):
+            leaf = lambda s: np.asarray(s.params[name][part])
+            np.testing.assert_array_equal(leaf(mixed)[0], leaf(torch)[0])
+            np.testing.assert_array_equal(leaf(mixed)[1], leaf(flax)[1])
+            np.testing.assert_array_equal(leaf(mixed)[:, 0], leaf(mixed)[:, 1])  # identical workers
+        assert np.all(np.asarray(mixed.params[name]["bias"])[0] != 0)
+        assert np.all(np.asarray(mixed.params[name]["bias"])[1] == 0)

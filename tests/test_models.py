@@ -1,5 +1,8 @@
-"""LeNet: shapes, the convolution formulations agree, and all equal an
-independent numpy forward pass."""
+"""fedjax_mi.models: LeNet's shapes and parameter count, the convolution
+formulations agree and all equal an independent numpy forward pass;
+PyTorch's initialisation and the symmetric input scale."""
+
+import math
 
 import chex
 import jax
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedjax_mi import models
+from helpers.shared import FAN_IN
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -137,3 +141,45 @@ def test_lenet_forward_equals_numpy_reference(conv_impl):
     assert 0.2 < zero < 0.8, zero  # the ReLU is exercised both ways
     assert float(np.mean(np.asarray(z) == 0.0)) > 0.2
     assert float(np.std(ref_logits)) > 0.1  # the outputs are not near-constant
+
+
+def test_lenet_parameter_count_by_hand():
+    from fedjax_mi import models
+    params = jax.eval_shape(models.LeNet(num_classes=10).init, jax.random.key(0),
+                            jnp.zeros((1, 32, 32, 1)))["params"]
+    # conv 5x5x1x6 + 6, conv 5x5x6x16 + 16, fc 400x120 + 120, 120x84 + 84, 84x10 + 10.
+    hand = (5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84) \
+        + (84 * 10 + 10)
+    assert hand == 61706 == sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+
+
+def test_torch_init_bounds_and_moments():
+    """Every weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)): inside the
+    bound, reaching close to it, and with the uniform law's mean 0 and
+    variance b^2/3 (within 5 standard errors)."""
+    model = models.LeNet()
+    # jitted: op by op, flax compiles one small program per initialiser shape.
+    init = jax.jit(models.init_params, static_argnums=(1, 3))
+    params = init(jax.random.key(3), model, jnp.zeros((1, 32, 32, 3)), "torch")
+    assert set(params) == set(FAN_IN)
+    for name, fan_in in FAN_IN.items():
+        b = 1.0 / math.sqrt(fan_in)
+        for part in ("kernel", "bias"):
+            w = np.asarray(params[name][part], np.float64).ravel()
+            assert np.abs(w).max() <= b, (name, part)
+            n = w.size
+            # The largest |w| of n uniform draws falls below b(1 - 5/n) with probability e^-5.
+            assert np.abs(w).max() >= b * (1 - 5.0 / n), (name, part)
+            assert abs(w.mean()) <= 5 * b / math.sqrt(3 * n), (name, part)
+            var_se = math.sqrt(4.0 / 45.0) * b * b / math.sqrt(n)  # sd of w^2 / sqrt(n)
+            assert abs(np.mean(w * w) - b * b / 3) <= 5 * var_se, (name, part)
+    flax = init(jax.random.key(3), model, jnp.zeros((1, 32, 32, 3)), "flax")
+    assert np.all(np.asarray(flax["Dense_0"]["bias"]) == 0)  # flax: zero biases
+
+
+def test_symmetric_input_scale_is_the_unit_model_on_2x_minus_1():
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 32, 32, 3)), jnp.float32)
+    params = jax.jit(models.LeNet().init)(jax.random.key(0), x)["params"]
+    sym = models.LeNet(input_scale="symmetric").apply({"params": params}, x)
+    unit = models.LeNet().apply({"params": params}, 2 * x - 1)
+    np.testing.assert_array_equal(np.asarray(sym[0]), np.asarray(unit[0]))

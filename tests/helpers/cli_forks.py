@@ -1,4 +1,4 @@
-"""Run by tests/test_experiment.py: `python -m MODULE ARGS...` for several
+"""Run by tests/test_cli.py: `python -m MODULE ARGS...` for several
 argument lists, each in a process of its own forked from this one after
 the imports (of jax, absl and the library: most of a command's start-up),
 so that the imports are paid once:

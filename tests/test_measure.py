@@ -1,4 +1,6 @@
-"""The measurement's wiring against a direct computation written here.
+"""fedjax_mi.measure: the measurement's wiring against a direct computation
+written here; the --mi and --edge_* options; the interpolation between the
+local models.
 
 Each record (model m, dataset d) must equal a forward pass of model m on
 dataset d's samples (`model.apply`, not the measurement's chunked forward),
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mi import config, measure, mi, models, outputs, sweep
+from fedjax_mi import measure, mi, models, outputs
 
 M = 120          # samples per local dataset
 NUM_CLASSES = 10
@@ -138,3 +140,65 @@ def test_floor_matches_the_estimate_on_independent_data():
     spread = np.std(draws)
     gap = np.abs(np.asarray(m.mi["mi_zy_knn"]) - np.asarray(m.mi["mi_zy_knn_floor"]))
     assert np.all(gap <= 5 * spread + 1e-6), (gap, spread)
+
+
+def test_edge_options_parse_and_replace_the_paper_settings():
+    assert measure.parse_edge_options(" U=30; gamma=(0.2, 2);epsilon_vector=fixed; ") == (
+        ("U", 30), ("gamma", (0.2, 2)), ("epsilon_vector", "fixed"))
+    assert measure.parse_edge_options("") == ()
+    xz, zy = measure.paper_edge_configs("4.2.0", (("U", 30),),
+                                        (("L_ensemble", 3), ("gamma", (1e-4, 0.6))))
+    # Named options replace the author's settings for the last hidden layer;
+    # the others stay.
+    xz, zy = xz.settings(), zy.settings()
+    assert (xz.upper_clip, xz.ensemble_size, xz.gamma) == (30.0, 10, (0.2, 1.4))
+    assert (zy.upper_clip, zy.ensemble_size, zy.gamma, zy.epsilon) == (10.0, 3, (1e-4, 0.6),
+                                                                       (0.2, 0.2))
+
+
+def test_mi_flag_selects_estimators_in_order():
+    assert measure.parse_mi("none") == () and measure.parse_mi("") == ()
+    settings = measure.StudySettings(mi="probe, edge_reference,kde")
+    ests = measure.study_estimators(settings, num_classes=10)
+    assert [e.name for e in ests] == ["probe", "edge_reference", "kde"]
+    # The probe defines no I(X;Z): the first estimator that does fills mi_xz.
+    assert measure.primary(ests, "xz") == "edge_reference"
+    assert measure.primary(ests, "zy") == "probe"
+    assert ests[0].zy.num_classes == 10 and ests[2].xz.noise_var == settings.kde_noise_var
+
+
+def test_interpolation_ends_are_the_local_models():
+    """a = 0 and a = 1 give worker 0's and worker 1's own accuracy (and a =
+    0.5 the average's, K = 2); losses equal a numpy cross-entropy of each
+    model's logits; the record's barrier and distance follow their formulas."""
+    from fedjax_mi import measure
+    model = models.LeNet(conv_impl="xla")
+    rng = np.random.default_rng(5)
+    local_x = jnp.asarray(rng.integers(0, 256, size=(2, 24, 32, 32, 1)), jnp.uint8)
+    local_y = jnp.asarray(rng.integers(0, 10, size=(2, 24)), jnp.int32)
+    params = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1, 32, 32, 1)))["params"]))(
+        jax.random.split(jax.random.key(7), 2))
+    m = measure.make_measure(model, (), chunk=16)(
+        jax.random.key(0), params, local_x, local_y, local_x[0, :8], local_y[0, :8])
+    np.testing.assert_array_equal(m.interp_acc[0], m.acc[0])
+    np.testing.assert_array_equal(m.interp_acc[-1], m.acc[1])
+    np.testing.assert_array_equal(m.interp_acc[2], m.acc[2])
+    for j, k in ((0, 0), (4, 1)):
+        p = jax.tree.map(lambda a: a[k], params)
+        for d in range(2):
+            logits = np.asarray(model.apply({"params": p}, local_x[d] / 255.0)[0], np.float64)
+            logp = logits - logits.max(1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+            ce = -logp[np.arange(24), np.asarray(local_y[d])].mean()
+            assert float(m.interp_loss[j, d]) == pytest.approx(ce, rel=1e-5)
+    leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(params)]
+    dist = math.sqrt(sum(((a[1] - a[0]) ** 2).sum() for a in leaves)
+                     / sum((a[0] ** 2).sum() for a in leaves))
+    assert float(m.weight_distance) == pytest.approx(dist, rel=1e-5)
+    records = outputs.to_records(0, 0.0, m, None)
+    avg = [r for r in records if r["model"] == "average" and r["dataset"] == "local1"][0]
+    loss = np.asarray(m.interp_loss[:, 1], np.float64)
+    assert avg["barrier"] == pytest.approx(loss[2] - (loss[0] + loss[4]) / 2, abs=2e-6)
+    assert avg["interp_acc_a0"] == pytest.approx(float(m.acc[0, 1]), abs=1e-6)
+    assert avg["weight_distance"] == pytest.approx(dist, rel=1e-5)
+    assert "barrier" not in [r for r in records if r["model"] == "worker0"][0]

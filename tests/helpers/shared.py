@@ -1,0 +1,62 @@
+"""Settings and helpers that several test modules share (imported as
+`helpers.shared`: pytest puts tests/ on the import path).
+
+Two tiny digits runs: `TINY` (10 steps, eval points 0, 4, 8, 10; the
+session-wide fixture `tiny_run` of tests/conftest.py) and `CONFIG` / `FLAGS`
+(13 eval points, a checkpoint after every one; the fixture `uninterrupted`).
+"""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedjax_mi import config, metrics_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Tiny: 64 digits per worker, batch 16 -> 4 steps per epoch, 10 steps, eval every 4
+# (eval points 0, 4, 8, 10: the last round is a shorter one).
+# The mixed kNN and KDE measure (both cheap to compile); the default
+# estimators (probe, kde) run end to end in the reproduce test.
+TINY = dict(dataset="digits", per_worker=64, batch_size=16, epochs=2.5, eval_period=4, lr=0.05,
+            mi="knn,kde")
+TINY_FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=2.5", "--eval_period=4", "--lr=0.05",
+              "--mi=knn,kde"]
+
+
+def cli(module, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+# 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
+# alone measures (what is tested here does not depend on the estimator, and
+# each subprocess compiles its measurement anew: the probe's would dominate).
+FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=12.5", "--eval_period=4", "--lr=0.05",
+         "--protocol=sync", "--sync_period=8", "--checkpoint_every=1", "--mi=kde"]
+# The same run as a config (in-process runs share the compiled programs).
+CONFIG = config.make(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
+                              eval_period=4, lr=0.05, protocol="sync", sync_period=8,
+                              checkpoint_every=1, mi="kde")
+
+
+def checkpoint_steps(ckpts):
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+
+
+def fails_on_full_disk(run, out, message_path):
+    """`run()` must stop with one line naming `message_path` and ENOSPC."""
+    with pytest.raises(metrics_io.OutputError) as info:
+        run()
+    message = str(info.value)
+    assert "\n" not in message and info.value.errno == errno.ENOSPC
+    assert message.startswith(f"cannot write {message_path} (No space left on device)")
+
+
+# fan_in of each LeNet layer written out by hand from the architecture
+# (conv 6@5x5 on 3 channels, conv 16@5x5 on 6, fc 400 -> 120 -> 84 -> 10).
+FAN_IN = {"Conv_0": 3 * 5 * 5, "Conv_1": 6 * 5 * 5, "Dense_0": 16 * 5 * 5, "Dense_1": 120,
+          "Dense_2": 84}

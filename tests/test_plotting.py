@@ -1,0 +1,30 @@
+"""fedjax_mi.plotting: the figures of a run's metrics file."""
+
+import os
+
+import pytest
+
+from fedjax_mi import metrics_io, plotting
+
+
+@pytest.mark.slow
+def test_plot_from_metrics_file(tiny_run):
+    cfg, _, _ = tiny_run
+    paths = plotting.plot_run(cfg.out)
+    assert [os.path.basename(p) for p in paths] == ["mi.png", "accuracy.png", "info_plane.png"]
+    for p in paths:
+        with open(p, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_of_records_without_floors(tmp_path):
+    # metrics.jsonl of runs made before the floors were measured still plot.
+    records = [dict(step=s, epoch=s / 10, model=m, dataset=d, mi_xz=1.0 + s / 10,
+                    mi_zy=0.5, acc=0.5, loss=None)
+               for s in (0, 10) for m in ("worker0", "average") for d in ("local0", "test")]
+    for r in records:
+        if r["dataset"] == "test":
+            r["mi_xz"] = r["mi_zy"] = None
+    metrics_io.write_records(str(tmp_path / "metrics.jsonl"), records)
+    paths = plotting.plot_run(str(tmp_path))
+    assert all(os.path.getsize(p) > 1000 for p in paths)
