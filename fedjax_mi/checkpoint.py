@@ -103,13 +103,18 @@ class _IgnoreAbandonedReads:
 class _DropOrbaxReadErrors(logging_std.Filter):
     """Drops `asyncio` log records that report an orbax read task's error
     nobody retrieved: the same leftovers of a failed restore, reported
-    through asyncio's exception handler when the task is collected."""
+    through asyncio's exception handler when the task is collected. They
+    are recognised by an orbax frame or coroutine, or by a tensorstore read
+    error (its message carries the `tensorstore_spec` of the array it could
+    not read; some of those tasks hold no orbax frame)."""
 
     def filter(self, record: logging_std.LogRecord) -> bool:
         orbax = f"{os.sep}orbax{os.sep}"
         if orbax in record.getMessage():  # "future: <Task ... coro=<...> defined at .../orbax/...>"
             return False
         exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and "tensorstore_spec" in str(exc):
+            return False
         tb = exc.__traceback__ if exc is not None else None
         while tb is not None:
             if orbax in tb.tb_frame.f_code.co_filename:

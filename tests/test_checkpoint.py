@@ -94,6 +94,9 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
     async def other():
         raise ValueError("an error of our own")
 
+    async def tensorstore_read():  # a read task with no orbax frame
+        raise ValueError('NOT_FOUND: Error opening "zarr" driver [tensorstore_spec=\'{}\']')
+
     def abandon(coroutine_fn):
         loop = asyncio.new_event_loop()
         task = loop.create_task(coroutine_fn())
@@ -105,6 +108,7 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
     reported = lambda: [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
     checkpoint._ignore_abandoned_reads()
     abandon(fake["read"])
+    abandon(tensorstore_read)
     assert reported() == []
     abandon(other)  # anything else is still reported
     assert reported() == ["an error of our own"]
