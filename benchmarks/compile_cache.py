@@ -20,24 +20,38 @@ import sys
 import tempfile
 import time
 
-DEFAULT = ["--flagfile=experiments/configs/fig1.flags", "--cifar_dir=data/cifar-10-batches-py",
-           "--per_worker=2000", "--mi_samples=1000", "--test_samples=1000", "--epochs=2",
-           "--eval_period=100", "--overwrite"]
+DEFAULT = [
+    "--flagfile=experiments/configs/fig1.flags",
+    "--cifar_dir=data/cifar-10-batches-py",
+    "--per_worker=2000",
+    "--mi_samples=1000",
+    "--test_samples=1000",
+    "--epochs=2",
+    "--eval_period=100",
+    "--overwrite",
+]
 
 
 def timed_run(flags: list[str], out: str) -> dict:
     """Seconds from launch to each '[run] step' line and to exit."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", f"--out={out}", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"--out={out}", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         if line.startswith("[run] step"):
             lines.append(round(time.perf_counter() - t0, 2))
     rc = proc.wait()
-    return dict(rc=rc, first_progress_s=lines[0] if lines else None,
-                second_progress_s=lines[1] if len(lines) > 1 else None,
-                exit_s=round(time.perf_counter() - t0, 2))
+    return dict(
+        rc=rc,
+        first_progress_s=lines[0] if lines else None,
+        second_progress_s=lines[1] if len(lines) > 1 else None,
+        exit_s=round(time.perf_counter() - t0, 2),
+    )
 
 
 def main(extra: list[str]):
@@ -46,12 +60,16 @@ def main(extra: list[str]):
         cache = os.path.join(tmp, "cache")
         result = {}
         for name, value in (("cold", cache), ("warm", cache), ("off", "")):
-            result[name] = timed_run(flags + [f"--compilation_cache_dir={value}"],
-                                     os.path.join(tmp, name))
+            result[name] = timed_run(
+                flags + [f"--compilation_cache_dir={value}"], os.path.join(tmp, name)
+            )
             print(name, result[name], flush=True)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache) for f in fs)
-    print(json.dumps(dict(flags=flags, cache_mb=round(size / 2**20, 1), load=os.getloadavg(),
-                          **result)))
+    print(
+        json.dumps(
+            dict(flags=flags, cache_mb=round(size / 2**20, 1), load=os.getloadavg(), **result)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ from fedjax_mi import federated, measure, mi, models
 N = 25_000
 CLASSES = 10
 MODELS, DATASETS = 3, 2
-MODES = {"reference_4.2.0": measure.paper_edge_configs(),
-         "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
+MODES = {
+    "reference_4.2.0": measure.paper_edge_configs(),
+    "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile()),
+}
 
 
 def cifar_like(key: jax.Array, n: int, signal: float = 0.15):
@@ -89,8 +91,10 @@ def speed(n: int, repeats: int) -> dict:
         def batch(x, z, y, cfg_xz=cfg_xz, cfg_zy=cfg_zy):
             # Models outer, datasets inner; x and y are per dataset, shared by models.
             per_dataset = lambda cfg: jax.vmap(lambda a, b: mi.estimate_traced(k, a, b, cfg))
-            return (jax.vmap(per_dataset(cfg_xz), (None, 0))(x, z),
-                    jax.vmap(per_dataset(cfg_zy), (None, 0))(y, z))
+            return (
+                jax.vmap(per_dataset(cfg_xz), (None, 0))(x, z),
+                jax.vmap(per_dataset(cfg_zy), (None, 0))(y, z),
+            )
 
         t_batch = timing.time_calls(batch, x, z, y, repeats=2)
         b_zy = t_batch.value[1]
@@ -98,21 +102,32 @@ def speed(n: int, repeats: int) -> dict:
         floor_xz = mi.floor(k, x[0], z[0, 0], cfg_xz, n=2)
         floor_zy = mi.floor(k, y[0], z[0, 0], cfg_zy, n=2)
         v_xz, v_zy = float(t_xz.value), float(t_zy.value)
-        out[name] = dict(xz_s=t_xz.median_s, zy_s=t_zy.median_s, batch_s=t_batch.median_s,
-                         i_xz_bits=v_xz, i_zy_bits=v_zy,
-                         shuffled_xz_bits=float(floor_xz), shuffled_zy_bits=float(floor_zy),
-                         batch_i_zy_bits=np.asarray(b_zy).round(4).tolist())
-        print(f"{name:16s} I(X;Z) {t_xz.median_s * 1e3:8.1f} ms ({v_xz:.3f} bits, shuffled "
-              f"{float(floor_xz):.3f})  I(Z;Y) {t_zy.median_s * 1e3:8.1f} ms ({v_zy:.3f} bits, "
-              f"shuffled {float(floor_zy):.3f}, H(Y) = {math.log2(CLASSES):.3f})  "
-              f"batch of {MODELS * DATASETS * 2}: {t_batch.median_s:.3f} s", flush=True)
+        out[name] = dict(
+            xz_s=t_xz.median_s,
+            zy_s=t_zy.median_s,
+            batch_s=t_batch.median_s,
+            i_xz_bits=v_xz,
+            i_zy_bits=v_zy,
+            shuffled_xz_bits=float(floor_xz),
+            shuffled_zy_bits=float(floor_zy),
+            batch_i_zy_bits=np.asarray(b_zy).round(4).tolist(),
+        )
+        print(
+            f"{name:16s} I(X;Z) {t_xz.median_s * 1e3:8.1f} ms ({v_xz:.3f} bits, shuffled "
+            f"{float(floor_xz):.3f})  I(Z;Y) {t_zy.median_s * 1e3:8.1f} ms ({v_zy:.3f} bits, "
+            f"shuffled {float(floor_zy):.3f}, H(Y) = {math.log2(CLASSES):.3f})  "
+            f"batch of {MODELS * DATASETS * 2}: {t_batch.median_s:.3f} s",
+            flush=True,
+        )
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N, help="samples per estimate")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the first (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed calls after the first (median)"
+    )
     args = parser.parse_args()
     device = jax.devices()[0].device_kind
     print(f"jax {jax.__version__} on {device}, N = {args.n}")

@@ -34,8 +34,9 @@ IMPLS = ("xla", "patches", "toeplitz", "s2d")
 def forward_fn(impl, chunk: int):
     """Jitted (stacked params, uint8 images) -> (logits, z) of every model."""
     model = models.LeNet(conv_impl=impl)
-    return jax.jit(lambda s, im: jax.lax.map(
-        lambda p: measure.chunked_forward(model, p, im, chunk), s))
+    return jax.jit(
+        lambda s, im: jax.lax.map(lambda p: measure.chunked_forward(model, p, im, chunk), s)
+    )
 
 
 def main(argv=None):
@@ -50,33 +51,55 @@ def main(argv=None):
     one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     stacked = measure.models_to_measure(jax.tree.map(lambda a: jnp.stack([a, a * 1.01]), one))
     num_models = jax.tree.leaves(stacked)[0].shape[0]
-    pairs = (list(itertools.product(IMPLS, IMPLS)) if args.impls == "all"
-             else [tuple(p.split("/")) for p in args.impls.split(",")])
+    pairs = (
+        list(itertools.product(IMPLS, IMPLS))
+        if args.impls == "all"
+        else [tuple(p.split("/")) for p in args.impls.split(",")]
+    )
     fns = {f"{a}/{b}": forward_fn((a, b), args.chunk) for a, b in pairs}
     load_before = os.getloadavg()
-    timed = timing.interleaved({name: functools.partial(fn, stacked, images)
-                                for name, fn in fns.items()}, args.rounds)
+    timed = timing.interleaved(
+        {name: functools.partial(fn, stacked, images) for name, fn in fns.items()}, args.rounds
+    )
     first, times, cpu = timed.first_s, timed.times, timed.cpu
     ref = jax.block_until_ready(fns[next(iter(fns))](stacked, images))
-    diffs = {name: float(jnp.max(jnp.abs(fn(stacked, images)[1] - ref[1]))) for name, fn in fns.items()}
+    diffs = {
+        name: float(jnp.max(jnp.abs(fn(stacked, images)[1] - ref[1]))) for name, fn in fns.items()
+    }
     base = np.asarray(times["xla/xla"]) if "xla/xla" in times else None
     per_image = 1e6 / (num_models * args.images)
     result = {}
     for name, t in times.items():
         t = np.asarray(t)
-        result[name] = dict(us_per_image=round(float(np.median(t)) * per_image, 2),
-                            min_us_per_image=round(float(t.min()) * per_image, 2),
-                            ratio_to_xla=None if base is None else round(float(np.median(t / base)), 3),
-                            cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
-                            first_call_s=round(first[name], 2), max_abs_z_diff=diffs[name])
-        print(f"{name:18s} {result[name]['us_per_image']:8.2f} us/image (min "
-              f"{result[name]['min_us_per_image']:.2f})  x{result[name]['ratio_to_xla']} of xla/xla"
-              f"   {result[name]['cpu_us_per_image']:8.2f} us CPU time/image",
-              flush=True)
-    print(json.dumps(dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                          images=args.images, models=num_models, chunk=args.chunk,
-                          rounds=args.rounds, load_before=load_before,
-                          load_after=os.getloadavg(), results=result)))
+        result[name] = dict(
+            us_per_image=round(float(np.median(t)) * per_image, 2),
+            min_us_per_image=round(float(t.min()) * per_image, 2),
+            ratio_to_xla=None if base is None else round(float(np.median(t / base)), 3),
+            cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
+            first_call_s=round(first[name], 2),
+            max_abs_z_diff=diffs[name],
+        )
+        print(
+            f"{name:18s} {result[name]['us_per_image']:8.2f} us/image (min "
+            f"{result[name]['min_us_per_image']:.2f})  x{result[name]['ratio_to_xla']} of xla/xla"
+            f"   {result[name]['cpu_us_per_image']:8.2f} us CPU time/image",
+            flush=True,
+        )
+    print(
+        json.dumps(
+            dict(
+                device=jax.devices()[0].device_kind,
+                backend=jax.default_backend(),
+                images=args.images,
+                models=num_models,
+                chunk=args.chunk,
+                rounds=args.rounds,
+                load_before=load_before,
+                load_after=os.getloadavg(),
+                results=result,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,45 +27,55 @@ from fedjax_mi import mi
 
 
 def main(m: int = 25_000, t_n: int = 10_000):
-  rng = np.random.default_rng(0)
-  local_x = jnp.asarray(rng.integers(0, 256, (2, m, 32, 32, 3), dtype=np.uint8))
-  local_y = jnp.asarray(rng.integers(0, 10, (2, m)), jnp.int32)
-  test_x = jnp.asarray(rng.integers(0, 256, (t_n, 32, 32, 3), dtype=np.uint8))
-  test_y = jnp.asarray(rng.integers(0, 10, (t_n,)), jnp.int32)
-  one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-  params = jax.tree.map(lambda a: jnp.stack([a, a * 1.01]), one)  # 2 workers
-  key = jax.random.key(1)
-  out = {}
+    rng = np.random.default_rng(0)
+    local_x = jnp.asarray(rng.integers(0, 256, (2, m, 32, 32, 3), dtype=np.uint8))
+    local_y = jnp.asarray(rng.integers(0, 10, (2, m)), jnp.int32)
+    test_x = jnp.asarray(rng.integers(0, 256, (t_n, 32, 32, 3), dtype=np.uint8))
+    test_y = jnp.asarray(rng.integers(0, 10, (t_n,)), jnp.int32)
+    one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.tree.map(lambda a: jnp.stack([a, a * 1.01]), one)  # 2 workers
+    key = jax.random.key(1)
+    out = {}
 
-  def record(name, fn, *args):
-    t = timing.time_calls(fn, *args, repeats=5)
-    out[name] = dict(s=round(t.median_s, 5), first_s=round(t.first_s, 2))
-    print(name, out[name], flush=True)
+    def record(name, fn, *args):
+        t = timing.time_calls(fn, *args, repeats=5)
+        out[name] = dict(s=round(t.median_s, 5), first_s=round(t.first_s, 2))
+        print(name, out[name], flush=True)
 
-  images = jnp.concatenate([local_x.reshape((-1, 32, 32, 3)), test_x])
-  stacked = measure.models_to_measure(params)
-  for impl in ("patches", "xla"):
-    model = models.LeNet(conv_impl=impl)
-    for chunk in (500, 5000):
-      fn = measure.make_measure(
-          model, measure.study_estimators(measure.StudySettings(mi="edge_reference"), 10), chunk)
-      record(f"measure_{impl}_{chunk}", fn, key, params, local_x, local_y, test_x, test_y)
-    forward = jax.jit(lambda s, im, model=model: jax.lax.map(
-        lambda p: measure.chunked_forward(model, p, im, 5000), s))
-    record(f"forward_{impl}_5000", forward, stacked, images)
-  z = jax.nn.relu(jax.random.normal(jax.random.key(2), (3, 2, m, 84)))
-  modes = {"reference": measure.paper_edge_configs(),
-           "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
-  for mode, (cfg_xz, cfg_zy) in modes.items():
+    images = jnp.concatenate([local_x.reshape((-1, 32, 32, 3)), test_x])
+    stacked = measure.models_to_measure(params)
+    for impl in ("patches", "xla"):
+        model = models.LeNet(conv_impl=impl)
+        for chunk in (500, 5000):
+            fn = measure.make_measure(
+                model,
+                measure.study_estimators(measure.StudySettings(mi="edge_reference"), 10),
+                chunk,
+            )
+            record(f"measure_{impl}_{chunk}", fn, key, params, local_x, local_y, test_x, test_y)
+        forward = jax.jit(
+            lambda s, im, model=model: jax.lax.map(
+                lambda p: measure.chunked_forward(model, p, im, 5000), s
+            )
+        )
+        record(f"forward_{impl}_5000", forward, stacked, images)
+    z = jax.nn.relu(jax.random.normal(jax.random.key(2), (3, 2, m, 84)))
+    modes = {
+        "reference": measure.paper_edge_configs(),
+        "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile()),
+    }
+    for mode, (cfg_xz, cfg_zy) in modes.items():
 
-    def pair(key, x, y, z, cfg_xz=cfg_xz, cfg_zy=cfg_zy):
-      flat = federated.scale_images(x).reshape(x.shape[0], -1)
-      return (mi.estimate_traced(key, flat, z, cfg_xz), mi.estimate_traced(key, y, z, cfg_zy))
+        def pair(key, x, y, z, cfg_xz=cfg_xz, cfg_zy=cfg_zy):
+            flat = federated.scale_images(x).reshape(x.shape[0], -1)
+            return (mi.estimate_traced(key, flat, z, cfg_xz), mi.estimate_traced(key, y, z, cfg_zy))
 
-    batch = jax.jit(jax.vmap(jax.vmap(pair, in_axes=(None, 0, 0, 0)), in_axes=(None, None, None, 0)))
-    record(f"edge_batch12_{mode}", batch, key, local_x, local_y, z)
-  print(json.dumps(dict(device=jax.devices()[0].device_kind, m=m, test=t_n, **out)))
+        batch = jax.jit(
+            jax.vmap(jax.vmap(pair, in_axes=(None, 0, 0, 0)), in_axes=(None, None, None, 0))
+        )
+        record(f"edge_batch12_{mode}", batch, key, local_x, local_y, z)
+    print(json.dumps(dict(device=jax.devices()[0].device_kind, m=m, test=t_n, **out)))
 
 
 if __name__ == "__main__":
-  main(*(int(a) for a in sys.argv[1:3]))
+    main(*(int(a) for a in sys.argv[1:3]))

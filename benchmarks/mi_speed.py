@@ -73,7 +73,7 @@ def cases(queries: tuple[int, ...]) -> list[tuple[str, str, object, str]]:
 
     order: "xz" -> (X, Z), "yz" -> (labels, Z), "zz" -> (Z, Z'), "zy" -> (Z, labels).
     """
-    probe = mi.Probe(num_classes=CLASSES)   # static C: needed under jit and vmap
+    probe = mi.Probe(num_classes=CLASSES)  # static C: needed under jit and vmap
     return [
         ("EdgeRef paper", "I(X;Z)", mi.EdgeReference.paper_xz(), "xz"),
         ("EdgeRef paper", "I(Z;Y)", mi.EdgeReference.paper_zy(), "yz"),
@@ -81,8 +81,11 @@ def cases(queries: tuple[int, ...]) -> list[tuple[str, str, object, str]]:
         ("EdgeQuantile", "I(Z;Y)", mi.EdgeQuantile(), "zy"),
         ("KDE all queries", "I(X;Z)", mi.KDE(), "xz"),
         ("KDE all queries", "I(Z;Y)", mi.KDE(), "yz"),
-        *[(f"KDE queries={q}", quantity, mi.KDE(queries=q), order)
-          for q in queries for quantity, order in (("I(X;Z)", "xz"), ("I(Z;Y)", "yz"))],
+        *[
+            (f"KDE queries={q}", quantity, mi.KDE(queries=q), order)
+            for q in queries
+            for quantity, order in (("I(X;Z)", "xz"), ("I(Z;Y)", "yz"))
+        ],
         ("MixedKNN k=3", "I(Z;Y)", mi.MixedKNN(k=3), "yz"),
         ("Probe", "I(Z;Y)", probe, "yz"),
         ("KSG k=3", "I(Z;Z')", mi.KSG(k=3), "zz"),
@@ -106,10 +109,19 @@ def run(n: int, repeats: int, batch_repeats: int, queries: int, batch: bool, onl
         args = pair(order, x[0], labels[0], z[0, 0], z[1, 0])
         st = timing.time_calls(single, key, *args, repeats=repeats)
         t, first, value, times = st.median_s, st.first_s, st.value, st.times
-        rec = dict(estimator=est, quantity=quantity, single_s=t, single_first_s=first,
-                   value_bits=float(value))
-        print(f"  N={n} {name}: {t:.3f} s/call (first {first:.1f} s; {[round(s, 3) for s in times]}), "
-              f"{float(value):.3f} bits", file=sys.stderr, flush=True)
+        rec = dict(
+            estimator=est,
+            quantity=quantity,
+            single_s=t,
+            single_first_s=first,
+            value_bits=float(value),
+        )
+        print(
+            f"  N={n} {name}: {t:.3f} s/call (first {first:.1f} s; {[round(s, 3) for s in times]}), "
+            f"{float(value):.3f} bits",
+            file=sys.stderr,
+            flush=True,
+        )
         if batch:
             # Models outer, datasets inner; X and labels are per dataset, shared by models.
             per_dataset = jax.vmap(lambda a, b: mi.estimate_traced(key, a, b, config))
@@ -127,9 +139,15 @@ def run(n: int, repeats: int, batch_repeats: int, queries: int, batch: bool, onl
                     bargs = (side, z)
             bt = timing.time_calls(fn, *bargs, repeats=batch_repeats)
             tb, firstb, vb, timesb = bt.median_s, bt.first_s, bt.value, bt.times
-            rec.update(batch_s=tb, batch_first_s=firstb, batch_values_bits=np.asarray(vb).round(4).tolist())
-            print(f"  N={n} {name} vmapped 3 x 2: {tb:.3f} s (first {firstb:.1f} s; "
-                  f"{[round(s, 3) for s in timesb]})", file=sys.stderr, flush=True)
+            rec.update(
+                batch_s=tb, batch_first_s=firstb, batch_values_bits=np.asarray(vb).round(4).tolist()
+            )
+            print(
+                f"  N={n} {name} vmapped 3 x 2: {tb:.3f} s (first {firstb:.1f} s; "
+                f"{[round(s, 3) for s in timesb]})",
+                file=sys.stderr,
+                flush=True,
+            )
         out[name] = rec
     return out
 
@@ -138,9 +156,13 @@ def table(results: dict) -> str:
     """Markdown: one row per estimator and quantity, columns per N."""
     sizes = list(results)
     names = list(dict.fromkeys(k for r in results.values() for k in r))
-    head = ("| estimator | quantity | "
-            + " | ".join(f"s/call N={s} | vmapped 3x2 N={s} | vmapped / 6 calls N={s}" for s in sizes)
-            + " | bits (N=" + sizes[0] + ") |")
+    head = (
+        "| estimator | quantity | "
+        + " | ".join(f"s/call N={s} | vmapped 3x2 N={s} | vmapped / 6 calls N={s}" for s in sizes)
+        + " | bits (N="
+        + sizes[0]
+        + ") |"
+    )
     rows = [head, "|---|---|" + "---|---|---|" * len(sizes) + "---|"]
     for name in names:
         first = next(r[name] for r in results.values() if name in r)
@@ -151,8 +173,11 @@ def table(results: dict) -> str:
             cells.append(f"{r['batch_s']:.3f}" if "batch_s" in r else "-")
             # > 1: the vmapped call is slower than 6 separate calls.
             cells.append(f"{r['batch_s'] / (6 * r['single_s']):.2f}" if "batch_s" in r else "-")
-        rows.append(f"| {first['estimator']} | {first['quantity']} | " + " | ".join(cells)
-                    + f" | {results[sizes[0]].get(name, {}).get('value_bits', float('nan')):.3f} |")
+        rows.append(
+            f"| {first['estimator']} | {first['quantity']} | "
+            + " | ".join(cells)
+            + f" | {results[sizes[0]].get(name, {}).get('value_bits', float('nan')):.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -178,8 +203,10 @@ def eval_point(results: dict) -> dict:
 def print_report(record: dict, repeats: int, batch_repeats: int) -> None:
     """The markdown tables and goal lines of a record (also for --from_json)."""
     results = record["results"]
-    print(f"\n### seconds per call (jitted, after compile; single: median of {repeats}, "
-          f"vmapped: median of {batch_repeats})\n")
+    print(
+        f"\n### seconds per call (jitted, after compile; single: median of {repeats}, "
+        f"vmapped: median of {batch_repeats})\n"
+    )
     print(table(results))
     ep = eval_point(results)
     if any(ep.values()):
@@ -207,27 +234,43 @@ def main(argv=None):
     parser.add_argument("--n", type=int, nargs="+", default=[25_000, 5_000], help="sample sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed single calls (median)")
     parser.add_argument("--batch_repeats", type=int, default=1, help="timed vmapped calls (median)")
-    parser.add_argument("--queries", type=int, nargs="+", default=[1000, 5000],
-                        help="KDE query subsample sizes M")
+    parser.add_argument(
+        "--queries", type=int, nargs="+", default=[1000, 5000], help="KDE query subsample sizes M"
+    )
     parser.add_argument("--no_batch", action="store_true", help="skip the vmapped 3 x 2 calls")
     parser.add_argument("--only", nargs="*", default=None, help="estimator name substrings to time")
-    parser.add_argument("--from_json", default=None,
-                        help="reprint the tables of a saved run (its output file; the last line is read)")
+    parser.add_argument(
+        "--from_json",
+        default=None,
+        help="reprint the tables of a saved run (its output file; the last line is read)",
+    )
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
-    print(f"# MI estimator speed: jax {jax.__version__} on {jax.devices()[0].device_kind} "
-          f"({jax.device_count()} device), {MODELS} models x {DATASETS} datasets")
+    print(
+        f"# MI estimator speed: jax {jax.__version__} on {jax.devices()[0].device_kind} "
+        f"({jax.device_count()} device), {MODELS} models x {DATASETS} datasets"
+    )
     if args.from_json:
         with open(args.from_json) as f:
             record = json.loads(f.read().strip().splitlines()[-1])
-        print(f"# reprinted from {args.from_json} (measured {record['device']}, code {record.get('code')})")
+        print(
+            f"# reprinted from {args.from_json} (measured {record['device']}, code {record.get('code')})"
+        )
         print_report(record, args.repeats, args.batch_repeats)
         return 0
-    results = {str(n): run(n, args.repeats, args.batch_repeats, tuple(args.queries), not args.no_batch,
-                           args.only)
-               for n in args.n}
-    record = dict(device=jax.devices()[0].device_kind, models=MODELS, datasets=DATASETS,
-                  code=timing.code_version(), results=results)
+    results = {
+        str(n): run(
+            n, args.repeats, args.batch_repeats, tuple(args.queries), not args.no_batch, args.only
+        )
+        for n in args.n
+    }
+    record = dict(
+        device=jax.devices()[0].device_kind,
+        models=MODELS,
+        datasets=DATASETS,
+        code=timing.code_version(),
+        results=results,
+    )
     print_report(record, args.repeats, args.batch_repeats)
     record["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(record))

@@ -22,9 +22,12 @@ ARGS.add_argument("--workers", type=int, default=4)
 ARGS.add_argument("--steps", type=int, default=20)
 ARGS.add_argument("--samples", type=int, default=640)
 args = ARGS.parse_args()
-if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
+if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get(
+    "XLA_FLAGS", ""
+):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+    )
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -56,9 +59,13 @@ def main():
     for name, fn in (("jit_vmap", plain), ("shard_map", mapped)):
         hlo = fn.lower(state, x, y, 10, args.steps).compile().as_text()
         result[f"{name}_collectives"] = count_collectives(hlo)
-        result[f"{name}_round_s"] = round(timing.time_calls(fn, state, x, y, 10, args.steps, repeats=1).median_s, 4)
-        print(f"{name:10s} collectives in the compiled round: {result[f'{name}_collectives']}  "
-              f"round of {args.steps} steps: {result[f'{name}_round_s']:.3f} s")
+        result[f"{name}_round_s"] = round(
+            timing.time_calls(fn, state, x, y, 10, args.steps, repeats=1).median_s, 4
+        )
+        print(
+            f"{name:10s} collectives in the compiled round: {result[f'{name}_collectives']}  "
+            f"round of {args.steps} steps: {result[f'{name}_round_s']:.3f} s"
+        )
     print(json.dumps(result))
 
 

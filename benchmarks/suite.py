@@ -70,27 +70,61 @@ from fedjax_mi import config, federated, measure, models
 from fedjax_mi import sweep as sweep_lib
 from fedjax_mi import mi
 
-PARTS = ("sweep", "sweep_edge", "separate", "seeds", "edge", "steps", "eval_split", "runs_vmap",
-         "forward")
+PARTS = (
+    "sweep",
+    "sweep_edge",
+    "separate",
+    "seeds",
+    "edge",
+    "steps",
+    "eval_split",
+    "runs_vmap",
+    "forward",
+)
 EDGE_N = 25_000
 # The gpu preset is the paper's full size; None = every sample measured.
 PRESETS = {
-    "gpu": dict(epochs=20.0, per_worker=None, eval_period=100, mi_samples=None,
-                test_samples=None, seeds_per_figure=4, steps_repeats=5, warm_repeat=False,
-                vmap_runs="1,4,16,64", unrolls="1,2,4,8", vmap_steps=100,
-                forward_images=25_000, forward_chunks="500,5000,25000",
-                forward_precisions="float32,tensorfloat32,bfloat16"),
+    "gpu": dict(
+        epochs=20.0,
+        per_worker=None,
+        eval_period=100,
+        mi_samples=None,
+        test_samples=None,
+        seeds_per_figure=4,
+        steps_repeats=5,
+        warm_repeat=False,
+        vmap_runs="1,4,16,64",
+        unrolls="1,2,4,8",
+        vmap_steps=100,
+        forward_images=25_000,
+        forward_chunks="500,5000,25000",
+        forward_precisions="float32,tensorfloat32,bfloat16",
+    ),
     # Every part at reduced size: 2 epochs of 62 steps, so eval points 0, 100,
     # 124 include a shorter last round (which reuses the compiled round).
-    "cpu": dict(epochs=2.0, per_worker=2000, eval_period=100, mi_samples=1000,
-                test_samples=1000, seeds_per_figure=2, steps_repeats=3, warm_repeat=True,
-                vmap_runs="1,4,16", unrolls="1,4", vmap_steps=10, forward_images=2000,
-                forward_chunks="500", forward_precisions="float32"),
+    "cpu": dict(
+        epochs=2.0,
+        per_worker=2000,
+        eval_period=100,
+        mi_samples=1000,
+        test_samples=1000,
+        seeds_per_figure=2,
+        steps_repeats=3,
+        warm_repeat=True,
+        vmap_runs="1,4,16",
+        unrolls="1,4",
+        vmap_steps=10,
+        forward_images=2000,
+        forward_chunks="500",
+        forward_precisions="float32",
+    ),
 }
 PRESETS["paper"] = PRESETS["gpu"]
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 
 
 class CompileLog:
@@ -123,7 +157,9 @@ class CompileLog:
         out["total"] = sum(out.values())
         out = {k: round(v, 3) for k, v in out.items()}
         # What 'other' is (on CPU mostly the eager initialisation's random ops).
-        out["top_other"] = {k: round(v, 3) for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:3]}
+        out["top_other"] = {
+            k: round(v, 3) for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:3]
+        }
         return out
 
 
@@ -137,8 +173,11 @@ def timed(log: CompileLog, fn: Callable[[], object]) -> dict:
     fn()
     wall = time.perf_counter() - p0
     compile_s = log.between(t0, time.time())
-    return dict(wall_s=round(wall, 3), compile_s=compile_s,
-                wall_excl_compile_s=round(wall - compile_s["total"], 3))
+    return dict(
+        wall_s=round(wall, 3),
+        compile_s=compile_s,
+        wall_excl_compile_s=round(wall - compile_s["total"], 3),
+    )
 
 
 def paper_configs(args, out_root: str, total_steps: int = None) -> list[config.RunConfig]:
@@ -146,10 +185,16 @@ def paper_configs(args, out_root: str, total_steps: int = None) -> list[config.R
     suite's sizes. Sync periods keep their ratio to the eval period (fig2
     10x, fig4 1x, as reproduce's quick preset does), capped at the run's
     `total_steps` (a longer one is refused); at full size they are the paper's."""
-    sizes = dict(dataset=args.dataset, cifar_dir=args.cifar_dir, epochs=args.epochs,
-                 eval_period=args.eval_period, per_worker=args.per_worker,
-                 mi_samples=args.mi_samples, test_samples=args.test_samples,
-                 eval_chunk=args.eval_chunk)
+    sizes = dict(
+        dataset=args.dataset,
+        cifar_dir=args.cifar_dir,
+        epochs=args.epochs,
+        eval_period=args.eval_period,
+        per_worker=args.per_worker,
+        mi_samples=args.mi_samples,
+        test_samples=args.test_samples,
+        eval_chunk=args.eval_chunk,
+    )
     cfgs = []
     for name in reproduce.FIGURES:
         paper = configs.load(name)
@@ -164,8 +209,10 @@ def paper_configs(args, out_root: str, total_steps: int = None) -> list[config.R
 def moved(cfgs, folder: str) -> list[config.RunConfig]:
     """The same runs writing under a fresh folder: every timed call starts
     from scratch (run_sweep refuses, or would resume, a folder with results)."""
-    return [c.replace(out=os.path.join(os.path.dirname(c.out), folder, os.path.basename(c.out)))
-            for c in cfgs]
+    return [
+        c.replace(out=os.path.join(os.path.dirname(c.out), folder, os.path.basename(c.out)))
+        for c in cfgs
+    ]
 
 
 def quiet(_line: str) -> None:
@@ -183,10 +230,13 @@ def part_sweep(args, log, cfgs) -> dict:
 
 def part_separate(log, cfgs) -> dict:
     """The four experiments one after the other in this process."""
-    runs = {os.path.basename(c.out): timed(log, lambda c=c: sweep_lib.run(c, quiet))
-            for c in moved(cfgs, "separate")}
-    total = {k: round(sum(r[k] for r in runs.values()), 3)
-             for k in ("wall_s", "wall_excl_compile_s")}
+    runs = {
+        os.path.basename(c.out): timed(log, lambda c=c: sweep_lib.run(c, quiet))
+        for c in moved(cfgs, "separate")
+    }
+    total = {
+        k: round(sum(r[k] for r in runs.values()), 3) for k in ("wall_s", "wall_excl_compile_s")
+    }
     return dict(runs=runs, **total)
 
 
@@ -196,15 +246,24 @@ def part_seeds(args, log, cfgs) -> dict:
     fig1's seed-0 run alone."""
     fig1 = cfgs[0]
     root = os.path.dirname(fig1.out)
-    sweep = [c.replace(seed=s, out=os.path.join(root, "seeds", f"{s}-{os.path.basename(c.out)}"))
-             for s in range(args.seeds_per_figure) for c in cfgs]
-    one = timed(log, lambda: sweep_lib.run(
-        fig1.replace(out=os.path.join(root, "seeds-one")), quiet))
+    sweep = [
+        c.replace(seed=s, out=os.path.join(root, "seeds", f"{s}-{os.path.basename(c.out)}"))
+        for s in range(args.seeds_per_figure)
+        for c in cfgs
+    ]
+    one = timed(
+        log, lambda: sweep_lib.run(fig1.replace(out=os.path.join(root, "seeds-one")), quiet)
+    )
     many = timed(log, lambda: sweep_lib.run_sweep(sweep, quiet))
-    return dict(runs=len(sweep), one=one, sweep=many,
-                ratio=round(many["wall_s"] / one["wall_s"], 3),
-                ratio_excl_compile=round(many["wall_excl_compile_s"]
-                                         / max(one["wall_excl_compile_s"], 1e-9), 3))
+    return dict(
+        runs=len(sweep),
+        one=one,
+        sweep=many,
+        ratio=round(many["wall_s"] / one["wall_s"], 3),
+        ratio_excl_compile=round(
+            many["wall_excl_compile_s"] / max(one["wall_excl_compile_s"], 1e-9), 3
+        ),
+    )
 
 
 def edge_inputs(n: int):
@@ -220,14 +279,18 @@ def part_edge(repeats: int) -> dict:
     argument order is measure's (labels on the first side of I(Z;Y))."""
     x, z, y = edge_inputs(EDGE_N)
     key, out = jax.random.key(2), {}
-    modes = {"reference": measure.paper_edge_configs(),
-             "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile())}
+    modes = {
+        "reference": measure.paper_edge_configs(),
+        "quantile": (mi.EdgeQuantile(), mi.EdgeQuantile()),
+    }
     for mode, (cfg_xz, cfg_zy) in modes.items():
         for pair, a, b, cfg in (("xz", x, z, cfg_xz), ("zy", y, z, cfg_zy)):
             t = timing.time_calls(mi.estimate, key, a, b, cfg, repeats=repeats)
-            out[f"{mode}_{pair}"] = dict(s_per_call=round(t.median_s, 4),
-                                         first_call_s=round(t.first_s, 3),
-                                         bits=round(float(mi.estimate(key, a, b, cfg)), 4))
+            out[f"{mode}_{pair}"] = dict(
+                s_per_call=round(t.median_s, 4),
+                first_call_s=round(t.first_s, 3),
+                bits=round(float(mi.estimate(key, a, b, cfg)), 4),
+            )
     return dict(n=EDGE_N, x_dim=int(x.shape[1]), z_dim=int(z.shape[1]), classes=10, **out)
 
 
@@ -237,10 +300,23 @@ def sweep_setup(cfgs):
     data = sweep_lib.load_sweep_data(cfgs)
     local_x, local_y, test_x, test_y = sweep_lib.eval_subsets(first, data)
     sweep = sweep_lib.prepare_sweep(cfgs, data)
-    round_args = (sweep.states, sweep.train_x, sweep.train_y, sweep.groups, sweep.protocols,
-                  first.measurement.eval_period)
-    measure_args = (sweep.edge_keys, sweep.states.params, local_x, local_y, sweep.groups, test_x,
-                    test_y)
+    round_args = (
+        sweep.states,
+        sweep.train_x,
+        sweep.train_y,
+        sweep.groups,
+        sweep.protocols,
+        first.measurement.eval_period,
+    )
+    measure_args = (
+        sweep.edge_keys,
+        sweep.states.params,
+        local_x,
+        local_y,
+        sweep.groups,
+        test_x,
+        test_y,
+    )
     return sweep.round_fn, round_args, sweep.measure_fn, measure_args
 
 
@@ -253,11 +329,15 @@ def part_steps(cfgs, repeats: int) -> dict:
         round_s = timing.time_calls(round_fn, *round_args, repeats=repeats).median_s
         measure_s = timing.time_calls(measure_fn, *measure_args, repeats=repeats).median_s
         runs, workers, steps = len(group), group[0].data.workers, group[0].measurement.eval_period
-        out[name] = dict(runs=runs, round_s=round(round_s, 4), steps_per_round=steps,
-                         steps_per_s=round(steps / round_s, 2),  # every run advances one step
-                         fed_steps_per_s=round(runs * steps / round_s, 2),  # K workers each
-                         worker_steps_per_s=round(runs * workers * steps / round_s, 2),
-                         measure_s=round(measure_s, 4))
+        out[name] = dict(
+            runs=runs,
+            round_s=round(round_s, 4),
+            steps_per_round=steps,
+            steps_per_s=round(steps / round_s, 2),  # every run advances one step
+            fed_steps_per_s=round(runs * steps / round_s, 2),  # K workers each
+            worker_steps_per_s=round(runs * workers * steps / round_s, 2),
+            measure_s=round(measure_s, 4),
+        )
     return out
 
 
@@ -268,8 +348,10 @@ def with_mi(cfgs, mi_names: str) -> list[config.RunConfig]:
 
 def part_sweep_edge(log, cfgs) -> dict:
     """The four experiments as one sweep in EDGE reference mode."""
-    return timed(log, lambda: sweep_lib.run_sweep(moved(with_mi(cfgs, "edge_reference"),
-                                                         "sweep-edge"), quiet))
+    return timed(
+        log,
+        lambda: sweep_lib.run_sweep(moved(with_mi(cfgs, "edge_reference"), "sweep-edge"), quiet),
+    )
 
 
 def sweep_forward(cfgs, num_classes: int) -> Callable:
@@ -280,11 +362,16 @@ def sweep_forward(cfgs, num_classes: int) -> Callable:
 
     def one_run(params, local_x, test_x):
         images = jnp.concatenate([local_x.reshape((-1,) + local_x.shape[2:]), test_x])
-        return jax.lax.map(lambda p: measure.chunked_forward(model, p, images, chunk),
-                           measure.models_to_measure(params))
+        return jax.lax.map(
+            lambda p: measure.chunked_forward(model, p, images, chunk),
+            measure.models_to_measure(params),
+        )
 
-    return jax.jit(lambda params, local_x, groups, test_x: jax.lax.map(
-        lambda a: one_run(a[0], local_x[a[1]], test_x), (params, groups)))
+    return jax.jit(
+        lambda params, local_x, groups, test_x: jax.lax.map(
+            lambda a: one_run(a[0], local_x[a[1]], test_x), (params, groups)
+        )
+    )
 
 
 def part_eval_split(cfgs, repeats: int) -> dict:
@@ -293,27 +380,35 @@ def part_eval_split(cfgs, repeats: int) -> dict:
     as the difference; default estimators and EDGE reference mode."""
     out = {}
     for mode, group in (("default", cfgs), ("edge_reference", with_mi(cfgs, "edge_reference"))):
-        _, _, measure_fn, (keys, params, local_x, local_y, groups, test_x, test_y) = \
-            sweep_setup(group)
+        _, _, measure_fn, (keys, params, local_x, local_y, groups, test_x, test_y) = sweep_setup(
+            group
+        )
         num_classes = int(sweep_lib.load_sweep_data(group[:1]).num_classes)
         forward = sweep_forward(group, num_classes)
-        whole = timing.time_calls(measure_fn, keys, params, local_x, local_y, groups, test_x,
-                                  test_y, repeats=repeats).median_s
+        whole = timing.time_calls(
+            measure_fn, keys, params, local_x, local_y, groups, test_x, test_y, repeats=repeats
+        ).median_s
         fwd = timing.time_calls(forward, params, local_x, groups, test_x, repeats=repeats).median_s
-        images = len(group) * (jax.tree.leaves(params)[0].shape[1] + 1) * (
-            local_x.shape[1] * local_x.shape[2] + test_x.shape[0])
-        out[mode] = dict(mi=group[0].measurement.mi, measure_s=round(whole, 4), forward_s=round(fwd, 4),
-                         estimators_s=round(whole - fwd, 4),
-                         forward_share=round(fwd / whole, 3),
-                         forward_us_per_image=round(fwd / images * 1e6, 2))
+        images = (
+            len(group)
+            * (jax.tree.leaves(params)[0].shape[1] + 1)
+            * (local_x.shape[1] * local_x.shape[2] + test_x.shape[0])
+        )
+        out[mode] = dict(
+            mi=group[0].measurement.mi,
+            measure_s=round(whole, 4),
+            forward_s=round(fwd, 4),
+            estimators_s=round(whole - fwd, 4),
+            forward_share=round(fwd / whole, 3),
+            forward_us_per_image=round(fwd / images * 1e6, 2),
+        )
     return out
 
 
 def vmap_configs(cfgs, runs: int) -> list[config.RunConfig]:
     """`runs` runs cycling over the four figures (seeds 0, 1, ...), all on
     data seed 0, so the sweep holds at most four partitions."""
-    return [cfgs[i % len(cfgs)].replace(seed=i // len(cfgs), data_seed=0)
-            for i in range(runs)]
+    return [cfgs[i % len(cfgs)].replace(seed=i // len(cfgs), data_seed=0) for i in range(runs)]
 
 
 def part_runs_vmap(args, cfgs) -> dict:
@@ -326,20 +421,27 @@ def part_runs_vmap(args, cfgs) -> dict:
         group = vmap_configs(cfgs, runs)
         _, (states, train_x, train_y, groups, periods, _), _, _ = sweep_setup(group)
         num_classes = int(sweep_lib.load_sweep_data(group[:1]).num_classes)
-        for unroll in (args.unrolls if runs == len(cfgs) else (1,)):
+        for unroll in args.unrolls if runs == len(cfgs) else (1,):
             round_fn = federated.make_sweep_round(
-                models.LeNet(num_classes=num_classes), federated.make_optimizer(first.training.momentum),
-                batch_size=first.training.batch_size, steps=args.vmap_steps,
+                models.LeNet(num_classes=num_classes),
+                federated.make_optimizer(first.training.momentum),
+                batch_size=first.training.batch_size,
+                steps=args.vmap_steps,
                 opt_sync=first.training.opt_sync,
-                unroll=unroll)
-            t = timing.time_calls(round_fn, states, train_x, train_y, groups, periods,
-                                  repeats=args.steps_repeats)
+                unroll=unroll,
+            )
+            t = timing.time_calls(
+                round_fn, states, train_x, train_y, groups, periods, repeats=args.steps_repeats
+            )
             compile_call, s = t.first_s, t.median_s
             out[f"runs{runs}_unroll{unroll}"] = dict(
-                runs=runs, unroll=unroll, steps=args.vmap_steps,
+                runs=runs,
+                unroll=unroll,
+                steps=args.vmap_steps,
                 ms_per_step=round(s / args.vmap_steps * 1e3, 3),
                 ms_per_run_step=round(s / args.vmap_steps / runs * 1e3, 4),
-                first_call_s=round(compile_call, 2))
+                first_call_s=round(compile_call, 2),
+            )
     return out
 
 
@@ -349,6 +451,7 @@ def part_forward(args) -> dict:
     (`benchmarks/measure_forward.py`); then chunk sizes and matmul
     precisions with the automatic formulation."""
     from benchmarks import measure_forward as mf
+
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (args.forward_images, 32, 32, 3), dtype=np.uint8))
     one = models.LeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
@@ -356,62 +459,97 @@ def part_forward(args) -> dict:
     per_image = 1e6 / (3 * args.forward_images)
     auto, auto_chunk = models.measure_conv_impl(), measure.forward_chunk(args.eval_chunk)
     impls = {"auto": auto, **{i: (i, i) for i in mf.IMPLS if (i, i) != auto}}
-    variants = {f"impl_{name}_chunk{args.eval_chunk}_float32": (impl, args.eval_chunk, "float32")
-                for name, impl in impls.items()}
+    variants = {
+        f"impl_{name}_chunk{args.eval_chunk}_float32": (impl, args.eval_chunk, "float32")
+        for name, impl in impls.items()
+    }
     # What the measurement runs: the automatic form and chunk.
     variants[f"impl_auto_chunk{auto_chunk}_float32"] = (auto, auto_chunk, "float32")
-    variants.update({f"impl_auto_chunk{c}_{p}": (auto, c, p) for c in args.forward_chunks
-                     for p in args.forward_precisions})
+    variants.update(
+        {
+            f"impl_auto_chunk{c}_{p}": (auto, c, p)
+            for c in args.forward_chunks
+            for p in args.forward_precisions
+        }
+    )
     fns = {name: mf.forward_fn(impl, chunk) for name, (impl, chunk, _) in variants.items()}
 
     def call(name):
         with jax.default_matmul_precision(variants[name][2]):
             return jax.block_until_ready(fns[name](stacked, images))
 
-    timed = timing.interleaved({name: functools.partial(call, name) for name in fns},
-                               max(args.steps_repeats, 3))
+    timed = timing.interleaved(
+        {name: functools.partial(call, name) for name in fns}, max(args.steps_repeats, 3)
+    )
     first, times, cpu = timed.first_s, timed.times, timed.cpu
     ref = call(f"impl_auto_chunk{auto_chunk}_float32")[1]
-    base = np.asarray(next(times[n] for n, v in variants.items()
-                           if v == (("xla", "xla"), args.eval_chunk, "float32")))
-    out = {name: dict(impl=list(variants[name][0]), chunk=variants[name][1],
-                      precision=variants[name][2],
-                      us_per_image=round(float(np.median(t)) * per_image, 2),
-                      cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
-                      ratio_to_xla=round(float(np.median(np.asarray(t) / base)), 3),
-                      first_call_s=round(first[name], 2),
-                      max_abs_z_diff=float(jnp.max(jnp.abs(call(name)[1] - ref))))
-           for name, t in times.items()}
-    return dict(images=args.forward_images, models=3, auto=list(auto),
-                auto_chunk=auto_chunk,
-                auto_us_per_image=out[f"impl_auto_chunk{auto_chunk}_float32"]["us_per_image"],
-                variants=out)
+    base = np.asarray(
+        next(
+            times[n]
+            for n, v in variants.items()
+            if v == (("xla", "xla"), args.eval_chunk, "float32")
+        )
+    )
+    out = {
+        name: dict(
+            impl=list(variants[name][0]),
+            chunk=variants[name][1],
+            precision=variants[name][2],
+            us_per_image=round(float(np.median(t)) * per_image, 2),
+            cpu_us_per_image=round(float(np.median(cpu[name])) * per_image, 2),
+            ratio_to_xla=round(float(np.median(np.asarray(t) / base)), 3),
+            first_call_s=round(first[name], 2),
+            max_abs_z_diff=float(jnp.max(jnp.abs(call(name)[1] - ref))),
+        )
+        for name, t in times.items()
+    }
+    return dict(
+        images=args.forward_images,
+        models=3,
+        auto=list(auto),
+        auto_chunk=auto_chunk,
+        auto_us_per_image=out[f"impl_auto_chunk{auto_chunk}_float32"]["us_per_image"],
+        variants=out,
+    )
 
 
 def parse_args(argv=None):
     """`--preset` sets the defaults of the size flags; explicit flags win."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("--dataset", default="cifar10", help="cifar10 (needs --cifar_dir) or digits")
+    parser.add_argument(
+        "--dataset", default="cifar10", help="cifar10 (needs --cifar_dir) or digits"
+    )
     parser.add_argument("--cifar_dir", default=None, help="official cifar-10-batches-py folder")
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--per_worker", type=int, help="truncate each local dataset")
     parser.add_argument("--eval_period", type=int)
     parser.add_argument("--mi_samples", type=int, help="local samples measured (default all)")
     parser.add_argument("--test_samples", type=int, help="test samples measured (default all)")
-    parser.add_argument("--eval_chunk", type=int, default=config.MeasurementConfig.eval_chunk,
-                        help="images per forward chunk in the measurement (--eval_chunk)")
-    parser.add_argument("--seeds_per_figure", type=int, help="seeds of the seed sweep (x 4 figures)")
+    parser.add_argument(
+        "--eval_chunk",
+        type=int,
+        default=config.MeasurementConfig.eval_chunk,
+        help="images per forward chunk in the measurement (--eval_chunk)",
+    )
+    parser.add_argument(
+        "--seeds_per_figure", type=int, help="seeds of the seed sweep (x 4 figures)"
+    )
     parser.add_argument("--vmap_runs", help="runs vmapped in the runs_vmap part, comma-separated")
     parser.add_argument("--unrolls", help="scan unrolls timed with the four runs, comma-separated")
     parser.add_argument("--vmap_steps", type=int, help="steps of the runs_vmap round")
     parser.add_argument("--forward_images", type=int, help="images of the forward part")
     parser.add_argument("--forward_chunks", help="forward chunk sizes timed, comma-separated")
-    parser.add_argument("--forward_precisions",
-                        help="matmul precisions of the forward part (float32, tensorfloat32, bfloat16)")
+    parser.add_argument(
+        "--forward_precisions",
+        help="matmul precisions of the forward part (float32, tensorfloat32, bfloat16)",
+    )
     parser.add_argument("--steps_repeats", type=int, help="timed calls per steady-state figure")
-    parser.add_argument("--warm_repeat", action=argparse.BooleanOptionalAction,
-                        help="rerun the four-run sweep compiled, to check the subtraction")
+    parser.add_argument(
+        "--warm_repeat",
+        action=argparse.BooleanOptionalAction,
+        help="rerun the four-run sweep compiled, to check the subtraction",
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
     parser.add_argument("--out", default="runs/suite.json")
     parser.add_argument("--markdown", default="runs/suite.md", help="where the table goes")
@@ -442,66 +580,115 @@ def compile_summary(results: dict) -> dict:
     if "separate" in results:
         out["one_run"] = next(iter(results["separate"]["runs"].values()))["compile_s"]
     worst = max([max(c["round"], c["measure"]) for c in out.values()], default=None)
-    return dict(out, target_s=10.0, max_round_or_measure_s=worst,
-                under_target=None if worst is None else worst < 10.0)
+    return dict(
+        out,
+        target_s=10.0,
+        max_round_or_measure_s=worst,
+        under_target=None if worst is None else worst < 10.0,
+    )
 
 
 def rows_of(record: dict) -> list[tuple[str, str]]:
     """(what, figures) rows of the readable summary of the JSON record."""
     r, rows = record["results"], []
-    for part, label in (("sweep", "4 paper experiments, one sweep (default estimators)"),
-                        ("sweep_edge", "4 paper experiments, one sweep (EDGE reference)")):
+    for part, label in (
+        ("sweep", "4 paper experiments, one sweep (default estimators)"),
+        ("sweep_edge", "4 paper experiments, one sweep (EDGE reference)"),
+    ):
         if part in r:
             s = r[part]
-            rows.append((label, f"wall {s['wall_s']:.2f} s, excl. compile "
-                                f"{s['wall_excl_compile_s']:.2f} s"
-                         + (f" (warm rerun {s['warm_repeat_wall_s']:.2f} s)"
-                            if "warm_repeat_wall_s" in s else "")))
+            rows.append(
+                (
+                    label,
+                    f"wall {s['wall_s']:.2f} s, excl. compile "
+                    f"{s['wall_excl_compile_s']:.2f} s"
+                    + (
+                        f" (warm rerun {s['warm_repeat_wall_s']:.2f} s)"
+                        if "warm_repeat_wall_s" in s
+                        else ""
+                    ),
+                )
+            )
     if "separate" in r:
         s = r["separate"]
-        rows.append(("4 paper experiments, 4 runs", f"wall {s['wall_s']:.2f} s, excl. compile "
-                     f"{s['wall_excl_compile_s']:.2f} s; per run "
-                     + " ".join(f"{v['wall_s']:.1f}" for v in s["runs"].values())))
+        rows.append(
+            (
+                "4 paper experiments, 4 runs",
+                f"wall {s['wall_s']:.2f} s, excl. compile "
+                f"{s['wall_excl_compile_s']:.2f} s; per run "
+                + " ".join(f"{v['wall_s']:.1f}" for v in s["runs"].values()),
+            )
+        )
     if "seeds" in r:
         s = r["seeds"]
-        rows.append((f"{s['runs']}-run sweep vs 1 run",
-                     f"wall {s['sweep']['wall_s']:.2f} vs {s['one']['wall_s']:.2f} s "
-                     f"(x{s['ratio']:.2f}); excl. compile {s['sweep']['wall_excl_compile_s']:.2f} "
-                     f"vs {s['one']['wall_excl_compile_s']:.2f} s (x{s['ratio_excl_compile']:.2f}; "
-                     "target <= 3 on one GPU)"))
+        rows.append(
+            (
+                f"{s['runs']}-run sweep vs 1 run",
+                f"wall {s['sweep']['wall_s']:.2f} vs {s['one']['wall_s']:.2f} s "
+                f"(x{s['ratio']:.2f}); excl. compile {s['sweep']['wall_excl_compile_s']:.2f} "
+                f"vs {s['one']['wall_excl_compile_s']:.2f} s (x{s['ratio_excl_compile']:.2f}; "
+                "target <= 3 on one GPU)",
+            )
+        )
     if "edge" in r:
         e = r["edge"]
         for mode in ("reference", "quantile"):
-            rows.append((f"EDGE {mode} N={e['n']}",
-                         f"I(X;Z) {e[mode + '_xz']['s_per_call'] * 1e3:.1f} ms, I(Z;Y) "
-                         f"{e[mode + '_zy']['s_per_call'] * 1e3:.1f} ms per call"))
+            rows.append(
+                (
+                    f"EDGE {mode} N={e['n']}",
+                    f"I(X;Z) {e[mode + '_xz']['s_per_call'] * 1e3:.1f} ms, I(Z;Y) "
+                    f"{e[mode + '_zy']['s_per_call'] * 1e3:.1f} ms per call",
+                )
+            )
     if "steps" in r:
         for name, s in r["steps"].items():
-            rows.append((f"round {name} ({s['runs']} run{'s' if s['runs'] > 1 else ''})",
-                         f"{s['fed_steps_per_s']:.1f} fed steps/s, {s['worker_steps_per_s']:.1f} "
-                         f"worker-steps/s; measurement {s['measure_s']:.3f} s"))
+            rows.append(
+                (
+                    f"round {name} ({s['runs']} run{'s' if s['runs'] > 1 else ''})",
+                    f"{s['fed_steps_per_s']:.1f} fed steps/s, {s['worker_steps_per_s']:.1f} "
+                    f"worker-steps/s; measurement {s['measure_s']:.3f} s",
+                )
+            )
     if "eval_split" in r:
         for mode, s in r["eval_split"].items():
-            rows.append((f"eval point, 4 runs, {mode}",
-                         f"{s['measure_s']:.3f} s = forwards {s['forward_s']:.3f} s "
-                         f"({s['forward_share']:.0%}, {s['forward_us_per_image']:.1f} us/image) "
-                         f"+ estimators {s['estimators_s']:.3f} s"))
+            rows.append(
+                (
+                    f"eval point, 4 runs, {mode}",
+                    f"{s['measure_s']:.3f} s = forwards {s['forward_s']:.3f} s "
+                    f"({s['forward_share']:.0%}, {s['forward_us_per_image']:.1f} us/image) "
+                    f"+ estimators {s['estimators_s']:.3f} s",
+                )
+            )
     if "runs_vmap" in r:
         for s in r["runs_vmap"].values():
-            rows.append((f"training step, {s['runs']} runs vmapped, unroll {s['unroll']}",
-                         f"{s['ms_per_step']:.2f} ms per step ({s['ms_per_run_step']:.3f} ms "
-                         "per run-step)"))
+            rows.append(
+                (
+                    f"training step, {s['runs']} runs vmapped, unroll {s['unroll']}",
+                    f"{s['ms_per_step']:.2f} ms per step ({s['ms_per_run_step']:.3f} ms "
+                    "per run-step)",
+                )
+            )
     if "forward" in r:
         f = r["forward"]
         for name, v in f["variants"].items():
-            rows.append((f"measurement forward {name}", f"{v['us_per_image']:.2f} us/image, "
-                         f"CPU time {v.get('cpu_us_per_image')} us/image, x{v.get('ratio_to_xla')} "
-                         f"of xla (max abs z diff {v['max_abs_z_diff']:.1e})"))
+            rows.append(
+                (
+                    f"measurement forward {name}",
+                    f"{v['us_per_image']:.2f} us/image, "
+                    f"CPU time {v.get('cpu_us_per_image')} us/image, x{v.get('ratio_to_xla')} "
+                    f"of xla (max abs z diff {v['max_abs_z_diff']:.1e})",
+                )
+            )
     for name, c in r.get("compile", {}).items():
         if isinstance(c, dict):
-            rows.append((f"compile {name}", f"round {c['round']:.2f} s, measure {c['measure']:.2f} s "
-                         f"(target < 10 s), other {c['other']:.2f} s"
-                         + (f" (mostly {next(iter(c['top_other']))})" if c["top_other"] else "")))
+            rows.append(
+                (
+                    f"compile {name}",
+                    f"round {c['round']:.2f} s, measure {c['measure']:.2f} s "
+                    f"(target < 10 s), other {c['other']:.2f} s"
+                    + (f" (mostly {next(iter(c['top_other']))})" if c["top_other"] else ""),
+                )
+            )
     return rows
 
 
@@ -512,28 +699,52 @@ def table(record: dict) -> str:
 
 def markdown(record: dict) -> str:
     """The summary as a markdown table, with the machine and the load."""
-    head = (f"{record['device_kind']} ({record['device']}), jax {record['jax']}, "
-            f"preset {record['preset']}, git {record['git']}, load before "
-            f"{', '.join(f'{v:.1f}' for v in record['load_before'])}\n\n")
-    return head + "| what | figures |\n|---|---|\n" + "\n".join(
-        f"| {what} | {figures} |" for what, figures in rows_of(record)) + "\n"
+    head = (
+        f"{record['device_kind']} ({record['device']}), jax {record['jax']}, "
+        f"preset {record['preset']}, git {record['git']}, load before "
+        f"{', '.join(f'{v:.1f}' for v in record['load_before'])}\n\n"
+    )
+    return (
+        head
+        + "| what | figures |\n|---|---|\n"
+        + "\n".join(f"| {what} | {figures} |" for what, figures in rows_of(record))
+        + "\n"
+    )
 
 
 def sizes_of(args, cfgs, n: int, schedule) -> dict:
     """Every size the suite used (the JSON's `sizes`)."""
     first = cfgs[0].flat()
     return dict(
-        dataset=args.dataset, cifar_dir=args.cifar_dir, workers=first["workers"], per_worker=n,
-        epochs=args.epochs, batch_size=first["batch_size"], eval_period=args.eval_period,
-        total_steps=schedule.total_steps, eval_points=len(schedule.eval_steps),
-        mi_samples=args.mi_samples or n, test_samples=args.test_samples or "all",
-        seeds_per_figure=args.seeds_per_figure, mi=first["mi"],
+        dataset=args.dataset,
+        cifar_dir=args.cifar_dir,
+        workers=first["workers"],
+        per_worker=n,
+        epochs=args.epochs,
+        batch_size=first["batch_size"],
+        eval_period=args.eval_period,
+        total_steps=schedule.total_steps,
+        eval_points=len(schedule.eval_steps),
+        mi_samples=args.mi_samples or n,
+        test_samples=args.test_samples or "all",
+        seeds_per_figure=args.seeds_per_figure,
+        mi=first["mi"],
         edge_version=first["edge_version"],
-        eval_chunk=first["eval_chunk"], edge_n=EDGE_N, steps_repeats=args.steps_repeats,
-        vmap_runs=args.vmap_runs, unrolls=args.unrolls, vmap_steps=args.vmap_steps,
-        forward_images=args.forward_images, measure_conv_impl=models.measure_conv_impl(),
-        figures={os.path.basename(c.out): dict(split=c.data.split, protocol=c.protocol.protocol,
-                                               sync_period=c.protocol.sync_period) for c in cfgs})
+        eval_chunk=first["eval_chunk"],
+        edge_n=EDGE_N,
+        steps_repeats=args.steps_repeats,
+        vmap_runs=args.vmap_runs,
+        unrolls=args.unrolls,
+        vmap_steps=args.vmap_steps,
+        forward_images=args.forward_images,
+        measure_conv_impl=models.measure_conv_impl(),
+        figures={
+            os.path.basename(c.out): dict(
+                split=c.data.split, protocol=c.protocol.protocol, sync_period=c.protocol.sync_period
+            )
+            for c in cfgs
+        },
+    )
 
 
 def jaxlib_version() -> str | None:
@@ -555,9 +766,16 @@ def save(record: dict, path: str) -> None:
 def git_version() -> str:
     """The commit of the code measured ('-dirty': with uncommitted edits)."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                              timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -566,11 +784,20 @@ def main(argv=None):
     args = parse_args(argv)
     log = CompileLog()
     device = jax.devices()[0]
-    record = dict(device=str(device), device_kind=device.device_kind, jax=jax.__version__,
-                  jaxlib=jaxlib_version(), argv=sys.argv, git=git_version(), preset=args.preset,
-                  compilation_cache_dir=jax.config.jax_compilation_cache_dir,
-                  load_before=os.getloadavg(), measure_forward_us_per_image=None, sizes={},
-                  results={})
+    record = dict(
+        device=str(device),
+        device_kind=device.device_kind,
+        jax=jax.__version__,
+        jaxlib=jaxlib_version(),
+        argv=sys.argv,
+        git=git_version(),
+        preset=args.preset,
+        compilation_cache_dir=jax.config.jax_compilation_cache_dir,
+        load_before=os.getloadavg(),
+        measure_forward_us_per_image=None,
+        sizes={},
+        results={},
+    )
     results = record["results"]
     with tempfile.TemporaryDirectory() as tmp:
         fig1 = paper_configs(args, tmp)[0]  # no-sync: fixes the schedule
@@ -586,14 +813,16 @@ def main(argv=None):
         # The record is written after every part, so a run stopped by a
         # time limit keeps the parts it finished.
         # The forward part comes early: it is the CPU's headline figure.
-        parts = dict(sweep=lambda: part_sweep(args, log, cfgs),
-                     forward=lambda: part_forward(args),
-                     sweep_edge=lambda: part_sweep_edge(log, cfgs),
-                     eval_split=lambda: part_eval_split(cfgs, args.steps_repeats),
-                     steps=lambda: part_steps(cfgs, args.steps_repeats),
-                     runs_vmap=lambda: part_runs_vmap(args, cfgs),
-                     separate=lambda: part_separate(log, cfgs),
-                     seeds=lambda: part_seeds(args, log, cfgs))
+        parts = dict(
+            sweep=lambda: part_sweep(args, log, cfgs),
+            forward=lambda: part_forward(args),
+            sweep_edge=lambda: part_sweep_edge(log, cfgs),
+            eval_split=lambda: part_eval_split(cfgs, args.steps_repeats),
+            steps=lambda: part_steps(cfgs, args.steps_repeats),
+            runs_vmap=lambda: part_runs_vmap(args, cfgs),
+            separate=lambda: part_separate(log, cfgs),
+            seeds=lambda: part_seeds(args, log, cfgs),
+        )
         for name, part in parts.items():
             if name not in args.skip:
                 print(f"[suite] {name} ...", file=sys.stderr, flush=True)
@@ -607,8 +836,10 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
     with open(args.markdown, "w") as fh:
         fh.write(markdown(record))
-    print(f"jax {record['jax']} on {record['device_kind']} ({record['device']}); sizes: "
-          + ", ".join(f"{k}={v}" for k, v in record["sizes"].items() if k != "figures"))
+    print(
+        f"jax {record['jax']} on {record['device_kind']} ({record['device']}); sizes: "
+        + ", ".join(f"{k}={v}" for k, v in record["sizes"].items() if k != "figures")
+    )
     print(table(record))
     print(json.dumps(record))
 

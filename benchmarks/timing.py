@@ -30,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Seconds of the first call and of each later one, and the last result."""
+
     first_s: float
     times: tuple[float, ...]
     value: Any
@@ -67,6 +68,7 @@ class Interleaved:
     """Per call name: the first call's seconds, then each round's wall and
     process CPU seconds (all threads; on a machine shared with other jobs it
     moves less with their load than wall time)."""
+
     first_s: dict[str, float]
     times: dict[str, tuple[float, ...]]
     cpu: dict[str, tuple[float, ...]]
@@ -89,8 +91,9 @@ def interleaved(calls: dict[str, Callable[[], Any]], rounds: int) -> Interleaved
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return Interleaved(first, {n: tuple(t) for n, t in times.items()},
-                       {n: tuple(c) for n, c in cpu.items()})
+    return Interleaved(
+        first, {n: tuple(t) for n, t in times.items()}, {n: tuple(c) for n, c in cpu.items()}
+    )
 
 
 def code_version() -> dict:
@@ -101,8 +104,12 @@ def code_version() -> dict:
     for f in sorted((ROOT / "fedjax_mi" / "mi").glob("*.py")):
         digest.update(f.name.encode() + f.read_bytes())
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return {"commit": commit, "mi_sources_sha1": digest.hexdigest()[:12]}

@@ -32,8 +32,9 @@ def fake_data(num_workers, num_samples, seed=0):
 
 
 def time_scanned(model, opt, x, y, batch_size, steps, repeats):
-    state = federated.init(jax.random.key(0), model, opt, x[0, :1].astype(jnp.float32),
-                           x.shape[0], x.shape[1], LR)
+    state = federated.init(
+        jax.random.key(0), model, opt, x[0, :1].astype(jnp.float32), x.shape[0], x.shape[1], LR
+    )
     round_fn = federated.make_round(model, opt, batch_size=batch_size, steps=steps)
 
     def one_round():  # each round continues from the last one's state
@@ -48,16 +49,28 @@ def time_scanned(model, opt, x, y, batch_size, steps, repeats):
 def time_loop(model, opt, x, y, batch_size, steps, repeats):
     num_workers = x.shape[0]
     local_step = jax.jit(federated.make_local_step(model, opt))
-    params = [model.init(jax.random.key(0), x[0, :1].astype(jnp.float32))["params"]
-              for _ in range(num_workers)]
+    params = [
+        model.init(jax.random.key(0), x[0, :1].astype(jnp.float32))["params"]
+        for _ in range(num_workers)
+    ]
     opt_states = [opt.init(p) for p in params]
-    batches = [[(x[k, i * batch_size:(i + 1) * batch_size], y[k, i * batch_size:(i + 1) * batch_size])
-                for i in range(steps)] for k in range(num_workers)]
+    batches = [
+        [
+            (
+                x[k, i * batch_size : (i + 1) * batch_size],
+                y[k, i * batch_size : (i + 1) * batch_size],
+            )
+            for i in range(steps)
+        ]
+        for k in range(num_workers)
+    ]
 
     def all_steps():  # every worker's steps, one jitted step at a time
         for i in range(steps):
             for k in range(num_workers):
-                params[k], opt_states[k], _ = local_step(params[k], opt_states[k], *batches[k][i], LR)
+                params[k], opt_states[k], _ = local_step(
+                    params[k], opt_states[k], *batches[k][i], LR
+                )
         return params
 
     best = timing.time_calls(all_steps, repeats=repeats).best_s
@@ -73,14 +86,20 @@ def main():
     args = parser.parse_args()
     x, y = fake_data(args.workers, args.batch_size * args.steps)
     opt = federated.make_optimizer()
-    result = {"device": str(jax.devices()[0]), "workers": args.workers,
-              "batch_size": args.batch_size, "steps": args.steps}
+    result = {
+        "device": str(jax.devices()[0]),
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+    }
     for impl in ("patches", "xla"):
         model = models.LeNet(conv_impl=impl)
         a = time_scanned(model, opt, x, y, args.batch_size, args.steps, args.repeats)
         b = time_loop(model, opt, x, y, args.batch_size, args.steps, args.repeats)
-        print(f"conv={impl:8s} (a) scanned vmapped round: {a:8.1f} worker-steps/s   "
-              f"(b) per-worker loop of jitted steps: {b:8.1f} worker-steps/s")
+        print(
+            f"conv={impl:8s} (a) scanned vmapped round: {a:8.1f} worker-steps/s   "
+            f"(b) per-worker loop of jitted steps: {b:8.1f} worker-steps/s"
+        )
         result[f"scanned_{impl}"] = round(a, 1)
         result[f"loop_{impl}"] = round(b, 1)
     best_a = max(result["scanned_patches"], result["scanned_xla"])

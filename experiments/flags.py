@@ -19,10 +19,11 @@ from experiments import configs
 from fedjax_mi import checkpoint, config, folder_lock, metrics_io, preemption, sharding
 
 # Exit statuses (README "Exit statuses"); 1 is left to unexpected errors.
-EXIT_BAD_INPUT = 2   # a flag, data file, checkpoint or an --out in use by another run
-EXIT_DIVERGED = 3    # non-finite training loss
-EXIT_IO_ERROR = 74   # sysexits.h EX_IOERR: a result could not be written (disk full, read-only)
+EXIT_BAD_INPUT = 2  # a flag, data file, checkpoint or an --out in use by another run
+EXIT_DIVERGED = 3  # non-finite training loss
+EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: a result could not be written (disk full, read-only)
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGINT, saved; run again to resume
+
 
 def _define(name: str) -> None:
     """The flag of one setting, from its declaration in `fedjax_mi.config`."""
@@ -31,30 +32,47 @@ def _define(name: str) -> None:
     if meta["enum"]:
         flags.DEFINE_enum(name, field.default, list(meta["enum"]), meta["help"])
     else:
-        define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
-                  float: flags.DEFINE_float, bool: flags.DEFINE_boolean}[kind]
+        define = {
+            str: flags.DEFINE_string,
+            int: flags.DEFINE_integer,
+            float: flags.DEFINE_float,
+            bool: flags.DEFINE_boolean,
+        }[kind]
         define(name, field.default, meta["help"])
 
 
 for _name in config.FIELDS:
     _define(_name)
 
-flags.DEFINE_string("config", None, "start from a Python config of experiments/configs "
-                    f"({', '.join(configs.NAMES)}; 'fig1:quick' for a preset); the flags given "
-                    "override its settings")
+flags.DEFINE_string(
+    "config",
+    None,
+    "start from a Python config of experiments/configs "
+    f"({', '.join(configs.NAMES)}; 'fig1:quick' for a preset); the flags given "
+    "override its settings",
+)
 
 # Not a RunConfig field: how a sweep is placed, not what it computes.
-flags.DEFINE_integer("devices", 1, "split the runs of a sweep (experiments.sweep, reproduce) "
-                     "over this many devices; the number of runs must be a multiple of it")
+flags.DEFINE_integer(
+    "devices",
+    1,
+    "split the runs of a sweep (experiments.sweep, reproduce) "
+    "over this many devices; the number of runs must be a multiple of it",
+)
 
 
 # Several processes (hosts) running one program; absent: one process, or a
 # SLURM job's tasks (sharding.init_distributed).
-flags.DEFINE_string("coordinator", None, "address:port of process 0 when several processes run "
-                    "one program (with --num_processes, --process_id; default: SLURM's, if any)")
+flags.DEFINE_string(
+    "coordinator",
+    None,
+    "address:port of process 0 when several processes run "
+    "one program (with --num_processes, --process_id; default: SLURM's, if any)",
+)
 flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
-flags.DEFINE_integer("process_id", None, "this process's index, 0 writes the files "
-                     "(with --coordinator)")
+flags.DEFINE_integer(
+    "process_id", None, "this process's index, 0 writes the files (with --coordinator)"
+)
 
 
 def default_compilation_cache_dir() -> str:
@@ -63,9 +81,12 @@ def default_compilation_cache_dir() -> str:
     return os.path.join(base, "fedjax_mi", "jax")
 
 
-flags.DEFINE_string("compilation_cache_dir", default_compilation_cache_dir(),
-                    "JAX's persistent compilation cache: later invocations of the same "
-                    "experiment reuse its compiled programs (docs/performance.md); '' disables it")
+flags.DEFINE_string(
+    "compilation_cache_dir",
+    default_compilation_cache_dir(),
+    "JAX's persistent compilation cache: later invocations of the same "
+    "experiment reuse its compiled programs (docs/performance.md); '' disables it",
+)
 
 FLAGS = flags.FLAGS
 
@@ -129,8 +150,9 @@ def main_guard(fn: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     except metrics_io.OutputError as e:
-        print(f"error: {e}; free space or fix permissions, then rerun with --resume",
-              file=sys.stderr)
+        print(
+            f"error: {e}; free space or fix permissions, then rerun with --resume", file=sys.stderr
+        )
         sys.exit(EXIT_IO_ERROR)
     except preemption.Preempted as e:
         print(f"{e}; resume with: {resume_command(sys.argv)}", file=sys.stderr)

@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 
 def plot(results, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -41,9 +42,14 @@ def plot(results, path):
             pts = sorted((r["noise_var"], r) for r in sel if r["model"] == model)
             s2 = [p[0] for p in pts]
             for ax, key in zip(row, ("mi_xz_kde", "mi_zy_kde")):
-                line, = ax.plot(s2, [p[1][key] for p in pts], "o-", label=f"{model} (KL)")
-                ax.plot(s2, [p[1][f"{key}_lower"] for p in pts], "o:", color=line.get_color(),
-                        label=f"{model} (Bhattacharyya)")
+                (line,) = ax.plot(s2, [p[1][key] for p in pts], "o-", label=f"{model} (KL)")
+                ax.plot(
+                    s2,
+                    [p[1][f"{key}_lower"] for p in pts],
+                    "o:",
+                    color=line.get_color(),
+                    label=f"{model} (Bhattacharyya)",
+                )
         for ax, label in zip(row, ("I(X; Z+e)", "I(Z+e; Y)")):
             ax.set_xscale("log")
             ax.set_xlabel("relative noise variance s^2")
@@ -63,8 +69,11 @@ def main(argv):
 
     def go():
         cfgs = [outputs.read_config(d) for d in run_dirs]
-        out = FLAGS.out if FLAGS["out"].present else os.path.join(
-            os.path.dirname(os.path.abspath(run_dirs[0])), "remeasure")
+        out = (
+            FLAGS.out
+            if FLAGS["out"].present
+            else os.path.join(os.path.dirname(os.path.abspath(run_dirs[0])), "remeasure")
+        )
         os.makedirs(out, exist_ok=True)
         data = sweep.load_sweep_data(cfgs)
         prepared = sweep.prepare_sweep(cfgs, data)
@@ -76,18 +85,27 @@ def main(argv):
         step, states, _ = restored
         local_x, local_y, test_x, test_y = sweep.eval_subsets(cfgs[0], data)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(prepared.edge_keys, step)
-        eval_model = models.LeNet(num_classes=data.num_classes, conv_impl=models.measure_conv_impl(),
-                                  input_scale=cfgs[0].training.input_scale)
+        eval_model = models.LeNet(
+            num_classes=data.num_classes,
+            conv_impl=models.measure_conv_impl(),
+            input_scale=cfgs[0].training.input_scale,
+        )
         noise_vars = [float(v) for v in FLAGS.noise_vars] if "kde" in FLAGS.mi else [None]
         results = []
         for s2 in noise_vars:
-            study = dataclasses.replace(cfgs[0].measurement.study, mi=FLAGS.mi,
-                                        **({} if s2 is None else {"kde_noise_var": s2}))
-            fn = measure.make_sweep_measure(eval_model,
-                                            measure.study_estimators(study, data.num_classes),
-                                            chunk=measure.forward_chunk(cfgs[0].measurement.eval_chunk))
-            m = jax.device_get(fn(keys, states.params, local_x, local_y, prepared.groups,
-                                  test_x, test_y))
+            study = dataclasses.replace(
+                cfgs[0].measurement.study,
+                mi=FLAGS.mi,
+                **({} if s2 is None else {"kde_noise_var": s2}),
+            )
+            fn = measure.make_sweep_measure(
+                eval_model,
+                measure.study_estimators(study, data.num_classes),
+                chunk=measure.forward_chunk(cfgs[0].measurement.eval_chunk),
+            )
+            m = jax.device_get(
+                fn(keys, states.params, local_x, local_y, prepared.groups, test_x, test_y)
+            )
             for r, cfg in enumerate(cfgs):
                 for rec in outputs.to_records(step, 0.0, jax.tree.map(lambda a: a[r], m), None):
                     if rec["dataset"] != "test":

@@ -36,14 +36,22 @@ from fedjax_mi.config import ConfigError, RunConfig
 FIGURES = ("fig1", "fig2", "fig3", "fig4")
 
 flags.adopt_module_key_flags(run_flags)
-flags.DEFINE_enum("preset", "quick", list(common.PRESETS) + list(protocols.STUDIES),
-                  "settings of the four runs (experiments/configs), or a protocol study "
-                  "(protocols, protocols_digits: docs/protocols.md)")
+flags.DEFINE_enum(
+    "preset",
+    "quick",
+    list(common.PRESETS) + list(protocols.STUDIES),
+    "settings of the four runs (experiments/configs), or a protocol study "
+    "(protocols, protocols_digits: docs/protocols.md)",
+)
 flags.DEFINE_list("figures", list(FIGURES), "which of the four experiments to run")
 flags.DEFINE_integer("fig2_sync_period", None, "override fig2's sync period")
 flags.DEFINE_integer("fig4_sync_period", None, "override fig4's sync period")
-flags.DEFINE_integer("seeds", 1, "run every figure with this many seeds (--seed, --seed + 1, ...) "
-                     "in the same sweep; figures and summary give mean and spread")
+flags.DEFINE_integer(
+    "seeds",
+    1,
+    "run every figure with this many seeds (--seed, --seed + 1, ...) "
+    "in the same sweep; figures and summary give mean and spread",
+)
 FLAGS = flags.FLAGS
 
 # Settings that reproduce sets per figure, so explicit values of them are refused.
@@ -75,8 +83,11 @@ def figure_runs(out: str) -> dict[str, list[RunConfig]]:
     for figure in FLAGS.figures:
         cfg = figure_config(figure, FLAGS.preset, out)
         seeds = [cfg.training.seed + i for i in range(FLAGS.seeds)]
-        runs[figure] = [cfg] if FLAGS.seeds == 1 else [
-            cfg.replace(seed=s, out=os.path.join(cfg.out, f"seed{s}")) for s in seeds]
+        runs[figure] = (
+            [cfg]
+            if FLAGS.seeds == 1
+            else [cfg.replace(seed=s, out=os.path.join(cfg.out, f"seed{s}")) for s in seeds]
+        )
     return runs
 
 
@@ -87,16 +98,19 @@ def write_figures(out: str, runs_of: dict[str, list[RunConfig]]) -> str:
     for figure, cfgs in runs_of.items():
         title = figure_title(figure, cfgs[0])
         for cfg in cfgs:
-            plotting.plot_run(cfg.out, title=title if len(cfgs) == 1
-                              else f"{title}, seed {cfg.training.seed}")
-        records[figure] = [metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-                           for c in cfgs]
+            plotting.plot_run(
+                cfg.out, title=title if len(cfgs) == 1 else f"{title}, seed {cfg.training.seed}"
+            )
+        records[figure] = [
+            metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for c in cfgs
+        ]
         if len(cfgs) > 1:
             plotting.plot_seeds(records[figure], os.path.join(out, figure, "seeds.png"), title)
     path = os.path.join(out, "summary.md")
     if FLAGS.seeds == 1:
-        text = summary.summary_markdown({f: r[0] for f, r in records.items()},
-                                        {f: c[0] for f, c in runs_of.items()})
+        text = summary.summary_markdown(
+            {f: r[0] for f, r in records.items()}, {f: c[0] for f, c in runs_of.items()}
+        )
     else:
         text = summary.seeds_markdown(records, runs_of)
     metrics_io.write_atomic(path, text)
@@ -107,8 +121,9 @@ def reproduce(out: str) -> None:
     """The figures (with their seeds) as one sweep, then figures and summary."""
     for name in _PER_FIGURE:
         if FLAGS[name].present:
-            raise ConfigError(name, "is set per figure by reproduce; use experiments.run for "
-                              "a single setting")
+            raise ConfigError(
+                name, "is set per figure by reproduce; use experiments.run for a single setting"
+            )
     unknown = [f for f in FLAGS.figures if f not in FIGURES]
     if unknown:
         raise ConfigError("figures", f"unknown {unknown}; choose from {list(FIGURES)}")
@@ -126,15 +141,21 @@ def reproduce(out: str) -> None:
         sharding.barrier("fedjax_mi reproduce out")
         t0 = time.perf_counter()
         if writer:
-            seeds = "" if FLAGS.seeds == 1 else \
-                f" x seeds {[c.training.seed for c in next(iter(runs_of.values()))]}"
-            print(f"[reproduce] {', '.join(runs_of)}{seeds} as one sweep of {len(cfgs)} runs "
-                  f"(one compiled program)")
+            seeds = (
+                ""
+                if FLAGS.seeds == 1
+                else f" x seeds {[c.training.seed for c in next(iter(runs_of.values()))]}"
+            )
+            print(
+                f"[reproduce] {', '.join(runs_of)}{seeds} as one sweep of {len(cfgs)} runs "
+                f"(one compiled program)"
+            )
         sweep.run_sweep(cfgs, devices=FLAGS.devices, progress=progress.Printer())
         if writer:
             path = write_figures(out, runs_of)
-            print(f"[reproduce] {len(cfgs)} runs in {time.perf_counter() - t0:.1f} s; "
-                  f"summary: {path}")
+            print(
+                f"[reproduce] {len(cfgs)} runs in {time.perf_counter() - t0:.1f} s; summary: {path}"
+            )
 
 
 def run_study(out: str) -> None:
@@ -144,29 +165,41 @@ def run_study(out: str) -> None:
         if FLAGS[name].present:
             raise ConfigError(name, "is set per run by the protocol study")
     explicit = {k: v for k, v in run_flags.explicit_settings().items() if k != "out"}
-    cfgs = {name: cfg.replace(**explicit, out=os.path.join(out, name))
-            for name, cfg in protocols.get_configs(FLAGS.preset).items()}
+    cfgs = {
+        name: cfg.replace(**explicit, out=os.path.join(out, name))
+        for name, cfg in protocols.get_configs(FLAGS.preset).items()
+    }
     config.check_sweep(list(cfgs.values()))
     sweep.check_devices(len(cfgs), FLAGS.devices)
     outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
     t0 = time.perf_counter()
     print(f"[reproduce] protocol study {FLAGS.preset}: {len(cfgs)} runs as one sweep")
-    sweep.run_sweep(list(cfgs.values()), devices=FLAGS.devices,
-                    progress=progress.Printer(max_width=200))
-    runs = {n: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-            for n, c in cfgs.items()}
-    points = [dict(summary.final_point(runs[n]), split=c.data.split, protocol=c.protocol.label)
-              for n, c in cfgs.items()]
+    sweep.run_sweep(
+        list(cfgs.values()), devices=FLAGS.devices, progress=progress.Printer(max_width=200)
+    )
+    runs = {
+        n: metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for n, c in cfgs.items()
+    }
+    points = [
+        dict(summary.final_point(runs[n]), split=c.data.split, protocol=c.protocol.label)
+        for n, c in cfgs.items()
+    ]
     first = next(iter(cfgs.values()))
     d, t = first.data, first.training
-    figure = plotting.plot_tradeoff(points, os.path.join(out, "tradeoff.png"),
-                                    title=f"{FLAGS.preset}: {d.dataset}, K={d.workers}")
-    lines = [f"# Protocol study {FLAGS.preset}", "",
-             f"{d.dataset}, {d.workers} workers, {t.epochs:g} epochs, batch "
-             f"{t.batch_size}, lr {t.lr:g}, eval every {first.measurement.eval_period} steps, "
-             f"aggregate {first.protocol.aggregate}, seeds {list(protocols.SEEDS)}. Final test "
-             f"accuracy and I(Z;Y) of the average; communication as docs/protocols.md counts it.",
-             ""]
+    figure = plotting.plot_tradeoff(
+        points,
+        os.path.join(out, "tradeoff.png"),
+        title=f"{FLAGS.preset}: {d.dataset}, K={d.workers}",
+    )
+    lines = [
+        f"# Protocol study {FLAGS.preset}",
+        "",
+        f"{d.dataset}, {d.workers} workers, {t.epochs:g} epochs, batch "
+        f"{t.batch_size}, lr {t.lr:g}, eval every {first.measurement.eval_period} steps, "
+        f"aggregate {first.protocol.aggregate}, seeds {list(protocols.SEEDS)}. Final test "
+        f"accuracy and I(Z;Y) of the average; communication as docs/protocols.md counts it.",
+        "",
+    ]
     lines += summary.tradeoff_table(runs, cfgs)
     lines += ["", f"![trade-off]({os.path.basename(figure)})", ""]
     path = os.path.join(out, "summary.md")
@@ -180,8 +213,11 @@ def main(argv):
 
     def go():
         if FLAGS.config:
-            raise ConfigError("config", "reproduce takes its settings from --preset "
-                              "(experiments/configs); use experiments.run --config")
+            raise ConfigError(
+                "config",
+                "reproduce takes its settings from --preset "
+                "(experiments/configs); use experiments.run --config",
+            )
         if FLAGS.preset in protocols.STUDIES:
             out = FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}"
             with folder_lock.hold(out):

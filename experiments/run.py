@@ -22,8 +22,10 @@ def main(argv):
 
     def go():
         if run_flags.FLAGS.devices != 1:
-            raise config.ConfigError("devices", "splits the runs of a sweep "
-                                     "(experiments.sweep, reproduce); a run has one")
+            raise config.ConfigError(
+                "devices",
+                "splits the runs of a sweep (experiments.sweep, reproduce); a run has one",
+            )
         cfg = run_flags.config_from_flags()
         config.check_sweep([cfg])  # every setting, before the folder is made
         with folder_lock.hold(cfg.out):  # also while the figures are drawn

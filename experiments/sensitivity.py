@@ -35,9 +35,15 @@ flags.adopt_module_key_flags(run_flags)
 # CIFAR-10 tutorial corner (torch init, [-1, 1] inputs, momentum 0.9) with an
 # lr sweep, and plain SGD at the rates around the collapse seen in a
 # one-seed probe (docs/reproduction.md, "The sensitivity study").
-DEFAULT_SETTINGS = ("flax:unit:0:0.05", "flax:unit:0:0.1", "flax:unit:0:0.2",
-                    "torch:symmetric:0.9:0.001", "torch:symmetric:0.9:0.005",
-                    "torch:symmetric:0.9:0.01", "torch:symmetric:0.9:0.02")
+DEFAULT_SETTINGS = (
+    "flax:unit:0:0.05",
+    "flax:unit:0:0.1",
+    "flax:unit:0:0.2",
+    "torch:symmetric:0.9:0.001",
+    "torch:symmetric:0.9:0.005",
+    "torch:symmetric:0.9:0.01",
+    "torch:symmetric:0.9:0.02",
+)
 # Fig 1 of the paper: locals above 75% training accuracy, the average 36%.
 PAPER_POINT = (0.75, 0.36)
 
@@ -46,8 +52,17 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every setting (weights, or
 FLAGS = flags.FLAGS
 
 # What the study sets unless a flag is given explicitly (fig 1, accuracy only).
-BASE = dict(dataset="cifar10", workers=2, split="iid", protocol="nosync", epochs=20.0,
-            batch_size=32, eval_period=500, mi="none", checkpoint_every=0)
+BASE = dict(
+    dataset="cifar10",
+    workers=2,
+    split="iid",
+    protocol="nosync",
+    epochs=20.0,
+    batch_size=32,
+    eval_period=500,
+    mi="none",
+    checkpoint_every=0,
+)
 
 
 def parse_setting(text: str) -> dict[str, Any]:
@@ -56,8 +71,9 @@ def parse_setting(text: str) -> dict[str, Any]:
     if len(parts) != 4:
         raise config.ConfigError("settings", f"{text!r} is not init:input_scale:momentum:lr")
     try:
-        return dict(init=parts[0], input_scale=parts[1], momentum=float(parts[2]),
-                    lr=float(parts[3]))
+        return dict(
+            init=parts[0], input_scale=parts[1], momentum=float(parts[2]), lr=float(parts[3])
+        )
     except ValueError:
         raise config.ConfigError("settings", f"cannot read numbers in {text!r}") from None
 
@@ -78,26 +94,36 @@ def final_point(records: list[dict[str, Any]]) -> dict[str, float]:
     avg = [r for r in local if r["model"] == "average"]
     test = [r for r in at if r["model"] == "average" and r["dataset"] == "test"]
     nan = lambda v: float("nan") if v is None else v
-    return dict(step=last, locals=float(np.mean(own)), average=float(np.mean([r["acc"] for r in avg])),
-                average_test=nan(test[0]["acc"]) if test else float("nan"),
-                barrier=float(np.mean([nan(r.get("barrier")) for r in avg])),
-                weight_distance=nan(avg[0].get("weight_distance")))
+    return dict(
+        step=last,
+        locals=float(np.mean(own)),
+        average=float(np.mean([r["acc"] for r in avg])),
+        average_test=nan(test[0]["acc"]) if test else float("nan"),
+        barrier=float(np.mean([nan(r.get("barrier")) for r in avg])),
+        weight_distance=nan(avg[0].get("weight_distance")),
+    )
 
 
 def complete(cfg: config.RunConfig, total_steps: int) -> bool:
     path = os.path.join(cfg.out, "metrics.jsonl")
-    return os.path.exists(path) and any(r["step"] == total_steps
-                                        for r in metrics_io.read_records(path))
+    return os.path.exists(path) and any(
+        r["step"] == total_steps for r in metrics_io.read_records(path)
+    )
 
 
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     """Markdown: mean ± sd over seeds of each setting's final point."""
     cell = lambda v: f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}"
-    rows = ["| setting | seeds | locals (own data) | average (local data) | average (test) "
-            "| barrier [nats] | weight distance |", "| --- |" + " --- |" * 6]
+    rows = [
+        "| setting | seeds | locals (own data) | average (local data) | average (test) "
+        "| barrier [nats] | weight distance |",
+        "| --- |" + " --- |" * 6,
+    ]
     for name, points in results.items():
-        cols = [[p[k] for p in points] for k in ("locals", "average", "average_test", "barrier",
-                                                  "weight_distance")]
+        cols = [
+            [p[k] for p in points]
+            for k in ("locals", "average", "average_test", "barrier", "weight_distance")
+        ]
         rows.append(f"| {name} | {len(points)} | " + " | ".join(cell(c) for c in cols) + " |")
     return "\n".join(rows) + "\n"
 
@@ -106,14 +132,15 @@ def plot(results: dict[str, list[dict[str, float]]], path: str) -> None:
     """Locals' final accuracy against the average's, one point per setting
     (mean over seeds, bars ±1 sd), the paper's fig 1 point as a star."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, points in results.items():
         x, y = [p["locals"] for p in points], [p["average"] for p in points]
         sd = lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0
-        ax.errorbar(np.mean(x), np.mean(y), xerr=sd(x), yerr=sd(y), fmt="o", capsize=3,
-                    label=name)
+        ax.errorbar(np.mean(x), np.mean(y), xerr=sd(x), yerr=sd(y), fmt="o", capsize=3, label=name)
     ax.plot(*PAPER_POINT, "k*", ms=14, label="paper, fig 1")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.6)
     ax.set_xlabel("locals' final training accuracy (own local data)")
@@ -128,12 +155,16 @@ def plot(results: dict[str, list[dict[str, float]]], path: str) -> None:
     plt.close(fig)
 
 
-def write_results(out: str, cfgs_by_setting: dict[str, list[config.RunConfig]],
-                  total_steps: int) -> dict[str, list[dict[str, float]]]:
+def write_results(
+    out: str, cfgs_by_setting: dict[str, list[config.RunConfig]], total_steps: int
+) -> dict[str, list[dict[str, float]]]:
     results = collections.OrderedDict()
     for name, cfgs in cfgs_by_setting.items():
-        done = [final_point(metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")))
-                for c in cfgs if complete(c, total_steps)]
+        done = [
+            final_point(metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")))
+            for c in cfgs
+            if complete(c, total_steps)
+        ]
         if done:
             results[name] = done
     metrics_io.write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=2))
@@ -149,8 +180,9 @@ def main(argv):
 
     def go():
         out = FLAGS.out if FLAGS["out"].present else "runs/sensitivity"
-        values = dict(BASE, **{k: v for k, v in run_flags.explicit_settings().items()
-                               if k != "out"})
+        values = dict(
+            BASE, **{k: v for k, v in run_flags.explicit_settings().items() if k != "out"}
+        )
         settings = [parse_setting(s) for s in FLAGS.settings]
         try:
             seeds = [int(s) for s in FLAGS.seeds]
@@ -158,13 +190,18 @@ def main(argv):
             raise config.ConfigError("seeds", f"cannot read {FLAGS.seeds} as integers") from None
         cfgs_by_setting = collections.OrderedDict()
         for s in settings:
-            cfgs_by_setting[setting_name(s)] = [run_flags.config_from_flags(
-                **{**values, **s, "seed": seed},
-                out=os.path.join(out, setting_name(s), f"seed{seed}")) for seed in seeds]
+            cfgs_by_setting[setting_name(s)] = [
+                run_flags.config_from_flags(
+                    **{**values, **s, "seed": seed},
+                    out=os.path.join(out, setting_name(s), f"seed{seed}"),
+                )
+                for seed in seeds
+            ]
         groups = collections.OrderedDict()
         for name, cfgs in cfgs_by_setting.items():
-            groups.setdefault((cfgs[0].training.momentum, cfgs[0].training.input_scale),
-                              []).extend(cfgs)
+            groups.setdefault((cfgs[0].training.momentum, cfgs[0].training.input_scale), []).extend(
+                cfgs
+            )
         for cfgs in groups.values():
             config.check_sweep(cfgs)
         os.makedirs(out, exist_ok=True)
@@ -185,14 +222,19 @@ def main(argv):
                 continue
             t0 = time.perf_counter()
             log(f"[sensitivity] momentum {momentum:g}, {scale}: {len(todo)} runs as one sweep")
-            sweep.run_sweep([c.replace(overwrite=True) for c in todo], log=log,
-                            progress=progress.Printer(log))
-            log(f"[sensitivity] momentum {momentum:g}, {scale}: {len(todo)} runs in "
-                f"{time.perf_counter() - t0:.0f} s")
+            sweep.run_sweep(
+                [c.replace(overwrite=True) for c in todo], log=log, progress=progress.Printer(log)
+            )
+            log(
+                f"[sensitivity] momentum {momentum:g}, {scale}: {len(todo)} runs in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
             write_results(out, cfgs_by_setting, total)
         results = write_results(out, cfgs_by_setting, total)
-        log(f"[sensitivity] {sum(map(len, results.values()))} runs; table: {out}/table.md\n"
-            + table(results))
+        log(
+            f"[sensitivity] {sum(map(len, results.values()))} runs; table: {out}/table.md\n"
+            + table(results)
+        )
 
     run_flags.main_guard(go)
 

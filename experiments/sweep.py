@@ -42,9 +42,6 @@ def _values(name, single, cast):
         raise config.ConfigError(name, f"cannot read {raw} as {cast.__name__}s") from None
 
 
-
-
-
 def run_name(cfg: config.RunConfig) -> str:
     """e.g. 'iid-periodic100-lr0.05-seed0', 'classes-dynamic4-d0.9-lr0.05-seed1'."""
     p, t = cfg.protocol, cfg.training
@@ -61,17 +58,29 @@ def sweep_configs(out: str) -> list[config.RunConfig]:
     """The product of the list flags; no-sync runs ignore the sync periods."""
     cfgs = []
     for seed, lr, split, protocol in itertools.product(
-            _values("seeds", FLAGS.seed, int), _values("lrs", FLAGS.lr, float),
-            _values("splits", FLAGS.split, str), _values("protocols", FLAGS.protocol, str)):
-        periods = ([None] if protocol not in config.PERIODIC
-                   else _values("sync_periods", FLAGS.sync_period, int))
+        _values("seeds", FLAGS.seed, int),
+        _values("lrs", FLAGS.lr, float),
+        _values("splits", FLAGS.split, str),
+        _values("protocols", FLAGS.protocol, str),
+    ):
+        periods = (
+            [None]
+            if protocol not in config.PERIODIC
+            else _values("sync_periods", FLAGS.sync_period, int)
+        )
         for period in periods:
             # A protocol's own flags reach only its runs (--delta: the dynamic ones).
-            own = {f: (getattr(FLAGS, f) if protocol == p else None) for p, names in
-                   (("dynamic", ("check_every", "delta")),
-                    ("triggered", ("trigger_metric", "trigger_ratio"))) for f in names}
-            cfg = run_flags.config_from_flags(seed=seed, lr=lr, split=split, protocol=protocol,
-                                              sync_period=period, **own)
+            own = {
+                f: (getattr(FLAGS, f) if protocol == p else None)
+                for p, names in (
+                    ("dynamic", ("check_every", "delta")),
+                    ("triggered", ("trigger_metric", "trigger_ratio")),
+                )
+                for f in names
+            }
+            cfg = run_flags.config_from_flags(
+                seed=seed, lr=lr, split=split, protocol=protocol, sync_period=period, **own
+            )
             cfgs.append(cfg.replace(out=os.path.join(out, run_name(cfg))))
     return cfgs
 
@@ -82,21 +91,43 @@ def write_sweep_files(cfgs, out: str) -> None:
     docs/protocols.md)."""
     for cfg in cfgs:
         plotting.plot_run(cfg.out, title=run_name(cfg))
-    listed = ("seed", "lr", "split", "protocol", "sync_period", "check_every", "delta",
-              "trigger_metric", "trigger_ratio")
-    metrics_io.write_atomic(os.path.join(out, "runs.json"), json.dumps(
-        [{"name": run_name(c), "out": c.out, **{k: c.flat()[k] for k in listed}} for c in cfgs],
-        indent=2))
-    runs = {run_name(c): metrics_io.read_records(os.path.join(c.out, "metrics.jsonl"))
-            for c in cfgs}
+    listed = (
+        "seed",
+        "lr",
+        "split",
+        "protocol",
+        "sync_period",
+        "check_every",
+        "delta",
+        "trigger_metric",
+        "trigger_ratio",
+    )
+    metrics_io.write_atomic(
+        os.path.join(out, "runs.json"),
+        json.dumps(
+            [{"name": run_name(c), "out": c.out, **{k: c.flat()[k] for k in listed}} for c in cfgs],
+            indent=2,
+        ),
+    )
+    runs = {
+        run_name(c): metrics_io.read_records(os.path.join(c.out, "metrics.jsonl")) for c in cfgs
+    }
     named = {run_name(c): c for c in cfgs}
-    plotting.plot_tradeoff([dict(summary.final_point(runs[n]), split=c.data.split,
-                                 protocol=c.protocol.label)
-                            for n, c in named.items()], os.path.join(out, "tradeoff.png"))
-    metrics_io.write_atomic(os.path.join(out, "summary.md"), "\n".join(
-        ["# Sweep: accuracy against communication", ""]
-        + summary.tradeoff_table(runs, named)
-        + ["", "![trade-off](tradeoff.png)", ""]))
+    plotting.plot_tradeoff(
+        [
+            dict(summary.final_point(runs[n]), split=c.data.split, protocol=c.protocol.label)
+            for n, c in named.items()
+        ],
+        os.path.join(out, "tradeoff.png"),
+    )
+    metrics_io.write_atomic(
+        os.path.join(out, "summary.md"),
+        "\n".join(
+            ["# Sweep: accuracy against communication", ""]
+            + summary.tradeoff_table(runs, named)
+            + ["", "![trade-off](tradeoff.png)", ""]
+        ),
+    )
     print(f"[sweep] {len(cfgs)} runs written under {out}; trade-off: {out}/summary.md")
 
 

@@ -47,8 +47,10 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     with _quiet_orbax():  # it reads each checkpoint's metadata, damaged or not
         return ocp.CheckpointManager(
             os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                 enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=False
+            ),
+        )
 
 
 def close(mgr: ocp.CheckpointManager) -> None:
@@ -63,17 +65,23 @@ def _to_saveable(states: federated.FedState) -> federated.FedState:
     return states._replace(data_keys=jax.random.key_data(states.data_keys))
 
 
-def save(mgr: ocp.CheckpointManager, step: int, states: federated.FedState,
-         meta: dict[str, Any]) -> None:
+def save(
+    mgr: ocp.CheckpointManager, step: int, states: federated.FedState, meta: dict[str, Any]
+) -> None:
     """Save `states` after local step `step` (synchronously, atomically);
     `metrics_io.OutputError` naming the folder if that fails."""
     try:
-        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(states)),
-                                               meta=ocp.args.JsonSave(meta)))
+        mgr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_saveable(states)), meta=ocp.args.JsonSave(meta)
+            ),
+        )
         mgr.wait_until_finished()
     except Exception as e:  # orbax/tensorstore wrap the OSError in several types
-        raise metrics_io.output_error(f"{mgr.directory}/{step}", e,
-                                      "the previous checkpoints are intact") from None
+        raise metrics_io.output_error(
+            f"{mgr.directory}/{step}", e, "the previous checkpoints are intact"
+        ) from None
 
 
 class _IgnoreAbandonedReads:
@@ -92,8 +100,10 @@ class _IgnoreAbandonedReads:
 
     def __call__(self, unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)
-        if isinstance(unraisable.exc_value, RuntimeError) and \
-                str(unraisable.exc_value) == "Event loop is closed":
+        if (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
             return
         if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
             return
@@ -138,27 +148,33 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
-def restore_step(mgr: ocp.CheckpointManager, step: int, template: federated.FedState
-                 ) -> tuple[federated.FedState, dict[str, Any]]:
+def restore_step(
+    mgr: ocp.CheckpointManager, step: int, template: federated.FedState
+) -> tuple[federated.FedState, dict[str, Any]]:
     """(states, meta) of checkpoint `step`; `CheckpointError` if it does not
     read back. `template` gives the shapes and dtypes."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
     _ignore_abandoned_reads()
     try:
         with _quiet_orbax():
-            restored = mgr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            restored = mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
     except Exception as e:  # orbax/tensorstore raise many types for a damaged file
-        raise CheckpointError(f"checkpoint {mgr.directory}/{step} is unreadable ({_reason(e)})",
-                              _reason(e)) from None
+        raise CheckpointError(
+            f"checkpoint {mgr.directory}/{step} is unreadable ({_reason(e)})", _reason(e)
+        ) from None
     states = restored.state
     states = states._replace(data_keys=jax.random.wrap_key_data(states.data_keys))
     return states, restored.meta
 
 
-def restore_latest(mgr: ocp.CheckpointManager, template: federated.FedState,
-                   warn: Callable[[str], None] = print
-                   ) -> Optional[tuple[int, federated.FedState, dict[str, Any]]]:
+def restore_latest(
+    mgr: ocp.CheckpointManager, template: federated.FedState, warn: Callable[[str], None] = print
+) -> Optional[tuple[int, federated.FedState, dict[str, Any]]]:
     """(step, states, meta) of the newest checkpoint that reads back, or None
     if there is none. Each damaged newer one is skipped with one `warn` line
     naming it and why; `CheckpointError` (one line) if none reads back.
@@ -173,11 +189,15 @@ def restore_latest(mgr: ocp.CheckpointManager, template: federated.FedState,
             failures.append((step, e.reason))
             continue
         for bad, reason in failures:
-            warn(f"warning: skipped the damaged checkpoint {mgr.directory}/{bad} ({reason}); "
-                 f"using the one at step {step}")
+            warn(
+                f"warning: skipped the damaged checkpoint {mgr.directory}/{bad} ({reason}); "
+                f"using the one at step {step}"
+            )
         return step, states, meta
     if failures:
-        raise CheckpointError(f"no intact checkpoint in {mgr.directory} ("
-                              + "; ".join(f"step {bad}: {reason}" for bad, reason in failures)
-                              + ")")
+        raise CheckpointError(
+            f"no intact checkpoint in {mgr.directory} ("
+            + "; ".join(f"step {bad}: {reason}" for bad, reason in failures)
+            + ")"
+        )
     return None

@@ -45,30 +45,44 @@ def _fail(setting: str, message: str):
     raise ConfigError(setting, message)
 
 
-def setting(default: Any, help: str, *, per_run: bool = False, resumable: bool = False,
-            enum: Optional[Sequence[str]] = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    per_run: bool = False,
+    resumable: bool = False,
+    enum: Optional[Sequence[str]] = None,
+) -> Any:
     """A declared setting: its default, help text and marks (module docstring)."""
-    return dataclasses.field(default=default, metadata=dict(
-        help=help, per_run=per_run, resumable=resumable, enum=enum))
+    return dataclasses.field(
+        default=default, metadata=dict(help=help, per_run=per_run, resumable=resumable, enum=enum)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """What each worker trains on."""
-    dataset: str = setting("digits", f"one of {data_lib.DATASETS}; 'digits' is the embedded "
-                           "offline default, 'cifar10' reads --cifar_dir or TFDS")
-    cifar_dir: Optional[str] = setting(None, "folder in the official cifar-10-batches-py layout "
-                                       "(or its parent)", resumable=True)
-    tfds_data_dir: Optional[str] = setting(None, "TFDS data_dir holding a prepared cifar10",
-                                           resumable=True)
+
+    dataset: str = setting(
+        "digits",
+        f"one of {data_lib.DATASETS}; 'digits' is the embedded "
+        "offline default, 'cifar10' reads --cifar_dir or TFDS",
+    )
+    cifar_dir: Optional[str] = setting(
+        None, "folder in the official cifar-10-batches-py layout (or its parent)", resumable=True
+    )
+    tfds_data_dir: Optional[str] = setting(
+        None, "TFDS data_dir holding a prepared cifar10", resumable=True
+    )
     workers: int = setting(2, "number of workers K")
-    split: str = setting("iid", f"partition of the training set: {data_lib.SPLITS}",
-                         per_run=True)
-    alpha: Optional[float] = setting(None, "Dirichlet concentration (only with "
-                                     "--split=dirichlet)", per_run=True)
+    split: str = setting("iid", f"partition of the training set: {data_lib.SPLITS}", per_run=True)
+    alpha: Optional[float] = setting(
+        None, "Dirichlet concentration (only with --split=dirichlet)", per_run=True
+    )
     per_worker: Optional[int] = setting(None, "truncate every local dataset to this many samples")
-    data_seed: Optional[int] = setting(None, "seed of the data partition (default: --seed)",
-                                       per_run=True)
+    data_seed: Optional[int] = setting(
+        None, "seed of the data partition (default: --seed)", per_run=True
+    )
 
     def validate(self) -> None:
         if self.dataset not in data_lib.DATASETS:
@@ -89,20 +103,30 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """How each worker trains between syncs."""
+
     epochs: float = setting(20.0, "epochs of each worker over its local data")
     batch_size: int = setting(32, "local mini-batch size")
     lr: float = setting(0.01, "SGD learning rate", per_run=True)
     momentum: float = setting(0.0, "SGD momentum (0: plain SGD)")
-    init: str = setting("flax", "initial weights: flax's defaults (lecun_normal, zero biases) "
-                        "or PyTorch's (U(+-1/sqrt(fan_in)) for weights and biases)",
-                        per_run=True, enum=models.INITS)
-    input_scale: str = setting("unit", "pixels scaled to [0, 1] (unit) or [-1, 1] (symmetric, "
-                               "PyTorch's CIFAR-10 tutorial)", enum=models.INPUT_SCALES)
+    init: str = setting(
+        "flax",
+        "initial weights: flax's defaults (lecun_normal, zero biases) "
+        "or PyTorch's (U(+-1/sqrt(fan_in)) for weights and biases)",
+        per_run=True,
+        enum=models.INITS,
+    )
+    input_scale: str = setting(
+        "unit",
+        "pixels scaled to [0, 1] (unit) or [-1, 1] (symmetric, PyTorch's CIFAR-10 tutorial)",
+        enum=models.INPUT_SCALES,
+    )
     opt_sync: str = setting("average", "optimiser state at a sync: average, reset or keep")
-    independent_init: bool = setting(False, "draw each worker's initial weights independently "
-                                     "(default: identical)")
-    seed: int = setting(0, "seed of the initial weights, data order and estimator keys",
-                        per_run=True)
+    independent_init: bool = setting(
+        False, "draw each worker's initial weights independently (default: identical)"
+    )
+    seed: int = setting(
+        0, "seed of the initial weights, data order and estimator keys", per_run=True
+    )
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -116,11 +140,14 @@ class TrainingConfig:
         if self.init not in models.INITS:
             _fail("init", f"unknown scheme {self.init!r}; choose from {models.INITS}")
         if self.input_scale not in models.INPUT_SCALES:
-            _fail("input_scale", f"unknown choice {self.input_scale!r}; choose from "
-                  f"{models.INPUT_SCALES}")
+            _fail(
+                "input_scale",
+                f"unknown choice {self.input_scale!r}; choose from {models.INPUT_SCALES}",
+            )
         if self.opt_sync not in federated.OPT_SYNCS:
-            _fail("opt_sync", f"unknown choice {self.opt_sync!r}; choose from "
-                  f"{federated.OPT_SYNCS}")
+            _fail(
+                "opt_sync", f"unknown choice {self.opt_sync!r}; choose from {federated.OPT_SYNCS}"
+            )
 
 
 PERIODIC = ("periodic", "sync")  # "sync": the old name, kept for flagfiles
@@ -130,67 +157,109 @@ TRIGGER_METRICS = ("acc", "mi_zy")
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
     """When the workers' models are aggregated, and how (docs/protocols.md)."""
+
     protocol: str = setting(
-        "nosync", "'nosync': the average is only measured; 'periodic' (or its old name "
+        "nosync",
+        "'nosync': the average is only measured; 'periodic' (or its old name "
         "'sync'): sent back every --sync_period steps; 'dynamic': when a worker drifts from the "
         "last average by more than --delta; 'triggered': when the measurement says so "
-        "(docs/protocols.md)", per_run=True)
-    sync_period: Optional[int] = setting(None, "local steps between averagings (protocol "
-                                         "periodic)", per_run=True)
-    check_every: Optional[int] = setting(None, "dynamic: local steps b between condition checks",
-                                         per_run=True)
-    delta: Optional[float] = setting(None, "dynamic: sync when some worker's ||w - r||^2 > delta "
-                                     "(squared L2 distance of all its parameters from the last "
-                                     "average r)", per_run=True)
-    trigger_metric: Optional[str] = setting(None, "triggered: 'acc' (default) or 'mi_zy' (the "
-                                            "primary I(Z;Y) estimator of --mi), on the local "
-                                            "datasets", per_run=True)
-    trigger_ratio: Optional[float] = setting(None, "triggered: sync when the average's quality < "
-                                             "rho x the local models' own (0: never, inf: at "
-                                             "every eval point)", per_run=True)
-    aggregate: str = setting("mean", "what a sync sends back: 'mean', 'median' (coordinate-wise, "
-                             "K >= 3) or 'weighted' (refused: shares are cut to one size)")
+        "(docs/protocols.md)",
+        per_run=True,
+    )
+    sync_period: Optional[int] = setting(
+        None, "local steps between averagings (protocol periodic)", per_run=True
+    )
+    check_every: Optional[int] = setting(
+        None, "dynamic: local steps b between condition checks", per_run=True
+    )
+    delta: Optional[float] = setting(
+        None,
+        "dynamic: sync when some worker's ||w - r||^2 > delta "
+        "(squared L2 distance of all its parameters from the last "
+        "average r)",
+        per_run=True,
+    )
+    trigger_metric: Optional[str] = setting(
+        None,
+        "triggered: 'acc' (default) or 'mi_zy' (the "
+        "primary I(Z;Y) estimator of --mi), on the local "
+        "datasets",
+        per_run=True,
+    )
+    trigger_ratio: Optional[float] = setting(
+        None,
+        "triggered: sync when the average's quality < "
+        "rho x the local models' own (0: never, inf: at "
+        "every eval point)",
+        per_run=True,
+    )
+    aggregate: str = setting(
+        "mean",
+        "what a sync sends back: 'mean', 'median' (coordinate-wise, "
+        "K >= 3) or 'weighted' (refused: shares are cut to one size)",
+    )
 
     def validate(self) -> None:
         if self.protocol not in federated.PROTOCOLS:
-            _fail("protocol", f"unknown protocol {self.protocol!r}; choose from "
-                  f"{federated.PROTOCOLS}")
+            _fail(
+                "protocol", f"unknown protocol {self.protocol!r}; choose from {federated.PROTOCOLS}"
+            )
         if self.protocol in PERIODIC:
             if self.sync_period is None or self.sync_period < 1:
-                _fail("sync_period", f"the {self.protocol} protocol needs --sync_period >= 1, "
-                      f"got {self.sync_period}")
+                _fail(
+                    "sync_period",
+                    f"the {self.protocol} protocol needs --sync_period >= 1, "
+                    f"got {self.sync_period}",
+                )
         elif self.sync_period is not None:
-            _fail("sync_period", f"has no meaning with --protocol={self.protocol} (only periodic "
-                  "syncs every --sync_period steps); drop it or use --protocol=periodic")
+            _fail(
+                "sync_period",
+                f"has no meaning with --protocol={self.protocol} (only periodic "
+                "syncs every --sync_period steps); drop it or use --protocol=periodic",
+            )
         if self.protocol == "dynamic":
             if self.check_every is None or self.check_every < 1:
-                _fail("check_every", f"the dynamic protocol needs --check_every >= 1, "
-                      f"got {self.check_every}")
+                _fail(
+                    "check_every",
+                    f"the dynamic protocol needs --check_every >= 1, got {self.check_every}",
+                )
             if self.delta is None or not self.delta >= 0:  # also refuses NaN
-                _fail("delta", f"the dynamic protocol needs --delta >= 0 (inf: never sync), "
-                      f"got {self.delta}")
+                _fail(
+                    "delta",
+                    f"the dynamic protocol needs --delta >= 0 (inf: never sync), got {self.delta}",
+                )
         else:
             for name in ("check_every", "delta"):
                 if getattr(self, name) is not None:
                     _fail(name, f"only applies to --protocol=dynamic, not {self.protocol!r}")
         if self.protocol == "triggered":
             if self.trigger_ratio is None or not self.trigger_ratio >= 0:
-                _fail("trigger_ratio", f"the triggered protocol needs --trigger_ratio >= 0 "
-                      f"(0: never sync, inf: at every eval point), got {self.trigger_ratio}")
+                _fail(
+                    "trigger_ratio",
+                    f"the triggered protocol needs --trigger_ratio >= 0 "
+                    f"(0: never sync, inf: at every eval point), got {self.trigger_ratio}",
+                )
             if self.metric not in TRIGGER_METRICS:
-                _fail("trigger_metric", f"unknown metric {self.metric!r}; choose from "
-                      f"{TRIGGER_METRICS}")
+                _fail(
+                    "trigger_metric",
+                    f"unknown metric {self.metric!r}; choose from {TRIGGER_METRICS}",
+                )
         else:
             for name in ("trigger_metric", "trigger_ratio"):
                 if getattr(self, name) is not None:
                     _fail(name, f"only applies to --protocol=triggered, not {self.protocol!r}")
         if self.aggregate not in federated.AGGREGATES:
-            _fail("aggregate", f"unknown choice {self.aggregate!r}; choose from "
-                  f"{federated.AGGREGATES}")
+            _fail(
+                "aggregate",
+                f"unknown choice {self.aggregate!r}; choose from {federated.AGGREGATES}",
+            )
         if self.aggregate == "weighted":
-            _fail("aggregate", "'weighted' weighs workers by their local dataset sizes, but every "
-                  "share is cut to the smallest one's size (data.federate), so it would equal "
-                  "'mean'; use --aggregate=mean")
+            _fail(
+                "aggregate",
+                "'weighted' weighs workers by their local dataset sizes, but every "
+                "share is cut to the smallest one's size (data.federate), so it would equal "
+                "'mean'; use --aggregate=mean",
+            )
 
     @property
     def metric(self) -> str:
@@ -212,29 +281,45 @@ class ProtocolConfig:
 @dataclasses.dataclass(frozen=True)
 class MeasurementConfig:
     """When and how the models are measured (docs/estimators.md)."""
+
     eval_period: int = setting(100, "local steps between measurements")
     mi_samples: Optional[int] = setting(None, "local samples measured per dataset (default: all)")
     test_samples: Optional[int] = setting(None, "test samples measured (default: all)")
-    mi: str = setting(measure.DEFAULT_MI, "estimators to record, comma-separated, from "
-                      "edge_reference, quantile, knn, probe, kde (docs/estimators.md), or 'none' "
-                      "(accuracy and the head's bounds only); the first defining a quantity also "
-                      "fills mi_xz / mi_zy")
-    edge_version: str = setting(measure.StudySettings.edge_version,
-                                f"EDGE reference version {edge_reference.VERSIONS}")
-    edge_xz: str = setting("", "edge_reference options for I(X;Z), 'NAME=VALUE; ...': the "
-                           "reference's keywords (U, gamma, epsilon, L_ensemble, ...) replacing "
-                           "the study's settings")
+    mi: str = setting(
+        measure.DEFAULT_MI,
+        "estimators to record, comma-separated, from "
+        "edge_reference, quantile, knn, probe, kde (docs/estimators.md), or 'none' "
+        "(accuracy and the head's bounds only); the first defining a quantity also "
+        "fills mi_xz / mi_zy",
+    )
+    edge_version: str = setting(
+        measure.StudySettings.edge_version, f"EDGE reference version {edge_reference.VERSIONS}"
+    )
+    edge_xz: str = setting(
+        "",
+        "edge_reference options for I(X;Z), 'NAME=VALUE; ...': the "
+        "reference's keywords (U, gamma, epsilon, L_ensemble, ...) replacing "
+        "the study's settings",
+    )
     edge_zy: str = setting("", "edge_reference options for I(Z;Y), as --edge_xz")
-    kde_noise_var: float = setting(measure.StudySettings.kde_noise_var,
-                                   "KDE noise variance s^2: a multiple of Z's mean per-dimension "
-                                   "variance (--kde_relative, the default) or absolute")
-    kde_relative: bool = setting(True, "KDE noise relative to Z's own scale (--nokde_relative: "
-                                 "absolute s^2)")
-    kde_queries: Optional[int] = setting(measure.StudySettings.kde_queries,
-                                         "KDE query rows per estimate (all N rows enter each "
-                                         "sum); default as docs/estimators.md measured")
-    eval_chunk: int = setting(500, "images per forward chunk when measuring (at most 50 on the "
-                              "CPU, faster there: docs/performance.md)")
+    kde_noise_var: float = setting(
+        measure.StudySettings.kde_noise_var,
+        "KDE noise variance s^2: a multiple of Z's mean per-dimension "
+        "variance (--kde_relative, the default) or absolute",
+    )
+    kde_relative: bool = setting(
+        True, "KDE noise relative to Z's own scale (--nokde_relative: absolute s^2)"
+    )
+    kde_queries: Optional[int] = setting(
+        measure.StudySettings.kde_queries,
+        "KDE query rows per estimate (all N rows enter each "
+        "sum); default as docs/estimators.md measured",
+    )
+    eval_chunk: int = setting(
+        500,
+        "images per forward chunk when measuring (at most 50 on the "
+        "CPU, faster there: docs/performance.md)",
+    )
 
     def validate(self) -> None:
         for name in ("eval_period", "eval_chunk"):
@@ -247,8 +332,10 @@ class MeasurementConfig:
         except ValueError as e:
             _fail("mi", str(e))
         if self.edge_version not in edge_reference.VERSIONS:
-            _fail("edge_version", f"must be one of {edge_reference.VERSIONS}, "
-                  f"got {self.edge_version!r}")
+            _fail(
+                "edge_version",
+                f"must be one of {edge_reference.VERSIONS}, got {self.edge_version!r}",
+            )
         for name in ("edge_xz", "edge_zy"):
             try:
                 options = measure.parse_edge_options(getattr(self, name))
@@ -264,21 +351,26 @@ class MeasurementConfig:
     @property
     def study(self) -> measure.StudySettings:
         """The estimator settings (`--mi`, `--edge_*`, `--kde_*`)."""
-        return measure.StudySettings(**{f.name: getattr(self, f.name)
-                                        for f in dataclasses.fields(measure.StudySettings)})
+        return measure.StudySettings(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(measure.StudySettings)}
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
     """Where the results go and what happens to results already there."""
+
     out: str = setting("runs/default", "output folder", per_run=True)
-    checkpoint_every: int = setting(10, "save the whole training state every N eval points "
-                                    "(0: never)", resumable=True)
-    resume: bool = setting(False, "continue the run in --out from its last checkpoint",
-                           resumable=True)
+    checkpoint_every: int = setting(
+        10, "save the whole training state every N eval points (0: never)", resumable=True
+    )
+    resume: bool = setting(
+        False, "continue the run in --out from its last checkpoint", resumable=True
+    )
     overwrite: bool = setting(False, "delete the results already in --out first", resumable=True)
-    continue_on_divergence: bool = setting(False, "warn instead of stopping when a training loss "
-                                           "is NaN or inf", resumable=True)
+    continue_on_divergence: bool = setting(
+        False, "warn instead of stopping when a training loss is NaN or inf", resumable=True
+    )
 
     def validate(self) -> None:
         if self.checkpoint_every < 0:
@@ -290,6 +382,7 @@ class OutputConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of one experiment, by concern."""
+
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
     protocol: ProtocolConfig = ProtocolConfig()
@@ -308,8 +401,9 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """{setting: value}, in declaration order (the flags, `config.json`)."""
-        return {name: getattr(getattr(self, section), name)
-                for name, (section, _) in FIELDS.items()}
+        return {
+            name: getattr(getattr(self, section), name) for name, (section, _) in FIELDS.items()
+        }
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with the settings named (flat names) changed."""
@@ -319,27 +413,38 @@ class RunConfig:
         sections = {}
         for name, value in changes.items():
             sections.setdefault(FIELDS[name][0], {})[name] = value
-        return dataclasses.replace(self, **{
-            section: dataclasses.replace(getattr(self, section), **values)
-            for section, values in sections.items()})
+        return dataclasses.replace(
+            self,
+            **{
+                section: dataclasses.replace(getattr(self, section), **values)
+                for section, values in sections.items()
+            },
+        )
 
     def validate(self) -> None:
         """Every check that needs no data: each sub-config's, then those across them."""
         for section in SECTIONS:
             getattr(self, section).validate()
         if self.protocol.aggregate == "median" and self.data.workers < 3:
-            _fail("aggregate", f"'median' needs --workers >= 3 (of 2 it is the mean), "
-                  f"got {self.data.workers}")
-        if (self.protocol.protocol == "triggered" and self.protocol.metric == "mi_zy"
-                and self.measurement.mi == "none"):
+            _fail(
+                "aggregate",
+                f"'median' needs --workers >= 3 (of 2 it is the mean), got {self.data.workers}",
+            )
+        if (
+            self.protocol.protocol == "triggered"
+            and self.protocol.metric == "mi_zy"
+            and self.measurement.mi == "none"
+        ):
             _fail("trigger_metric", "'mi_zy' needs an I(Z;Y) estimator in --mi, got 'none'")
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # Every setting by its flat name: (sub-config, declaration).
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = {
-    f.name: (section, f) for section in SECTIONS
-    for f in dataclasses.fields(RunConfig.__dataclass_fields__[section].type)}
+    f.name: (section, f)
+    for section in SECTIONS
+    for f in dataclasses.fields(RunConfig.__dataclass_fields__[section].type)
+}
 PER_RUN = tuple(name for name, (_, f) in FIELDS.items() if f.metadata["per_run"])
 SHARED = tuple(name for name in FIELDS if name not in PER_RUN)
 RESUMABLE = tuple(name for name, (_, f) in FIELDS.items() if f.metadata["resumable"])
@@ -374,7 +479,9 @@ def check_sweep(cfgs: Sequence[RunConfig]) -> None:
     for name in SHARED:
         values = {f[name] for f in flats}
         if len(values) > 1:
-            _fail(name, f"must be the same for every run of a sweep, got {sorted(map(str, values))}")
+            _fail(
+                name, f"must be the same for every run of a sweep, got {sorted(map(str, values))}"
+            )
     outs = [os.path.abspath(c.out) for c in cfgs]
     if len(set(outs)) < len(outs):
         _fail("out", "two runs of the sweep would write to the same folder")
@@ -388,6 +495,7 @@ def resumable_part(cfg: RunConfig) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """How the run's steps are cut into rounds between eval points."""
+
     steps_per_epoch: int
     total_steps: int
     eval_period: int
@@ -410,9 +518,14 @@ def make_schedule(cfg: RunConfig, num_samples: int) -> Schedule:
     if total < 1:
         _fail("epochs", f"{epochs} epochs of {steps_per_epoch} steps is no step at all")
     if period > total:
-        _fail("eval_period", f"{period} steps is longer than the whole run "
-              f"({total} steps = {epochs} epochs x {steps_per_epoch} steps)")
+        _fail(
+            "eval_period",
+            f"{period} steps is longer than the whole run "
+            f"({total} steps = {epochs} epochs x {steps_per_epoch} steps)",
+        )
     if cfg.protocol.protocol in PERIODIC and cfg.protocol.sync_period > total:
-        _fail("sync_period", f"{cfg.protocol.sync_period} steps is longer than the whole run "
-              f"({total} steps)")
+        _fail(
+            "sync_period",
+            f"{cfg.protocol.sync_period} steps is longer than the whole run ({total} steps)",
+        )
     return Schedule(steps_per_epoch, total, period)

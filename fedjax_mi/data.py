@@ -79,8 +79,9 @@ class FederatedData(NamedTuple):
     dropped: int
 
 
-def load_dataset(name: str, *, cifar_dir: str | None = None,
-                 tfds_data_dir: str | None = None) -> Dataset:
+def load_dataset(
+    name: str, *, cifar_dir: str | None = None, tfds_data_dir: str | None = None
+) -> Dataset:
     """Loads a dataset by name (one of `DATASETS`).
 
     "digits" is the embedded offline default (`load_digits`; the directory
@@ -143,13 +144,13 @@ _CIFAR_SHAPE_CHW = (3, 32, 32)  # b'data' rows are channel-major R, G, B planes.
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
 _FROMBUFFER = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]
 _PICKLE_ALLOWED: dict[tuple[str, str], Any] = {
-        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-        ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -172,9 +173,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _PICKLE_ALLOWED[(module, name)]
         except KeyError:
             raise DataError(
-                    f"{self._filename}: refused to unpickle global {module}.{name}; a "
-                    "CIFAR batch file needs only numpy array globals (file is not a "
-                    "genuine CIFAR-10 batch, or is malicious)") from None
+                f"{self._filename}: refused to unpickle global {module}.{name}; a "
+                "CIFAR batch file needs only numpy array globals (file is not a "
+                "genuine CIFAR-10 batch, or is malicious)"
+            ) from None
 
 
 def _find_cifar_dir(path: str) -> str:
@@ -183,11 +185,13 @@ def _find_cifar_dir(path: str) -> str:
         raise DataError(f"CIFAR-10 folder {path!r} does not exist or is not a folder")
     for candidate in (path, os.path.join(path, _CIFAR_FOLDER)):
         if os.path.isfile(os.path.join(candidate, _CIFAR_TEST_FILE)) or os.path.isfile(
-                os.path.join(candidate, _CIFAR_TRAIN_FILES[0])):
+            os.path.join(candidate, _CIFAR_TRAIN_FILES[0])
+        ):
             return candidate
     raise DataError(
-            f"{path!r} holds no CIFAR-10 batch files: expected {_CIFAR_TEST_FILE} and "
-            f"data_batch_1..5 in it or in {os.path.join(path, _CIFAR_FOLDER)!r}")
+        f"{path!r} holds no CIFAR-10 batch files: expected {_CIFAR_TEST_FILE} and "
+        f"data_batch_1..5 in it or in {os.path.join(path, _CIFAR_FOLDER)!r}"
+    )
 
 
 def _unpickle_batch(filename: str) -> Any:
@@ -202,30 +206,41 @@ def _unpickle_batch(filename: str) -> Any:
     except Exception as e:  # pylint: disable=broad-except
         # Truncated or corrupt pickles fail in many ways (EOFError, UnpicklingError,
         # ValueError from numpy's setstate, ...); all mean the same to the user.
-        raise DataError(f"{filename}: truncated or corrupt pickle "
-                        f"({type(e).__name__}: {e})") from e
+        raise DataError(f"{filename}: truncated or corrupt pickle ({type(e).__name__}: {e})") from e
 
 
 def _read_cifar_batch(filename: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads one batch file into (n, 32, 32, 3) uint8 images and (n,) int32 labels."""
     batch = _unpickle_batch(filename)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{filename}: not a CIFAR-10 batch (expected a dict with "
-                        f"b'data' and b'labels', got {type(batch).__name__})")
+        raise DataError(
+            f"{filename}: not a CIFAR-10 batch (expected a dict with "
+            f"b'data' and b'labels', got {type(batch).__name__})"
+        )
     data, labels = batch[b"data"], batch[b"labels"]
     row = int(np.prod(_CIFAR_SHAPE_CHW))
-    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or
-            data.ndim != 2 or data.shape[1] != row):
-        raise DataError(f"{filename}: b'data' must be a uint8 array of shape (n, {row}), "
-                        f"got {type(data).__name__} {getattr(data, 'dtype', '')} "
-                        f"{getattr(data, 'shape', '')}")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != row
+    ):
+        raise DataError(
+            f"{filename}: b'data' must be a uint8 array of shape (n, {row}), "
+            f"got {type(data).__name__} {getattr(data, 'dtype', '')} "
+            f"{getattr(data, 'shape', '')}"
+        )
     labels = np.asarray(labels)
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{filename}: b'labels' must be {len(data)} integers, got "
-                        f"dtype {labels.dtype} shape {labels.shape}")
+        raise DataError(
+            f"{filename}: b'labels' must be {len(data)} integers, got "
+            f"dtype {labels.dtype} shape {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= _CIFAR_NUM_CLASSES):
-        raise DataError(f"{filename}: labels outside 0..{_CIFAR_NUM_CLASSES - 1} "
-                        f"(min {labels.min()}, max {labels.max()})")
+        raise DataError(
+            f"{filename}: labels outside 0..{_CIFAR_NUM_CLASSES - 1} "
+            f"(min {labels.min()}, max {labels.max()})"
+        )
     images = data.reshape((len(data),) + _CIFAR_SHAPE_CHW).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int32)
 
@@ -252,12 +267,13 @@ def load_cifar_folder(path: str) -> Dataset:
 
 _TFDS_CHUNK = 2048  # Records fetched per __getitems__ call.
 _TFDS_HINT = (
-        "Reading with tfds.data_source needs no TensorFlow, but preparing the "
-        "dataset does: pip install 'fedjax_mi[tfds-build]', then "
-        "tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare("
-        "file_format='array_record') (random access needs array_record or parquet, "
-        "not the default tfrecord). Or pass a cifar-10-batches-py folder "
-        "(--cifar_dir).")
+    "Reading with tfds.data_source needs no TensorFlow, but preparing the "
+    "dataset does: pip install 'fedjax_mi[tfds-build]', then "
+    "tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare("
+    "file_format='array_record') (random access needs array_record or parquet, "
+    "not the default tfrecord). Or pass a cifar-10-batches-py folder "
+    "(--cifar_dir)."
+)
 
 
 def load_tfds(name: str = "cifar10", data_dir: str | None = None) -> Dataset:
@@ -271,19 +287,18 @@ def load_tfds(name: str = "cifar10", data_dir: str | None = None) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     try:
-        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
-                                   download=False)
+        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DataError(f"TFDS has no dataset named {name!r}") from e
     except Exception as e:  # pylint: disable=broad-except
         raise DataError(
-                f"TFDS dataset {name!r} is not readable in data_dir={data_dir!r} "
-                f"(not prepared, or prepared as tfrecord): {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}. "
-                + _TFDS_HINT.format(name=name, data_dir=data_dir)) from e
+            f"TFDS dataset {name!r} is not readable in data_dir={data_dir!r} "
+            f"(not prepared, or prepared as tfrecord): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. "
+            + _TFDS_HINT.format(name=name, data_dir=data_dir)
+        ) from e
     (train_x, train_y), (test_x, test_y) = (_read_source(s, name) for s in sources)
-    return Dataset(train_x, train_y, test_x, test_y,
-                   _tfds_num_classes(sources[0], train_y), name)
+    return Dataset(train_x, train_y, test_x, test_y, _tfds_num_classes(sources[0], train_y), name)
 
 
 def _tfds_num_classes(source: Any, labels: np.ndarray) -> int:
@@ -304,8 +319,10 @@ def _read_source(source: Sequence[Any], name: str) -> tuple[np.ndarray, np.ndarr
     for start in range(0, n, _TFDS_CHUNK):
         for record in get_many(list(range(start, min(start + _TFDS_CHUNK, n)))):
             if "image" not in record or "label" not in record:
-                raise DataError(f"TFDS dataset {name!r}: records need 'image' and "
-                                f"'label', got keys {sorted(record)}")
+                raise DataError(
+                    f"TFDS dataset {name!r}: records need 'image' and "
+                    f"'label', got keys {sorted(record)}"
+                )
             images.append(np.asarray(record["image"], dtype=np.uint8))
             labels.append(record["label"])
     return np.stack(images), np.asarray(labels, dtype=np.int32)
@@ -328,8 +345,15 @@ def _batch_getter(source: Any) -> Callable[[list[int]], Sequence[Any]]:
 # Partitions.
 
 
-def partition(seed: int, labels: np.ndarray, num_workers: int, split: str, *,
-              num_classes: int, alpha: float | None = None) -> list[np.ndarray]:
+def partition(
+    seed: int,
+    labels: np.ndarray,
+    num_workers: int,
+    split: str,
+    *,
+    num_classes: int,
+    alpha: float | None = None,
+) -> list[np.ndarray]:
     """Splits example indices across workers.
 
     Args:
@@ -345,12 +369,25 @@ def partition(seed: int, labels: np.ndarray, num_workers: int, split: str, *,
     Returns:
         K disjoint int64 index arrays into `labels`, each non-empty.
     """
-    return _partition(np.random.default_rng(seed), labels, num_workers, split,
-                      num_classes=num_classes, alpha=alpha)
+    return _partition(
+        np.random.default_rng(seed),
+        labels,
+        num_workers,
+        split,
+        num_classes=num_classes,
+        alpha=alpha,
+    )
 
 
-def _partition(rng: np.random.Generator, labels: np.ndarray, num_workers: int,
-               split: str, *, num_classes: int, alpha: float | None) -> list[np.ndarray]:
+def _partition(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    num_workers: int,
+    split: str,
+    *,
+    num_classes: int,
+    alpha: float | None,
+) -> list[np.ndarray]:
     """`partition` drawing from a given generator (so `federate` can continue it)."""
     labels = _check_labels(labels, num_classes)
     _check_split_args(num_workers, split, alpha)
@@ -364,13 +401,15 @@ def _partition(rng: np.random.Generator, labels: np.ndarray, num_workers: int,
 def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be a 1-D integer array, got dtype {labels.dtype} "
-                        f"shape {labels.shape}")
+        raise DataError(
+            f"labels must be a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}"
+        )
     if num_classes < 1:
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"labels must lie in 0..{num_classes - 1}, got min "
-                        f"{labels.min()} max {labels.max()}")
+        raise DataError(
+            f"labels must lie in 0..{num_classes - 1}, got min {labels.min()} max {labels.max()}"
+        )
     return labels
 
 
@@ -385,8 +424,9 @@ def _check_split_args(num_workers: int, split: str, alpha: float | None) -> None
         if not alpha > 0 or not np.isfinite(alpha):
             raise DataError(f"Dirichlet alpha must be a finite number > 0, got {alpha!r}")
     elif alpha is not None:
-        raise DataError(f"alpha={alpha!r} given for split {split!r}; alpha applies "
-                        "only to 'dirichlet'")
+        raise DataError(
+            f"alpha={alpha!r} given for split {split!r}; alpha applies only to 'dirichlet'"
+        )
 
 
 def _check_nonempty(shares: list[np.ndarray], why: str) -> list[np.ndarray]:
@@ -396,8 +436,9 @@ def _check_nonempty(shares: list[np.ndarray], why: str) -> list[np.ndarray]:
     return shares
 
 
-def partition_iid(rng: np.random.Generator, labels: np.ndarray,
-                  num_workers: int) -> list[np.ndarray]:
+def partition_iid(
+    rng: np.random.Generator, labels: np.ndarray, num_workers: int
+) -> list[np.ndarray]:
     """Random shares of a permutation of range(N); sizes differ by at most one.
 
     >>> shares = partition_iid(np.random.default_rng(0), np.zeros(10, int), 3)
@@ -409,8 +450,7 @@ def partition_iid(rng: np.random.Generator, labels: np.ndarray,
     return _check_nonempty(shares, f"{num_workers} workers for {n} examples")
 
 
-def partition_classes(labels: np.ndarray, num_workers: int,
-                      num_classes: int) -> list[np.ndarray]:
+def partition_classes(labels: np.ndarray, num_workers: int, num_classes: int) -> list[np.ndarray]:
     """Worker k gets every example of the k-th contiguous class group.
 
     Groups are `np.array_split(arange(num_classes), K)`: for CIFAR-10 and K=2,
@@ -422,17 +462,18 @@ def partition_classes(labels: np.ndarray, num_workers: int,
     [[0, 2, 4], [1, 3, 5]]
     """
     if num_workers > num_classes:
-        raise DataError(f"split 'classes' with {num_workers} workers > {num_classes} "
-                        "classes would leave an empty class group")
+        raise DataError(
+            f"split 'classes' with {num_workers} workers > {num_classes} "
+            "classes would leave an empty class group"
+        )
     groups = np.array_split(np.arange(num_classes), num_workers)
     shares = [np.flatnonzero(np.isin(labels, g)) for g in groups]
-    return _check_nonempty(shares, "no examples of its classes "
-                           f"{[g.tolist() for g in groups]}")
+    return _check_nonempty(shares, f"no examples of its classes {[g.tolist() for g in groups]}")
 
 
-def partition_dirichlet(rng: np.random.Generator, labels: np.ndarray,
-                        num_workers: int, alpha: float,
-                        num_classes: int) -> list[np.ndarray]:
+def partition_dirichlet(
+    rng: np.random.Generator, labels: np.ndarray, num_workers: int, alpha: float, num_classes: int
+) -> list[np.ndarray]:
     """Per class, splits its shuffled examples by proportions ~ Dir(alpha * ones(K)).
 
     Large alpha gives near-equal per-class shares (close to iid); small alpha
@@ -443,23 +484,33 @@ def partition_dirichlet(rng: np.random.Generator, labels: np.ndarray,
         idx = rng.permutation(np.flatnonzero(labels == c))
         p = rng.dirichlet(np.full(num_workers, float(alpha)))
         if not np.all(np.isfinite(p)):
-            raise DataError(f"Dirichlet alpha={alpha!r} too small: proportions are not "
-                            "finite; use a larger alpha")
+            raise DataError(
+                f"Dirichlet alpha={alpha!r} too small: proportions are not "
+                "finite; use a larger alpha"
+            )
         cuts = np.rint(np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
         for k, piece in enumerate(np.split(idx, cuts)):
             parts[k].append(piece)
     shares = [np.sort(np.concatenate(p)) for p in parts]
-    return _check_nonempty(shares, f"Dirichlet alpha={alpha!r} concentrated every "
-                           "class on other workers; use a larger alpha")
+    return _check_nonempty(
+        shares,
+        f"Dirichlet alpha={alpha!r} concentrated every class on other workers; use a larger alpha",
+    )
 
 
 # ---------------------------------------------------------------------------
 # Stacking.
 
 
-def federate(dataset: Dataset, num_workers: int, split: str, *, seed: int,
-             alpha: float | None = None,
-             per_worker: int | None = None) -> FederatedData:
+def federate(
+    dataset: Dataset,
+    num_workers: int,
+    split: str,
+    *,
+    seed: int,
+    alpha: float | None = None,
+    per_worker: int | None = None,
+) -> FederatedData:
     """Partitions the training set and stacks equal local datasets.
 
     Every share is cut to the smallest one's size n (or to `per_worker` if
@@ -472,19 +523,22 @@ def federate(dataset: Dataset, num_workers: int, split: str, *, seed: int,
         unsplit test set, and `dropped` = N - K * n.
     """
     rng = np.random.default_rng(seed)
-    shares = _partition(rng, dataset.train_y, num_workers, split,
-                        num_classes=dataset.num_classes, alpha=alpha)
+    shares = _partition(
+        rng, dataset.train_y, num_workers, split, num_classes=dataset.num_classes, alpha=alpha
+    )
     n = min(len(s) for s in shares)
     if per_worker is not None:
         if not isinstance(per_worker, (int, np.integer)) or not 1 <= per_worker <= n:
-            raise DataError(f"per_worker must be an integer in 1..{n} (the smallest "
-                            f"share), got {per_worker!r}")
+            raise DataError(
+                f"per_worker must be an integer in 1..{n} (the smallest share), got {per_worker!r}"
+            )
         n = int(per_worker)
     chosen = np.stack([rng.permutation(s)[:n] for s in shares])
     return FederatedData(
-            train_x=dataset.train_x[chosen],
-            train_y=dataset.train_y[chosen].astype(np.int32),
-            test_x=dataset.test_x,
-            test_y=dataset.test_y.astype(np.int32),
-            num_classes=dataset.num_classes,
-            dropped=int(len(dataset.train_y) - num_workers * n))
+        train_x=dataset.train_x[chosen],
+        train_y=dataset.train_y[chosen].astype(np.int32),
+        test_x=dataset.test_x,
+        test_y=dataset.test_y.astype(np.int32),
+        num_classes=dataset.num_classes,
+        dropped=int(len(dataset.train_y) - num_workers * n),
+    )

@@ -58,8 +58,13 @@ OptSync = Literal["average", "reset", "keep"]
 OPT_SYNCS = ("average", "reset", "keep")
 # Protocol codes; "sync" is the old name of "periodic" (flagfiles use it).
 NOSYNC, PERIODIC, DYNAMIC, TRIGGERED = 0, 1, 2, 3
-PROTOCOL_CODES = {"nosync": NOSYNC, "periodic": PERIODIC, "sync": PERIODIC, "dynamic": DYNAMIC,
-                  "triggered": TRIGGERED}
+PROTOCOL_CODES = {
+    "nosync": NOSYNC,
+    "periodic": PERIODIC,
+    "sync": PERIODIC,
+    "dynamic": DYNAMIC,
+    "triggered": TRIGGERED,
+}
 PROTOCOLS = tuple(PROTOCOL_CODES)
 AGGREGATES = ("mean", "weighted", "median")
 
@@ -86,6 +91,7 @@ class FedState(NamedTuple):
     The last four default to None for states built by hand before they
     existed; the rounds fill them in (`with_protocol_fields`).
     """
+
     params: chex.ArrayTree
     opt_state: chex.ArrayTree
     data_keys: jax.Array
@@ -100,8 +106,18 @@ class FedState(NamedTuple):
 
 # vmap axes of a FedState over a leading run axis: everything but the shared
 # step counter, which keeps epoch boundaries an unbatched `lax.cond`.
-RUN_AXES = FedState(params=0, opt_state=0, data_keys=0, perm=0, lr=0, step=None, ref=0, syncs=0,
-                    models_sent=0, pending=0)
+RUN_AXES = FedState(
+    params=0,
+    opt_state=0,
+    data_keys=0,
+    perm=0,
+    lr=0,
+    step=None,
+    ref=0,
+    syncs=0,
+    models_sent=0,
+    pending=0,
+)
 
 
 class Protocol(NamedTuple):
@@ -113,14 +129,19 @@ class Protocol(NamedTuple):
       check_every: int32, b of dynamic: local steps between condition checks.
       delta: float32, the dynamic condition's bound on ||w_k - r||^2 (inf: never).
     """
+
     code: jax.Array
     period: jax.Array
     check_every: jax.Array
     delta: jax.Array
 
 
-def protocol_of(protocol: str, sync_period: Optional[int] = None,
-                check_every: Optional[int] = None, delta: Optional[float] = None) -> Protocol:
+def protocol_of(
+    protocol: str,
+    sync_period: Optional[int] = None,
+    check_every: Optional[int] = None,
+    delta: Optional[float] = None,
+) -> Protocol:
     """The `Protocol` data of a named protocol (numpy scalars; stack them for a sweep)."""
     code = PROTOCOL_CODES.get(protocol)
     if code is None:
@@ -131,18 +152,30 @@ def protocol_of(protocol: str, sync_period: Optional[int] = None,
             raise ValueError(f"check_every must be >= 1 for protocol 'dynamic', got {check_every}")
         if delta is None or not delta >= 0:
             raise ValueError(f"delta must be >= 0 for protocol 'dynamic', got {delta}")
-    return Protocol(np.int32(code), np.int32(period), np.int32(check_every or 0),
-                    np.float32(float("inf") if delta is None else delta))
+    return Protocol(
+        np.int32(code),
+        np.int32(period),
+        np.int32(check_every or 0),
+        np.float32(float("inf") if delta is None else delta),
+    )
 
 
 def as_protocol(protocol) -> Protocol:
     """A `Protocol` as is; a (traced) integer as the sync period it used to be (0: nosync)."""
     if isinstance(protocol, Protocol):
-        return Protocol(*(jnp.asarray(v, t) for v, t in zip(
-            protocol, (jnp.int32, jnp.int32, jnp.int32, jnp.float32))))
+        return Protocol(
+            *(
+                jnp.asarray(v, t)
+                for v, t in zip(protocol, (jnp.int32, jnp.int32, jnp.int32, jnp.float32))
+            )
+        )
     period = jnp.asarray(protocol, jnp.int32)
-    return Protocol(jnp.where(period > 0, PERIODIC, NOSYNC).astype(jnp.int32), period,
-                    jnp.zeros_like(period), jnp.full(period.shape, jnp.inf, jnp.float32))
+    return Protocol(
+        jnp.where(period > 0, PERIODIC, NOSYNC).astype(jnp.int32),
+        period,
+        jnp.zeros_like(period),
+        jnp.full(period.shape, jnp.inf, jnp.float32),
+    )
 
 
 def with_protocol_fields(state: FedState) -> FedState:
@@ -153,9 +186,11 @@ def with_protocol_fields(state: FedState) -> FedState:
         num_workers = jax.tree.leaves(state.params)[0].shape[0]
         state = state._replace(ref=broadcast(average(state.params), num_workers))
     zero = jnp.zeros((), jnp.int32)
-    return state._replace(syncs=zero if state.syncs is None else state.syncs,
-                          models_sent=zero if state.models_sent is None else state.models_sent,
-                          pending=jnp.zeros((), bool) if state.pending is None else state.pending)
+    return state._replace(
+        syncs=zero if state.syncs is None else state.syncs,
+        models_sent=zero if state.models_sent is None else state.models_sent,
+        pending=jnp.zeros((), bool) if state.pending is None else state.pending,
+    )
 
 
 def make_optimizer(momentum: float = 0.0) -> optax.GradientTransformation:
@@ -172,9 +207,17 @@ def check_lr(lr: float) -> None:
         raise ValueError(f"learning rate must be > 0, got {lr}")
 
 
-def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
-         sample_x: jax.Array, num_workers: int, num_samples: int, lr: float,
-         identical: bool = True, torch_init: jax.Array | bool = False) -> FedState:
+def init(
+    key: jax.Array,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    sample_x: jax.Array,
+    num_workers: int,
+    num_samples: int,
+    lr: float,
+    identical: bool = True,
+    torch_init: jax.Array | bool = False,
+) -> FedState:
     """Initial state of `num_workers` workers.
 
     Args:
@@ -194,8 +237,12 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     param_key, data_key = jax.random.split(key)
-    param_keys = (jnp.broadcast_to(param_key, (num_workers,)) if identical
-                  else jax.random.split(param_key, num_workers))
+    param_keys = (
+        jnp.broadcast_to(param_key, (num_workers,))
+        if identical
+        else jax.random.split(param_key, num_workers)
+    )
+
     def draw(k):
         flax_params = model.init(k, sample_x)["params"]
         torch_params = models.torch_init(k, flax_params)
@@ -212,8 +259,10 @@ def init(key: jax.Array, model: nn.Module, optimizer: optax.GradientTransformati
         # Identical workers are their own average (exactly; a mean of K
         # copies need not round back to the copy).
         ref=params if identical else broadcast(average(params), num_workers),
-        syncs=jnp.zeros((), jnp.int32), models_sent=jnp.zeros((), jnp.int32),
-        pending=jnp.zeros((), bool))
+        syncs=jnp.zeros((), jnp.int32),
+        models_sent=jnp.zeros((), jnp.int32),
+        pending=jnp.zeros((), bool),
+    )
 
 
 def average(params: chex.ArrayTree, axis_name: Optional[str] = None) -> chex.ArrayTree:
@@ -231,9 +280,12 @@ def broadcast(tree: chex.ArrayTree, num_workers: int) -> chex.ArrayTree:
     return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_workers,) + p.shape), tree)
 
 
-def aggregate(tree: chex.ArrayTree, how: str = "mean",
-              weights: Optional[tuple[float, ...]] = None,
-              axis_name: Optional[str] = None) -> chex.ArrayTree:
+def aggregate(
+    tree: chex.ArrayTree,
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+    axis_name: Optional[str] = None,
+) -> chex.ArrayTree:
     """Aggregate over the leading worker axis (K) of every leaf.
 
     how: "mean" (`average`); "weighted": sum_k w_k x_k / sum_k w_k with
@@ -255,24 +307,37 @@ def aggregate(tree: chex.ArrayTree, how: str = "mean",
             raise ValueError("aggregate 'weighted' needs the workers' weights")
         w = jnp.asarray(weights, jnp.float32)
         total = jnp.sum(w)
+
         def weighted(x):
             local = x.shape[0]
-            w_local = w if axis_name is None else jax.lax.dynamic_slice_in_dim(
-                w, jax.lax.axis_index(axis_name) * local, local)
+            w_local = (
+                w
+                if axis_name is None
+                else jax.lax.dynamic_slice_in_dim(w, jax.lax.axis_index(axis_name) * local, local)
+            )
             part = jnp.tensordot(w_local.astype(x.dtype), x, axes=1)
             return (part if axis_name is None else jax.lax.psum(part, axis_name)) / total
+
         return jax.tree.map(weighted, tree)
     if how == "median":
-        gather = (lambda x: x) if axis_name is None else (
-            lambda x: jax.lax.all_gather(x, axis_name, axis=0, tiled=True))
+        gather = (
+            (lambda x: x)
+            if axis_name is None
+            else (lambda x: jax.lax.all_gather(x, axis_name, axis=0, tiled=True))
+        )
         return jax.tree.map(lambda x: jnp.median(gather(x), axis=0), tree)
     raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
 
 
-def sync(params: chex.ArrayTree, opt_state: chex.ArrayTree,
-         optimizer: optax.GradientTransformation, opt_sync: OptSync = "average",
-         axis_name: Optional[str] = None, how: str = "mean",
-         weights: Optional[tuple[float, ...]] = None) -> tuple[chex.ArrayTree, chex.ArrayTree]:
+def sync(
+    params: chex.ArrayTree,
+    opt_state: chex.ArrayTree,
+    optimizer: optax.GradientTransformation,
+    opt_sync: OptSync = "average",
+    axis_name: Optional[str] = None,
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+) -> tuple[chex.ArrayTree, chex.ArrayTree]:
     """Send the aggregate (`aggregate(how, weights)`, the average by default)
     back to every worker; treat the optimiser state as `opt_sync` says (see
     the module docstring; "average" aggregates it the same way).
@@ -314,23 +379,34 @@ def make_local_step(model: nn.Module, optimizer: optax.GradientTransformation) -
 def epoch_order(data_keys: jax.Array, epoch: jax.Array, num_samples: int) -> jax.Array:
     """(K, n) sample order of `epoch` for each worker, a pure function of
     (data key, epoch), so a resumed run replays the same order."""
-    return jax.vmap(lambda k: jax.random.permutation(
-        jax.random.fold_in(k, epoch), num_samples).astype(jnp.int32))(data_keys)
+    return jax.vmap(
+        lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_samples).astype(
+            jnp.int32
+        )
+    )(data_keys)
 
 
 def drift(params: chex.ArrayTree, ref: chex.ArrayTree) -> jax.Array:
     """(K,) squared Euclidean distance ||w_k - r_k||^2 of each worker's
     parameters (all leaves together) from its reference copy, float32."""
-    sq = [jnp.sum(jnp.square(p.astype(jnp.float32) - r.astype(jnp.float32)),
-                  axis=tuple(range(1, p.ndim)))
-          for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(ref))]
+    sq = [
+        jnp.sum(
+            jnp.square(p.astype(jnp.float32) - r.astype(jnp.float32)), axis=tuple(range(1, p.ndim))
+        )
+        for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(ref))
+    ]
     return sum(sq)
 
 
-def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                     batch_size: int, opt_sync: OptSync,
-                     axis_name: Optional[str] = None, how: str = "mean",
-                     weights: Optional[tuple[float, ...]] = None) -> Callable:
+def make_group_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    opt_sync: OptSync,
+    axis_name: Optional[str] = None,
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+) -> Callable:
     """`(state, data_x, data_y, group, protocol) -> (state, losses)`: one
     federated step on local datasets `data_x[group]` of data_x (G, K, n, H,
     W, C) uint8, data_y (G, K, n). Runs of a sweep that share a partition
@@ -353,11 +429,13 @@ def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
         steps_per_epoch = num_samples // batch_size
         epoch, pos = jnp.divmod(state.step, steps_per_epoch)
         perm = jax.lax.cond(
-            pos == 0, lambda: epoch_order(state.data_keys, epoch, num_samples),
-            lambda: state.perm)
+            pos == 0, lambda: epoch_order(state.data_keys, epoch, num_samples), lambda: state.perm
+        )
         sync_period = jnp.where(proto.code == PERIODIC, proto.period, 0)
-        do_sync = ((sync_period > 0) & (state.step > 0)
-                   & (state.step % jnp.maximum(sync_period, 1) == 0))
+        do_sync = (
+            (sync_period > 0) & (state.step > 0) & (state.step % jnp.maximum(sync_period, 1) == 0)
+        )
+
         # Dynamic: each worker's local condition; any violation syncs all.
         # Only computed at a check (unbatched, the cond skips it otherwise,
         # and with it the cross-device any; in a sweep it becomes a select).
@@ -367,14 +445,21 @@ def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
                 bad = jax.lax.pmax(bad.astype(jnp.int32), axis_name) > 0
             return bad
 
-        check = ((proto.code == DYNAMIC) & (state.step > 0)
-                 & (state.step % jnp.maximum(proto.check_every, 1) == 0))
+        check = (
+            (proto.code == DYNAMIC)
+            & (state.step > 0)
+            & (state.step % jnp.maximum(proto.check_every, 1) == 0)
+        )
         dynamic = jax.lax.cond(check, violated, lambda: jnp.zeros((), bool))
         triggered = (proto.code == TRIGGERED) & state.pending
         do_sync = do_sync | dynamic | triggered
         params, opt_state = jax.lax.cond(
-            do_sync, lambda p, o: sync(p, o, optimizer, opt_sync, axis_name, how, weights),
-            lambda p, o: (p, o), state.params, state.opt_state)
+            do_sync,
+            lambda p, o: sync(p, o, optimizer, opt_sync, axis_name, how, weights),
+            lambda p, o: (p, o),
+            state.params,
+            state.opt_state,
+        )
         ref = jax.tree.map(lambda new, old: jnp.where(do_sync, new, old), params, state.ref)
         # A triggered sync's models were sent for its decision (host-counted).
         sent = jnp.where(do_sync & (proto.code != TRIGGERED), 2 * total_workers, 0)
@@ -382,18 +467,29 @@ def make_group_step(model: nn.Module, optimizer: optax.GradientTransformation,
         workers = jnp.arange(num_workers)[:, None]
         xb, yb = data_x[group, workers, idx], data_y[group, workers, idx]
         params, opt_state, losses = local_step(params, opt_state, xb, yb, state.lr)
-        return state._replace(params=params, opt_state=opt_state, perm=perm,
-                              step=state.step + 1, ref=ref,
-                              syncs=state.syncs + do_sync.astype(jnp.int32),
-                              models_sent=state.models_sent + sent.astype(jnp.int32),
-                              pending=state.pending & ~do_sync), losses
+        return state._replace(
+            params=params,
+            opt_state=opt_state,
+            perm=perm,
+            step=state.step + 1,
+            ref=ref,
+            syncs=state.syncs + do_sync.astype(jnp.int32),
+            models_sent=state.models_sent + sent.astype(jnp.int32),
+            pending=state.pending & ~do_sync,
+        ), losses
 
     return step
 
 
-def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-              batch_size: int, opt_sync: OptSync = "average", how: str = "mean",
-              weights: Optional[tuple[float, ...]] = None) -> Callable:
+def make_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    opt_sync: OptSync = "average",
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+) -> Callable:
     """One federated step for all workers: `(state, train_x, train_y,
     sync_period) -> (state, losses)` with train_x (K, n, H, W, C) uint8,
     train_y (K, n) int, sync_period a () int (0: never) or a `Protocol`,
@@ -403,8 +499,9 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
     n // batch_size steps.
     """
     step = make_group_step(model, optimizer, batch_size, opt_sync, how=how, weights=weights)
-    return lambda state, x, y, sync_period: step(with_protocol_fields(state), x[None], y[None], 0,
-                                                 sync_period)
+    return lambda state, x, y, sync_period: step(
+        with_protocol_fields(state), x[None], y[None], 0, sync_period
+    )
 
 
 def scan_round(step: Callable, steps: int, num_workers: Callable, unroll: int = 1) -> Callable:
@@ -414,17 +511,26 @@ def scan_round(step: Callable, steps: int, num_workers: Callable, unroll: int = 
     def round_fn(state, args, active):
         def body(s, i):
             return jax.lax.cond(
-                i < active, lambda: step(s, *args),
-                lambda: (s, jnp.zeros(num_workers(s), jnp.float32)))
+                i < active,
+                lambda: step(s, *args),
+                lambda: (s, jnp.zeros(num_workers(s), jnp.float32)),
+            )
 
         return jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)
 
     return round_fn
 
 
-def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
-               batch_size: int, steps: int, opt_sync: OptSync = "average", how: str = "mean",
-               weights: Optional[tuple[float, ...]] = None) -> Callable:
+def make_round(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    steps: int,
+    opt_sync: OptSync = "average",
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+) -> Callable:
     """A jitted round of up to `steps` federated steps as one `lax.scan`:
     `(state, train_x, train_y, sync_period, active=steps) -> (state, losses)`;
     sync_period an int (0: nosync) or a `Protocol`; `how`, `weights`: the
@@ -439,22 +545,34 @@ def make_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
     """
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    scanned = scan_round(make_step(model, optimizer, batch_size=batch_size, opt_sync=opt_sync,
-                                   how=how, weights=weights),
-                          steps, lambda s: (s.perm.shape[0],))
+    scanned = scan_round(
+        make_step(
+            model, optimizer, batch_size=batch_size, opt_sync=opt_sync, how=how, weights=weights
+        ),
+        steps,
+        lambda s: (s.perm.shape[0],),
+    )
 
     @jax.jit
     def round_fn(state, train_x, train_y, sync_period, active=steps):
-        return scanned(with_protocol_fields(state), (train_x, train_y, as_protocol(sync_period)),
-                       active)
+        return scanned(
+            with_protocol_fields(state), (train_x, train_y, as_protocol(sync_period)), active
+        )
 
     return round_fn
 
 
-def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                     batch_size: int, steps: int, opt_sync: OptSync = "average",
-                     unroll: int = 1, how: str = "mean",
-                     weights: Optional[tuple[float, ...]] = None) -> Callable:
+def make_sweep_round(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    steps: int,
+    opt_sync: OptSync = "average",
+    unroll: int = 1,
+    how: str = "mean",
+    weights: Optional[tuple[float, ...]] = None,
+) -> Callable:
     """`make_round` for R runs at once, vmapped over a leading run axis:
     `(states, data_x, data_y, groups, sync_periods, active=steps) ->
     (states, losses)`, with states batched as `RUN_AXES` (the step counter
@@ -465,34 +583,52 @@ def make_sweep_round(model: nn.Module, optimizer: optax.GradientTransformation, 
     iterations; `benchmarks/suite.py` times it)."""
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    step = jax.vmap(make_group_step(model, optimizer, batch_size, opt_sync, how=how,
-                                    weights=weights),
-                    in_axes=(RUN_AXES, None, None, 0, 0), out_axes=(RUN_AXES, 0))
+    step = jax.vmap(
+        make_group_step(model, optimizer, batch_size, opt_sync, how=how, weights=weights),
+        in_axes=(RUN_AXES, None, None, 0, 0),
+        out_axes=(RUN_AXES, 0),
+    )
     scanned = scan_round(step, steps, lambda s: s.perm.shape[:2], unroll)
 
     @jax.jit
     def round_fn(states, data_x, data_y, groups, sync_periods, active=steps):
-        return scanned(states, (data_x, data_y, jnp.asarray(groups, jnp.int32),
-                                as_protocol(sync_periods)), active)
+        return scanned(
+            states,
+            (data_x, data_y, jnp.asarray(groups, jnp.int32), as_protocol(sync_periods)),
+            active,
+        )
 
     return round_fn
 
 
-@functools.partial(jax.jit, static_argnames=("model", "optimizer", "num_workers", "num_samples",
-                                             "identical"))
-def init_runs(keys: jax.Array, model: nn.Module, optimizer: optax.GradientTransformation,
-              sample_x: jax.Array, num_workers: int, num_samples: int, lrs: jax.Array,
-              identical: bool = True, torch_inits: Optional[jax.Array] = None) -> FedState:
+@functools.partial(
+    jax.jit, static_argnames=("model", "optimizer", "num_workers", "num_samples", "identical")
+)
+def init_runs(
+    keys: jax.Array,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    sample_x: jax.Array,
+    num_workers: int,
+    num_samples: int,
+    lrs: jax.Array,
+    identical: bool = True,
+    torch_inits: Optional[jax.Array] = None,
+) -> FedState:
     """Initial states of R runs (keys (R,), lrs (R,), torch_inits (R,) bool,
     default all False: flax's initialisation), batched as `RUN_AXES`.
 
     Jitted: run op by op, flax's initialisers compile one small program per
     kernel shape (12.6 s for 4 runs on the 2-core CPU against 7.8 s jitted)."""
-    torch_inits = (jnp.zeros(keys.shape, bool) if torch_inits is None
-                   else jnp.asarray(torch_inits, bool))
-    return jax.vmap(lambda k, lr, t: init(k, model, optimizer, sample_x, num_workers,
-                                          num_samples, lr, identical, t),
-                    out_axes=RUN_AXES)(keys, jnp.asarray(lrs, jnp.float32), torch_inits)
+    torch_inits = (
+        jnp.zeros(keys.shape, bool) if torch_inits is None else jnp.asarray(torch_inits, bool)
+    )
+    return jax.vmap(
+        lambda k, lr, t: init(
+            k, model, optimizer, sample_x, num_workers, num_samples, lr, identical, t
+        ),
+        out_axes=RUN_AXES,
+    )(keys, jnp.asarray(lrs, jnp.float32), torch_inits)
 
 
 def sync_period_of(protocol: str, sync_period: int) -> int:

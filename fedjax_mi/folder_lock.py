@@ -63,8 +63,10 @@ def hold(folder: str) -> Iterator[None]:
     except BlockingIOError:
         pid = _holder(fh)
         fh.close()
-        raise LockError(f"--out: {folder!r} is in use by another run (process {pid}, lock "
-                        f"{path}); wait for it to end or choose another --out") from None
+        raise LockError(
+            f"--out: {folder!r} is in use by another run (process {pid}, lock "
+            f"{path}); wait for it to end or choose another --out"
+        ) from None
     except OSError as e:
         fh.close()
         raise LockError(f"--out: cannot lock {path} ({e.strerror or e})") from None

@@ -45,6 +45,7 @@ DEFAULT_MI = "probe,kde"
 class StudyEstimator:
     """One `--mi` estimator: its configs for I(X;Z) and I(Z;Y) (None: it
     does not define that quantity for a deterministic network)."""
+
     name: str
     xz: Optional[mi.Config]
     zy: Optional[mi.Config]
@@ -53,6 +54,7 @@ class StudyEstimator:
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
     """Estimator settings of a study (the `--mi`, `--edge_*` and `--kde_*` flags)."""
+
     mi: str = DEFAULT_MI
     edge_version: str = "4.2.0"
     edge_xz: str = ""
@@ -97,16 +99,19 @@ def parse_edge_options(text: str) -> tuple[tuple[str, object], ...]:
     return tuple(items)
 
 
-def paper_edge_configs(version: str = "4.2.0", xz_options=(), zy_options=()
-                       ) -> tuple[mi.EdgeReference, mi.EdgeReference]:
+def paper_edge_configs(
+    version: str = "4.2.0", xz_options=(), zy_options=()
+) -> tuple[mi.EdgeReference, mi.EdgeReference]:
     """EDGE reference configs for (I(X;Z), I(Z;Y)) as the EDGE author's own
     deep-learning analysis called it for the last hidden layer
     (docs/estimators.md, "EDGE reference mode"); options are the reference's
     keywords, (name, value) pairs as `parse_edge_options` returns, and
     replace those settings. Raises ValueError or TypeError on a bad name or value.
     """
-    return (mi.EdgeReference.paper_xz(version, **dict(xz_options)),
-            mi.EdgeReference.paper_zy(version, **dict(zy_options)))
+    return (
+        mi.EdgeReference.paper_xz(version, **dict(xz_options)),
+        mi.EdgeReference.paper_zy(version, **dict(zy_options)),
+    )
 
 
 def study_estimators(settings: StudySettings, num_classes: int) -> tuple[StudyEstimator, ...]:
@@ -116,9 +121,11 @@ def study_estimators(settings: StudySettings, num_classes: int) -> tuple[StudyEs
     out = []
     for name in names:
         if name == "edge_reference":
-            xz, zy = paper_edge_configs(settings.edge_version,
-                                        parse_edge_options(settings.edge_xz),
-                                        parse_edge_options(settings.edge_zy))
+            xz, zy = paper_edge_configs(
+                settings.edge_version,
+                parse_edge_options(settings.edge_xz),
+                parse_edge_options(settings.edge_zy),
+            )
         elif name == "quantile":
             xz, zy = mi.EdgeQuantile(), mi.EdgeQuantile()
         elif name == "knn":
@@ -128,8 +135,11 @@ def study_estimators(settings: StudySettings, num_classes: int) -> tuple[StudyEs
         elif name == "probe":
             xz, zy = None, mi.Probe(num_classes=num_classes)
         else:
-            xz = zy = mi.KDE(noise_var=settings.kde_noise_var, relative=settings.kde_relative,
-                             queries=settings.kde_queries)
+            xz = zy = mi.KDE(
+                noise_var=settings.kde_noise_var,
+                relative=settings.kde_relative,
+                queries=settings.kde_queries,
+            )
         out.append(StudyEstimator(name, xz, zy))
     return tuple(out)
 
@@ -160,6 +170,7 @@ class Measurement(NamedTuple):
       weight_distance: () ||w0 - w1|| / ||w0|| over all parameters; NaN with
         a single worker.
     """
+
     acc: jax.Array
     test_acc: jax.Array
     head: jax.Array
@@ -185,8 +196,13 @@ INTERP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def interpolate(params: chex.ArrayTree, alphas: jax.Array) -> chex.ArrayTree:
     """(1 - a) w0 + a w1 of workers 0 and 1 of `params` (leading axis K >= 2)
     for each a of `alphas` (A,): a tree with leading axis A."""
-    return jax.tree.map(lambda p: (1.0 - alphas).reshape((-1,) + (1,) * (p.ndim - 1)) * p[0]
-                        + alphas.reshape((-1,) + (1,) * (p.ndim - 1)) * p[1], params)
+    return jax.tree.map(
+        lambda p: (
+            (1.0 - alphas).reshape((-1,) + (1,) * (p.ndim - 1)) * p[0]
+            + alphas.reshape((-1,) + (1,) * (p.ndim - 1)) * p[1]
+        ),
+        params,
+    )
 
 
 def weight_distance(params: chex.ArrayTree) -> jax.Array:
@@ -216,8 +232,9 @@ def forward_chunk(eval_chunk: int, backend: Optional[str] = None) -> int:
     return min(eval_chunk, CPU_FORWARD_CHUNK) if backend == "cpu" else eval_chunk
 
 
-def chunked_forward(model: nn.Module, params: chex.ArrayTree, x: jax.Array,
-                    chunk: int) -> tuple[jax.Array, jax.Array]:
+def chunked_forward(
+    model: nn.Module, params: chex.ArrayTree, x: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array]:
     """Logits (n, classes) and z (n, 84) of one model on uint8 images
     (n, H, W, C), `chunk` images at a time (padded to a multiple of it)."""
     n = x.shape[0]
@@ -226,12 +243,14 @@ def chunked_forward(model: nn.Module, params: chex.ArrayTree, x: jax.Array,
     xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
     xp = xp.reshape((-1, chunk) + x.shape[1:])
     logits, z = jax.lax.map(
-        lambda xc: model.apply({"params": params}, federated.scale_images(xc)), xp)
+        lambda xc: model.apply({"params": params}, federated.scale_images(xc)), xp
+    )
     return (logits.reshape(-1, logits.shape[-1])[:n], z.reshape(-1, z.shape[-1])[:n])
 
 
-def make_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
-                 chunk: int = 500) -> Callable:
+def make_measure(
+    model: nn.Module, estimators: tuple[StudyEstimator, ...], chunk: int = 500
+) -> Callable:
     """The jitted eval-point measurement:
     `(key, params, local_x, local_y, test_x, test_y) -> Measurement`, with
     params stacked over K workers, local_x (D, m, H, W, C) uint8, local_y
@@ -239,8 +258,9 @@ def make_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
     return jax.jit(_measure_fn(model, estimators, chunk))
 
 
-def make_sweep_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
-                       chunk: int = 500) -> Callable:
+def make_sweep_measure(
+    model: nn.Module, estimators: tuple[StudyEstimator, ...], chunk: int = 500
+) -> Callable:
     """The measurement of R runs, one after the other (`lax.map`: each run's
     forwards already fill the device):
     `(keys (R,), params (R, K, ...), local_x (G, D, m, ...), local_y (G, D, m),
@@ -249,14 +269,17 @@ def make_sweep_measure(model: nn.Module, estimators: tuple[StudyEstimator, ...],
 
     @jax.jit
     def measure(keys, params, local_x, local_y, groups, test_x, test_y):
-        return jax.lax.map(lambda a: one(a[0], a[1], local_x[a[2]], local_y[a[2]], test_x, test_y),
-                           (keys, params, groups))
+        return jax.lax.map(
+            lambda a: one(a[0], a[1], local_x[a[2]], local_y[a[2]], test_x, test_y),
+            (keys, params, groups),
+        )
 
     return measure
 
 
-def pair_estimates(estimators: tuple[StudyEstimator, ...], key: jax.Array, x: jax.Array,
-                   y: jax.Array, z: jax.Array) -> dict:
+def pair_estimates(
+    estimators: tuple[StudyEstimator, ...], key: jax.Array, x: jax.Array, y: jax.Array, z: jax.Array
+) -> dict:
     """Every estimator's fields for one model on one dataset (bits).
 
     x: (m, H, W, C) uint8 images, y: (m,) labels, z: (m, 84) the model's
@@ -275,7 +298,8 @@ def pair_estimates(estimators: tuple[StudyEstimator, ...], key: jax.Array, x: ja
             out[f"mi_xz_{est.name}"], out[f"mi_xz_{est.name}_lower"] = b.upper, b.lower
         elif est.xz is not None:
             v = jax.vmap(lambda zs: mi.estimate_traced(key, x_flat, zs, est.xz))(
-                jnp.stack([z, z[perm]]))
+                jnp.stack([z, z[perm]])
+            )
             out[f"mi_xz_{est.name}"], out[f"mi_xz_{est.name}_floor"] = v[0], v[1]
         ys = jnp.stack([y, y[perm]])
         if isinstance(est.zy, mi.KDE):
@@ -297,8 +321,9 @@ def head_bounds(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Ar
     return bounds.barber_agakov(logits, labels), bounds.fano(accuracy, entropy, num_classes)
 
 
-def interpolation(model: nn.Module, params: chex.ArrayTree, local_x: jax.Array,
-                  local_y: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def interpolation(
+    model: nn.Module, params: chex.ArrayTree, local_x: jax.Array, local_y: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(accuracy (A, D), mean cross-entropy in nats (A, D), weight distance
     ()) of the `INTERP_ALPHAS` interpolants of workers 0 and 1 of `params`
     (stacked over K) on local_x (D, m, H, W, C) uint8, local_y (D, m); NaN
@@ -335,7 +360,8 @@ def _measure_fn(model, estimators, chunk):
         local_logits = logits[:, :num_local].reshape(-1, num_datasets, m, logits.shape[-1])
         head, fano = jax.vmap(jax.vmap(head_bounds), in_axes=(0, None))(local_logits, local_y)
         test_head, test_fano = jax.vmap(head_bounds, in_axes=(0, None))(
-            logits[:, num_local:], test_y)
+            logits[:, num_local:], test_y
+        )
         z_local = z[:, :num_local].reshape(-1, num_datasets, m, z.shape[-1])
         one = lambda x, y, zz: pair_estimates(estimators, key, x, y, zz)
         over_datasets = jax.vmap(one, in_axes=(0, 0, 0))
@@ -343,9 +369,21 @@ def _measure_fn(model, estimators, chunk):
         nan = jnp.full(acc.shape, jnp.nan, acc.dtype)
         get = lambda name: fields[name] if name in fields else nan
         interp_acc, interp_loss, distance = interpolation(model, params, local_x, local_y, chunk)
-        return Measurement(acc, test_acc, head, fano, test_head, test_fano, fields,
-                           get(f"mi_xz_{xz_name}"), get(f"mi_zy_{zy_name}"),
-                           get(f"mi_xz_{xz_name}_floor"), get(f"mi_zy_{zy_name}_floor"),
-                           interp_acc, interp_loss, distance)
+        return Measurement(
+            acc,
+            test_acc,
+            head,
+            fano,
+            test_head,
+            test_fano,
+            fields,
+            get(f"mi_xz_{xz_name}"),
+            get(f"mi_zy_{zy_name}"),
+            get(f"mi_xz_{xz_name}_floor"),
+            get(f"mi_zy_{zy_name}_floor"),
+            interp_acc,
+            interp_loss,
+            distance,
+        )
 
     return measure

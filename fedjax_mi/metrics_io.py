@@ -23,8 +23,10 @@ class OutputError(OSError):
 def output_error(path: str, cause: BaseException, intact: str) -> OutputError:
     """One line: the path, the cause (its OS message) and what is intact;
     `errno` is the cause's."""
-    reason = getattr(cause, "strerror", None) or \
-        f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
+    reason = (
+        getattr(cause, "strerror", None)
+        or f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
+    )
     error = OutputError(f"cannot write {path} ({reason}); {intact}")
     error.errno = getattr(cause, "errno", None)
     return error
@@ -42,8 +44,9 @@ def write_atomic(path: str, text: str) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise output_error(path, e, f"the previous {os.path.basename(path)}, if any, is intact") \
-            from None
+        raise output_error(
+            path, e, f"the previous {os.path.basename(path)}, if any, is intact"
+        ) from None
 
 
 def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:

@@ -46,13 +46,16 @@ def torch_init(key: jax.Array, params: chex.ArrayTree) -> chex.ArrayTree:
         k_kernel, k_bias = jax.random.split(jax.random.fold_in(key, i))
         out[name] = {
             "kernel": jax.random.uniform(k_kernel, kernel.shape, kernel.dtype, -bound, bound),
-            "bias": jax.random.uniform(k_bias, layer["bias"].shape, layer["bias"].dtype,
-                                       -bound, bound)}
+            "bias": jax.random.uniform(
+                k_bias, layer["bias"].shape, layer["bias"].dtype, -bound, bound
+            ),
+        }
     return out
 
 
-def init_params(key: jax.Array, model: nn.Module, sample_x: jax.Array,
-                init: str = "flax") -> chex.ArrayTree:
+def init_params(
+    key: jax.Array, model: nn.Module, sample_x: jax.Array, init: str = "flax"
+) -> chex.ArrayTree:
     """Initial parameters of `model` under scheme `init` (one of `INITS`)."""
     params = model.init(key, sample_x)["params"]
     if init == "torch":
@@ -77,7 +80,8 @@ def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> j
     """
     if impl == "xla":
         return jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
     if impl == "toeplitz":
         return conv_toeplitz(x, kernel)
     if impl == "s2d":
@@ -87,7 +91,8 @@ def conv_valid(x: jax.Array, kernel: jax.Array, impl: ConvImpl = "patches") -> j
     # Patch features ordered (kh, kw, c) to match the HWIO kernel's reshape;
     # one 2-D matmul measured 2x faster than a 5-D einsum on XLA:CPU.
     patches = jnp.concatenate(
-        [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)], axis=-1)
+        [x[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)], axis=-1
+    )
     out = patches.reshape(-1, patches.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1])
     return out.reshape(b, h, w, kernel.shape[-1])
 
@@ -101,8 +106,10 @@ def toeplitz_matrix(kernel: jax.Array, width: int) -> jax.Array:
     k, _, c, f = kernel.shape
     out_w = width - k + 1
     # shift[j, w, v] = 1 where w == v + j: a constant, so only the kernel is traced.
-    shift = (np.arange(width)[None, :, None]
-             == np.arange(out_w)[None, None, :] + np.arange(k)[:, None, None])
+    shift = (
+        np.arange(width)[None, :, None]
+        == np.arange(out_w)[None, None, :] + np.arange(k)[:, None, None]
+    )
     t = jnp.einsum("jwv,ijcf->iwcvf", shift.astype(kernel.dtype), kernel)
     return t.reshape(k * width * c, out_w * f)
 
@@ -117,7 +124,9 @@ def conv_toeplitz(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k, f = kernel.shape[0], kernel.shape[-1]
     b, h, w, c = x.shape
     out_h, out_w = h - k + 1, w - k + 1
-    rows = jnp.concatenate([x[:, i:i + out_h].reshape(b, out_h, w * c) for i in range(k)], axis=-1)
+    rows = jnp.concatenate(
+        [x[:, i : i + out_h].reshape(b, out_h, w * c) for i in range(k)], axis=-1
+    )
     out = rows.reshape(b * out_h, k * w * c) @ toeplitz_matrix(kernel, w)
     return out.reshape(b, out_h, out_w, f)
 
@@ -136,7 +145,9 @@ def conv_s2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k, _, c, f = kernel.shape
     b, h, w, _ = x.shape
     if h % 2 or w % 2 or k % 2 == 0:
-        raise ValueError(f"conv_s2d needs even H, W and an odd kernel, got {x.shape}, {kernel.shape}")
+        raise ValueError(
+            f"conv_s2d needs even H, W and an odd kernel, got {x.shape}, {kernel.shape}"
+        )
     half = (k + 1) // 2
     blocks = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
     blocks = blocks.reshape(b, h // 2, w // 2, 4 * c)
@@ -145,8 +156,13 @@ def conv_s2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     u, s_, a, i = np.meshgrid(*(np.arange(n) for n in (half, 2, 2, k)), indexing="ij")
     tap = (i == 2 * u + s_ - a).astype(np.float32)
     big = jnp.einsum("usai,vtbj,ijcf->uvstcabf", tap, tap, kernel)
-    out = jax.lax.conv_general_dilated(blocks, big.reshape(half, half, 4 * c, 4 * f), (1, 1),
-                                       "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = jax.lax.conv_general_dilated(
+        blocks,
+        big.reshape(half, half, 4 * c, 4 * f),
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     oh, ow = out.shape[1], out.shape[2]
     out = out.reshape(b, oh, ow, 2, 2, f).transpose(0, 1, 3, 2, 4, 5)
     return out.reshape(b, 2 * oh, 2 * ow, f)
@@ -175,6 +191,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 class Conv(nn.Module):
     """'VALID' convolution with the parameters of `flax.linen.Conv`."""
+
     features: int
     kernel_size: int = 5
     impl: ConvImpl = "patches"
@@ -182,8 +199,10 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
-                "kernel", nn.initializers.lecun_normal(),
-                (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
+        )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return conv_valid(x, kernel, self.impl) + bias
 
@@ -206,6 +225,7 @@ class LeNet(nn.Module):
     >>> logits.shape, z.shape
     ((2, 10), (2, 84))
     """
+
     num_classes: int = 10
     # One formulation for both layers, or a pair (first layer, second layer).
     conv_impl: ConvImpl | tuple[ConvImpl, ConvImpl] = "patches"

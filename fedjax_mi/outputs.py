@@ -24,11 +24,15 @@ def prepare_out(out: str, resume: bool = False, overwrite: bool = False) -> None
 
     A folder that already holds results is refused unless `resume` (continue
     from its checkpoint) or `overwrite` (delete those results first)."""
-    held = [name for name in RESULTS if os.path.exists(os.path.join(out, name))
-            and name != "figures"]
+    held = [
+        name for name in RESULTS if os.path.exists(os.path.join(out, name)) and name != "figures"
+    ]
     if held and not (resume or overwrite):
-        raise ConfigError("out", f"{out!r} already holds results ({', '.join(held)}); pass "
-                          f"--resume to continue that run or --overwrite to start over")
+        raise ConfigError(
+            "out",
+            f"{out!r} already holds results ({', '.join(held)}); pass "
+            f"--resume to continue that run or --overwrite to start over",
+        )
     if overwrite:
         for name in RESULTS:
             path = os.path.join(out, name)
@@ -61,18 +65,28 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"packages": versions, "python": platform.python_version(),
-            "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
-            "platform": platform.platform(), "argv": sys.argv}
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "argv": sys.argv,
+    }
 
 
-def write_config(cfg: RunConfig, data_info: dict[str, int], schedule: Schedule,
-                 sweep_size: int) -> None:
+def write_config(
+    cfg: RunConfig, data_info: dict[str, int], schedule: Schedule, sweep_size: int
+) -> None:
     """OUT/config.json: every setting by its flat name, the environment, the
     data sizes (`data_info`), the schedule and the sweep's size."""
-    info = {"config": cfg.flat(), "environment": environment(), "data": data_info,
-            "schedule": dataclasses.asdict(schedule),
-            "runs_in_program": sweep_size}
+    info = {
+        "config": cfg.flat(),
+        "environment": environment(),
+        "data": data_info,
+        "schedule": dataclasses.asdict(schedule),
+        "runs_in_program": sweep_size,
+    }
     metrics_io.write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(info, indent=2))
 
 
@@ -85,8 +99,9 @@ def read_config(run_dir: str) -> RunConfig:
         return config.make(**json.load(fh)["config"])
 
 
-def to_records(step: int, epoch: float, m: measure.Measurement, losses,
-               comm: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+def to_records(
+    step: int, epoch: float, m: measure.Measurement, losses, comm: Optional[dict[str, Any]] = None
+) -> list[dict[str, Any]]:
     """One record per (model, dataset) of one eval point.
 
     Every record has `mi_xz`, `mi_zy` and their floors (the primary
@@ -104,21 +119,44 @@ def to_records(step: int, epoch: float, m: measure.Measurement, losses,
     for i, model in enumerate(names):
         loss = None if (losses is None or model == "average") else clean(losses[i])
         for d in range(num_datasets):
-            records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset=f"local{d}",
-                                mi_xz=clean(m.mi_xz[i, d]), mi_zy=clean(m.mi_zy[i, d]),
-                                acc=clean(m.acc[i, d]), loss=loss,
-                                mi_xz_floor=clean(m.mi_xz_floor[i, d]),
-                                mi_zy_floor=clean(m.mi_zy_floor[i, d]),
-                                mi_zy_head=clean(m.head[i, d]), mi_zy_fano=clean(m.fano[i, d]),
-                                **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())},
-                                **(comm or {}),
-                                **(interp_fields(m, d, clean) if model == "average" else {})))
-        records.append(dict(step=step, epoch=round(epoch, 4), model=model, dataset="test",
-                            mi_xz=None, mi_zy=None, acc=clean(m.test_acc[i]), loss=loss,
-                            mi_xz_floor=None, mi_zy_floor=None,
-                            mi_zy_head=clean(m.test_head[i]), mi_zy_fano=clean(m.test_fano[i]),
-                            **{k: None for k in sorted(m.mi)}, **(comm or {}),
-                            **(interp_fields(m, None, clean) if model == "average" else {})))
+            records.append(
+                dict(
+                    step=step,
+                    epoch=round(epoch, 4),
+                    model=model,
+                    dataset=f"local{d}",
+                    mi_xz=clean(m.mi_xz[i, d]),
+                    mi_zy=clean(m.mi_zy[i, d]),
+                    acc=clean(m.acc[i, d]),
+                    loss=loss,
+                    mi_xz_floor=clean(m.mi_xz_floor[i, d]),
+                    mi_zy_floor=clean(m.mi_zy_floor[i, d]),
+                    mi_zy_head=clean(m.head[i, d]),
+                    mi_zy_fano=clean(m.fano[i, d]),
+                    **{k: clean(v[i, d]) for k, v in sorted(m.mi.items())},
+                    **(comm or {}),
+                    **(interp_fields(m, d, clean) if model == "average" else {}),
+                )
+            )
+        records.append(
+            dict(
+                step=step,
+                epoch=round(epoch, 4),
+                model=model,
+                dataset="test",
+                mi_xz=None,
+                mi_zy=None,
+                acc=clean(m.test_acc[i]),
+                loss=loss,
+                mi_xz_floor=None,
+                mi_zy_floor=None,
+                mi_zy_head=clean(m.test_head[i]),
+                mi_zy_fano=clean(m.test_fano[i]),
+                **{k: None for k in sorted(m.mi)},
+                **(comm or {}),
+                **(interp_fields(m, None, clean) if model == "average" else {}),
+            )
+        )
     return records
 
 

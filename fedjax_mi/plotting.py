@@ -53,8 +53,14 @@ def _lines(ax, series, colors):
     datasets = _datasets(series)
     for (model, dataset), (steps, values) in sorted(series.items()):
         style = LINESTYLES[datasets.index(dataset) % len(LINESTYLES)]
-        ax.plot(steps, values, style, color=colors[model], lw=1.6 if model == "average" else 1.1,
-                label=f"{model} on {dataset}")
+        ax.plot(
+            steps,
+            values,
+            style,
+            color=colors[model],
+            lw=1.6 if model == "average" else 1.1,
+            label=f"{model} on {dataset}",
+        )
 
 
 def _floor_band(ax, records, key):
@@ -66,8 +72,15 @@ def _floor_band(ax, records, key):
             by_step[r["step"]].append(r[key])
     if by_step:
         steps = sorted(by_step)
-        ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
-                        color="grey", alpha=0.3, lw=0, label="estimator floor (pairing shuffled)")
+        ax.fill_between(
+            steps,
+            [min(by_step[s]) for s in steps],
+            [max(by_step[s]) for s in steps],
+            color="grey",
+            alpha=0.3,
+            lw=0,
+            label="estimator floor (pairing shuffled)",
+        )
 
 
 def estimator_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -77,9 +90,13 @@ def estimator_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     for r in records:
         for k in r:
             for prefix in ("mi_xz_", "mi_zy_"):
-                name = k[len(prefix):] if k.startswith(prefix) else None
-                if name and not name.endswith(("_floor", "_lower")) and name not in (
-                        "head", "fano", "floor") and name not in names:
+                name = k[len(prefix) :] if k.startswith(prefix) else None
+                if (
+                    name
+                    and not name.endswith(("_floor", "_lower"))
+                    and name not in ("head", "fano", "floor")
+                    and name not in names
+                ):
                     names.append(name)
     if not names:
         return [("EDGE", "mi_xz", "mi_zy")]
@@ -94,14 +111,21 @@ def _lower_shading(ax, records, key, colors):
         top = dict(zip(*upper.get(series_key, ([], []))))
         pairs = [(s, v, top[s]) for s, v in zip(steps, values) if s in top]
         if pairs:
-            ax.fill_between([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
-                            color=colors[series_key[0]], alpha=0.12, lw=0)
+            ax.fill_between(
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+                [p[2] for p in pairs],
+                color=colors[series_key[0]],
+                alpha=0.12,
+                lw=0,
+            )
 
 
 def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     rows = estimator_rows(records)
-    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 3.6 * len(rows) + 0.6), squeeze=False,
-                             sharex=True, sharey="col")
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(12, 3.6 * len(rows) + 0.6), squeeze=False, sharex=True, sharey="col"
+    )
     head = _series(records, "mi_zy_head")
     for row, (name, xz_key, zy_key) in zip(axes, rows):
         for ax, key, label in zip(row, (xz_key, zy_key), ("I(X;Z)", "I(Z;Y)")):
@@ -114,8 +138,15 @@ def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
                 for (model, dataset), (steps, values) in sorted(head.items()):
                     ax.plot(steps, values, ":", color=colors[model], lw=0.8)
             if not series:
-                ax.text(0.5, 0.5, f"{name} does not define {label}\n(see docs/estimators.md)",
-                        ha="center", va="center", transform=ax.transAxes, color="grey")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"{name} does not define {label}\n(see docs/estimators.md)",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="grey",
+                )
             ax.set_ylabel(f"{label} [bits], {name}")
             ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -137,8 +168,13 @@ def _barrier_panel(ax, records):
     distance (right axis) against the step."""
     barrier = _series(records, "barrier")
     for i, ((_, dataset), (steps, values)) in enumerate(sorted(barrier.items())):
-        ax.plot(steps, values, LINESTYLES[i % len(LINESTYLES)], color="tab:red",
-                label=f"barrier on {dataset}")
+        ax.plot(
+            steps,
+            values,
+            LINESTYLES[i % len(LINESTYLES)],
+            color="tab:red",
+            label=f"barrier on {dataset}",
+        )
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("local step")
     ax.set_ylabel("loss barrier [nats]: L(0.5) - (L(0) + L(1))/2", fontsize=8)
@@ -156,8 +192,9 @@ def _barrier_panel(ax, records):
 def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     series = _series(records, "acc", dataset_filter=lambda d: True)
     has_barrier = any(r.get("barrier") is not None for r in records)
-    fig, axes = plt.subplots(1, 2 if has_barrier else 1, figsize=(13 if has_barrier else 7, 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if has_barrier else 1, figsize=(13 if has_barrier else 7, 4.2), squeeze=False
+    )
     ax = axes[0][0]
     if has_barrier:
         _barrier_panel(axes[0][1], records)
@@ -176,17 +213,31 @@ def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> 
 def plot_info_plane(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     points = [r for r in records if r.get("mi_xz") is not None and r.get("mi_zy") is not None]
     models = sorted({r["model"] for r in points}, key=lambda m: (m == "average", m))
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 3.8),
-                             squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        max(len(models), 1),
+        figsize=(4 * max(len(models), 1), 3.8),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     datasets = sorted({r["dataset"] for r in points})
     markers = ["o", "^", "s", "D", "v", "P"]
     last = max((r["step"] for r in points), default=1) or 1
     for ax, model in zip(axes[0], models):
         for j, dataset in enumerate(datasets):
             sel = [r for r in points if r["model"] == model and r["dataset"] == dataset]
-            sc = ax.scatter([r["mi_xz"] for r in sel], [r["mi_zy"] for r in sel],
-                            c=[r["step"] for r in sel], cmap="viridis", vmin=0, vmax=last,
-                            marker=markers[j % len(markers)], s=14, label=dataset)
+            sc = ax.scatter(
+                [r["mi_xz"] for r in sel],
+                [r["mi_zy"] for r in sel],
+                c=[r["step"] for r in sel],
+                cmap="viridis",
+                vmin=0,
+                vmax=last,
+                marker=markers[j % len(markers)],
+                s=14,
+                label=dataset,
+            )
         ax.set_title(model)
         ax.set_xlabel("I(X;Z) [bits]")
         ax.grid(alpha=0.3)
@@ -214,10 +265,17 @@ def _mean_band(ax, runs, key, dataset_filter, colors):
         values = [by_step[s] for s in steps]
         style = LINESTYLES[datasets.index(dataset) % len(LINESTYLES)]
         color = colors.get(model, "tab:red")
-        ax.plot(steps, [sum(v) / len(v) for v in values], style, color=color,
-                lw=1.6 if model == "average" else 1.1, label=f"{model} on {dataset}")
-        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color,
-                        alpha=0.15, lw=0)
+        ax.plot(
+            steps,
+            [sum(v) / len(v) for v in values],
+            style,
+            color=color,
+            lw=1.6 if model == "average" else 1.1,
+            label=f"{model} on {dataset}",
+        )
+        ax.fill_between(
+            steps, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15, lw=0
+        )
     return bool(keys)
 
 
@@ -272,16 +330,26 @@ def plot_tradeoff(points: list[dict[str, Any]], path: str, title: str = "") -> s
     splits = list(dict.fromkeys(p["split"] for p in points))
     cmap = plt.get_cmap("tab10")
     markers = ["o", "s", "^", "D"]
-    for ax, key, ylabel in ((axes[0], "acc", "average's final test accuracy"),
-                            (axes[1], "mi_zy", "average's final I(Z;Y) [bits]")):
+    for ax, key, ylabel in (
+        (axes[0], "acc", "average's final test accuracy"),
+        (axes[1], "mi_zy", "average's final I(Z;Y) [bits]"),
+    ):
         for i, proto in enumerate(protocols):
             for j, split in enumerate(splits):
-                sel = [p for p in points if p["protocol"] == proto and p["split"] == split
-                       and p.get(key) is not None]
+                sel = [
+                    p
+                    for p in points
+                    if p["protocol"] == proto and p["split"] == split and p.get(key) is not None
+                ]
                 if sel:
-                    ax.scatter([p["bytes_sent"] / 1e6 for p in sel], [p[key] for p in sel],
-                               color=cmap(i % 10), marker=markers[j % len(markers)],
-                               alpha=0.8, label=f"{proto}, {split}" if key == "acc" else None)
+                    ax.scatter(
+                        [p["bytes_sent"] / 1e6 for p in sel],
+                        [p[key] for p in sel],
+                        color=cmap(i % 10),
+                        marker=markers[j % len(markers)],
+                        alpha=0.8,
+                        label=f"{proto}, {split}" if key == "acc" else None,
+                    )
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("MB communicated (symlog)")
         ax.set_ylabel(ylabel)

@@ -57,8 +57,11 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, signal.SIG_DFL)
         # os.write, not print: the handler may run in the middle of a print.
         with contextlib.suppress(OSError):
-            os.write(2, f"{request.name} received: finishing the current eval point, then "
-                        f"saving a checkpoint (send it again to stop at once)\n".encode())
+            os.write(
+                2,
+                f"{request.name} received: finishing the current eval point, then "
+                f"saving a checkpoint (send it again to stop at once)\n".encode(),
+            )
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:

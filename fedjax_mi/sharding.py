@@ -38,8 +38,11 @@ WORKERS = "workers"
 RUNS = "runs"
 
 
-def init_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None) -> bool:
+def init_distributed(
+    coordinator: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+) -> bool:
     """Join the processes of one program (`jax.distributed.initialize`), before
     any other jax call. With the three arguments given, as they say (e.g.
     "127.0.0.1:12355", 2, 0); with none, from a SLURM job of several tasks
@@ -71,8 +74,9 @@ def put(value, sharding: NamedSharding) -> jax.Array:
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         return value
     if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(put(jax.random.key_data(value), sharding),
-                                        impl=jax.random.key_impl(value))
+        return jax.random.wrap_key_data(
+            put(jax.random.key_data(value), sharding), impl=jax.random.key_impl(value)
+        )
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -105,19 +109,37 @@ def worker_mesh(num_devices: Optional[int] = None) -> Mesh:
         raise ValueError(f"num_devices must be in 1..{len(devices)}, got {num_devices}")
     # Auto axes: outside shard_map the SPMD partitioner places values (the
     # baseline of benchmarks/sharding_collectives.py relies on that).
-    return jax.make_mesh((num_devices,), (WORKERS,), axis_types=(AxisType.Auto,),
-                         devices=devices[:num_devices])
+    return jax.make_mesh(
+        (num_devices,), (WORKERS,), axis_types=(AxisType.Auto,), devices=devices[:num_devices]
+    )
 
 
 def _state_spec(worker: Optional[str]) -> federated.FedState:
-    return federated.FedState(params=P(worker), opt_state=P(worker), data_keys=P(worker),
-                              perm=P(worker), lr=P(), step=P(), ref=P(worker), syncs=P(),
-                              models_sent=P(), pending=P())
+    return federated.FedState(
+        params=P(worker),
+        opt_state=P(worker),
+        data_keys=P(worker),
+        perm=P(worker),
+        lr=P(),
+        step=P(),
+        ref=P(worker),
+        syncs=P(),
+        models_sent=P(),
+        pending=P(),
+    )
 
 
-def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                       batch_size: int, steps: int, opt_sync: federated.OptSync = "average",
-                       how: str = "mean", weights=None) -> Callable:
+def make_sharded_round(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    steps: int,
+    opt_sync: federated.OptSync = "average",
+    how: str = "mean",
+    weights=None,
+) -> Callable:
     """`federated.make_round` with the K workers split over the mesh's
     "workers" axis (K must be a multiple of its size):
     `(state, train_x, train_y, sync_period, active=steps) -> (state, losses)`,
@@ -126,11 +148,14 @@ def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation
     dynamic protocol's check is a one-integer `pmax` (any worker violating)."""
     if steps < 1:
         raise ValueError(f"steps per round must be >= 1, got {steps}")
-    group_step = federated.make_group_step(model, optimizer, batch_size, opt_sync,
-                                           axis_name=WORKERS, how=how, weights=weights)
+    group_step = federated.make_group_step(
+        model, optimizer, batch_size, opt_sync, axis_name=WORKERS, how=how, weights=weights
+    )
     scanned = federated.scan_round(
         lambda s, x, y, period: group_step(s, x[None], y[None], 0, period),
-        steps, lambda s: (s.perm.shape[0],))
+        steps,
+        lambda s: (s.perm.shape[0],),
+    )
     local = jax.shard_map(
         lambda state, x, y, period, active: scanned(state, (x, y, period), active),
         mesh=mesh,
@@ -138,18 +163,30 @@ def make_sharded_round(model: nn.Module, optimizer: optax.GradientTransformation
         out_specs=(_state_spec(WORKERS), P(None, WORKERS)),
         # Both branches of the sync `lax.cond` hold per-device values; the
         # pmean'd branch is device-invariant, which the checker cannot unify.
-        check_vma=False)
+        check_vma=False,
+    )
 
     @jax.jit
     def round_fn(state, train_x, train_y, sync_period, active=steps):
         num_workers, num_devices = train_x.shape[0], mesh.shape[WORKERS]
         if num_workers % num_devices:
-            raise ValueError(f"{num_workers} workers do not split evenly over {num_devices} devices")
+            raise ValueError(
+                f"{num_workers} workers do not split evenly over {num_devices} devices"
+            )
         # Inputs placed otherwise are moved onto the workers' devices first.
-        place = lambda t: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
-            a, NamedSharding(mesh, P(WORKERS) if jnp.ndim(a) else P())), t)
-        return local(place(federated.with_protocol_fields(state)), place(train_x), place(train_y),
-                     federated.as_protocol(sync_period), jnp.asarray(active, jnp.int32))
+        place = lambda t: jax.tree.map(
+            lambda a: jax.lax.with_sharding_constraint(
+                a, NamedSharding(mesh, P(WORKERS) if jnp.ndim(a) else P())
+            ),
+            t,
+        )
+        return local(
+            place(federated.with_protocol_fields(state)),
+            place(train_x),
+            place(train_y),
+            federated.as_protocol(sync_period),
+            jnp.asarray(active, jnp.int32),
+        )
 
     return round_fn
 
@@ -158,14 +195,18 @@ def run_mesh(num_devices: int) -> Mesh:
     """A 1-D mesh named "runs" over the first `num_devices` devices."""
     devices = jax.devices()
     if not 1 <= num_devices <= len(devices):
-        raise ValueError(f"num_devices must be in 1..{len(devices)} (the devices jax sees: "
-                         f"{len(devices)}), got {num_devices}")
-    return jax.make_mesh((num_devices,), (RUNS,), axis_types=(AxisType.Auto,),
-                         devices=devices[:num_devices])
+        raise ValueError(
+            f"num_devices must be in 1..{len(devices)} (the devices jax sees: "
+            f"{len(devices)}), got {num_devices}"
+        )
+    return jax.make_mesh(
+        (num_devices,), (RUNS,), axis_types=(AxisType.Auto,), devices=devices[:num_devices]
+    )
 
 
-def over_runs(sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
-              ) -> tuple[Callable, Callable]:
+def over_runs(
+    sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
+) -> tuple[Callable, Callable]:
     """`sweep.programs`' sweep round and measurement with the run axis
     split over the mesh's "runs" axis: each device trains and measures R / D
     of the runs with the same vmapped code and no collective (runs are
@@ -174,17 +215,36 @@ def over_runs(sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
     of the mesh size."""
     runs, rep = P(RUNS), P()
     # States are batched as federated.RUN_AXES: the step counter is shared.
-    states = federated.FedState(params=runs, opt_state=runs, data_keys=runs, perm=runs,
-                                lr=runs, step=rep, ref=runs, syncs=runs, models_sent=runs,
-                                pending=runs)
-    round_fn = jax.jit(jax.shard_map(
-        sweep_round, mesh=mesh,
-        in_specs=(states, rep, rep, runs, runs, rep),
-        out_specs=(states, P(None, RUNS)), check_vma=False))
-    measure_fn = jax.jit(jax.shard_map(
-        sweep_measure, mesh=mesh,
-        in_specs=(runs, runs, rep, rep, runs, rep, rep),
-        out_specs=runs, check_vma=False))
+    states = federated.FedState(
+        params=runs,
+        opt_state=runs,
+        data_keys=runs,
+        perm=runs,
+        lr=runs,
+        step=rep,
+        ref=runs,
+        syncs=runs,
+        models_sent=runs,
+        pending=runs,
+    )
+    round_fn = jax.jit(
+        jax.shard_map(
+            sweep_round,
+            mesh=mesh,
+            in_specs=(states, rep, rep, runs, runs, rep),
+            out_specs=(states, P(None, RUNS)),
+            check_vma=False,
+        )
+    )
+    measure_fn = jax.jit(
+        jax.shard_map(
+            sweep_measure,
+            mesh=mesh,
+            in_specs=(runs, runs, rep, rep, runs, rep, rep),
+            out_specs=runs,
+            check_vma=False,
+        )
+    )
     return round_fn, measure_fn
 
 
@@ -193,12 +253,18 @@ def place_runs(states: federated.FedState, mesh: Mesh) -> federated.FedState:
     "runs" axis, the shared step counter replicated: e.g. states restored
     from a checkpoint onto one device."""
     split = lambda t: jax.tree.map(lambda a: put(a, NamedSharding(mesh, P(RUNS))), t)
-    return states._replace(params=split(states.params), opt_state=split(states.opt_state),
-                           data_keys=split(states.data_keys), perm=split(states.perm),
-                           lr=split(states.lr), ref=split(states.ref),
-                           syncs=split(states.syncs), models_sent=split(states.models_sent),
-                           pending=split(states.pending),
-                           step=put(states.step, NamedSharding(mesh, P())))
+    return states._replace(
+        params=split(states.params),
+        opt_state=split(states.opt_state),
+        data_keys=split(states.data_keys),
+        perm=split(states.perm),
+        lr=split(states.lr),
+        ref=split(states.ref),
+        syncs=split(states.syncs),
+        models_sent=split(states.models_sent),
+        pending=split(states.pending),
+        step=put(states.step, NamedSharding(mesh, P())),
+    )
 
 
 def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):
@@ -207,7 +273,8 @@ def shard_leading(tree, mesh: Mesh, axis: str = WORKERS):
     of a state or local datasets, or the run axis of a sweep (vmapped runs are
     independent, so jit needs no collective for them)."""
     return jax.tree.map(
-        lambda a: put(a, NamedSharding(mesh, P(axis) if jnp.ndim(a) else P())), tree)
+        lambda a: put(a, NamedSharding(mesh, P(axis) if jnp.ndim(a) else P())), tree
+    )
 
 
 def replicate(tree, mesh: Mesh):

@@ -21,22 +21,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mi import data as data_lib
-from fedjax_mi import (checkpoint, federated, folder_lock, measure, metrics_io, models, outputs,
-                       preemption, sharding)
-from fedjax_mi.config import (ConfigError, RunConfig, Schedule, check_sweep, make_schedule,
-                              resumable_part)
+from fedjax_mi import (
+    checkpoint,
+    federated,
+    folder_lock,
+    measure,
+    metrics_io,
+    models,
+    outputs,
+    preemption,
+    sharding,
+)
+from fedjax_mi.config import (
+    ConfigError,
+    RunConfig,
+    Schedule,
+    check_sweep,
+    make_schedule,
+    resumable_part,
+)
 
 Records = list[list[dict[str, Any]]]  # each run's records
 
 
 class SweepData(NamedTuple):
     """The distinct partitions of a sweep, stacked: G groups of K local datasets."""
-    train_x: np.ndarray   # (G, K, n, H, W, C) uint8
-    train_y: np.ndarray   # (G, K, n) int32
-    test_x: np.ndarray    # (T, H, W, C) uint8
-    test_y: np.ndarray    # (T,) int32
+
+    train_x: np.ndarray  # (G, K, n, H, W, C) uint8
+    train_y: np.ndarray  # (G, K, n) int32
+    test_x: np.ndarray  # (T, H, W, C) uint8
+    test_y: np.ndarray  # (T,) int32
     num_classes: int
-    groups: tuple[int, ...]   # the group of each run
+    groups: tuple[int, ...]  # the group of each run
     dropped: tuple[int, ...]  # per group, what federate left out
 
 
@@ -44,27 +60,35 @@ def load_sweep_data(cfgs: Sequence[RunConfig]) -> SweepData:
     """Load the dataset once and federate it once per distinct (split, alpha,
     data seed); groups of unequal share sizes are cut to the smallest."""
     d = cfgs[0].data
-    dataset = data_lib.load_dataset(d.dataset, cifar_dir=d.cifar_dir,
-                                    tfds_data_dir=d.tfds_data_dir)
+    dataset = data_lib.load_dataset(d.dataset, cifar_dir=d.cifar_dir, tfds_data_dir=d.tfds_data_dir)
     keys = [(c.data.split, c.data.alpha, c.seeds[0]) for c in cfgs]
     distinct = list(dict.fromkeys(keys))
-    feds = [data_lib.federate(dataset, d.workers, split, seed=seed, alpha=alpha,
-                              per_worker=d.per_worker) for split, alpha, seed in distinct]
+    feds = [
+        data_lib.federate(
+            dataset, d.workers, split, seed=seed, alpha=alpha, per_worker=d.per_worker
+        )
+        for split, alpha, seed in distinct
+    ]
     n = min(f.train_x.shape[1] for f in feds)
-    return SweepData(np.stack([f.train_x[:, :n] for f in feds]),
-                     np.stack([f.train_y[:, :n] for f in feds]),
-                     feds[0].test_x, feds[0].test_y, feds[0].num_classes,
-                     tuple(distinct.index(k) for k in keys),
-                     tuple(int(f.dropped) + d.workers * (f.train_x.shape[1] - n) for f in feds))
+    return SweepData(
+        np.stack([f.train_x[:, :n] for f in feds]),
+        np.stack([f.train_y[:, :n] for f in feds]),
+        feds[0].test_x,
+        feds[0].test_y,
+        feds[0].num_classes,
+        tuple(distinct.index(k) for k in keys),
+        tuple(int(f.dropped) + d.workers * (f.train_x.shape[1] - n) for f in feds),
+    )
 
 
 class EvalData(NamedTuple):
     """What is measured: the first `mi_samples` of each local share (already
     in random order) and the first `test_samples` of the test split."""
+
     local_x: jax.Array  # (G, K, m, H, W, C)
     local_y: jax.Array  # (G, K, m)
-    test_x: jax.Array   # (T, H, W, C)
-    test_y: jax.Array   # (T,)
+    test_x: jax.Array  # (T, H, W, C)
+    test_y: jax.Array  # (T,)
 
 
 def eval_subsets(cfg: RunConfig, data: SweepData) -> EvalData:
@@ -72,44 +96,64 @@ def eval_subsets(cfg: RunConfig, data: SweepData) -> EvalData:
     m = n if cfg.measurement.mi_samples is None else cfg.measurement.mi_samples
     if m > n:
         raise ConfigError("mi_samples", f"{m} is more than a local dataset holds ({n})")
-    t = data.test_x.shape[0] if cfg.measurement.test_samples is None else min(
-        cfg.measurement.test_samples, data.test_x.shape[0])
-    return EvalData(jnp.asarray(data.train_x[:, :, :m]), jnp.asarray(data.train_y[:, :, :m]),
-                    jnp.asarray(data.test_x[:t]), jnp.asarray(data.test_y[:t]))
+    t = (
+        data.test_x.shape[0]
+        if cfg.measurement.test_samples is None
+        else min(cfg.measurement.test_samples, data.test_x.shape[0])
+    )
+    return EvalData(
+        jnp.asarray(data.train_x[:, :, :m]),
+        jnp.asarray(data.train_y[:, :, :m]),
+        jnp.asarray(data.test_x[:t]),
+        jnp.asarray(data.test_y[:t]),
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def programs(num_classes: int, momentum: float, batch_size: int, eval_period: int,
-             opt_sync: str, study: measure.StudySettings, eval_chunk: int,
-             aggregate: str = "mean", input_scale: str = "unit"):
+def programs(
+    num_classes: int,
+    momentum: float,
+    batch_size: int,
+    eval_period: int,
+    opt_sync: str,
+    study: measure.StudySettings,
+    eval_chunk: int,
+    aggregate: str = "mean",
+    input_scale: str = "unit",
+):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
     model = models.LeNet(num_classes=num_classes, input_scale=input_scale)
     opt = federated.make_optimizer(momentum)
-    round_fn = federated.make_sweep_round(model, opt, batch_size=batch_size, steps=eval_period,
-                                          opt_sync=opt_sync, how=aggregate)
+    round_fn = federated.make_sweep_round(
+        model, opt, batch_size=batch_size, steps=eval_period, opt_sync=opt_sync, how=aggregate
+    )
     # The measurement's forward passes are not vmapped over workers (models
     # run in sequence), so they use the formulation fastest on this backend:
     # the same function of the same parameters (docs/performance.md).
-    eval_model = models.LeNet(num_classes=num_classes, conv_impl=models.measure_conv_impl(),
-                              input_scale=input_scale)
+    eval_model = models.LeNet(
+        num_classes=num_classes, conv_impl=models.measure_conv_impl(), input_scale=input_scale
+    )
     measure_fn = measure.make_sweep_measure(
-        eval_model, measure.study_estimators(study, num_classes),
-        chunk=measure.forward_chunk(eval_chunk))
+        eval_model,
+        measure.study_estimators(study, num_classes),
+        chunk=measure.forward_chunk(eval_chunk),
+    )
     return model, opt, round_fn, measure_fn
 
 
 class Sweep(NamedTuple):
     """The compiled programs of a sweep and their arguments at the start."""
-    round_fn: Callable     # (states, train_x, train_y, groups, protocols, active)
-    measure_fn: Callable   # (step_keys, params, local_x, local_y, groups, test_x, test_y)
+
+    round_fn: Callable  # (states, train_x, train_y, groups, protocols, active)
+    measure_fn: Callable  # (step_keys, params, local_x, local_y, groups, test_x, test_y)
     states: federated.FedState  # initial states of the R runs (RUN_AXES)
-    edge_keys: jax.Array   # (R,) keys folded with the step at each eval point
-    groups: jax.Array      # (R,) data group of each run
+    edge_keys: jax.Array  # (R,) keys folded with the step at each eval point
+    groups: jax.Array  # (R,) data group of each run
     protocols: federated.Protocol  # each field (R,): the runs' protocols
-    train_x: jax.Array     # (G, K, n, H, W, C) uint8
-    train_y: jax.Array     # (G, K, n)
-    mesh: Optional[Any]    # the "runs" mesh when split over devices, else None
+    train_x: jax.Array  # (G, K, n, H, W, C) uint8
+    train_y: jax.Array  # (G, K, n)
+    mesh: Optional[Any]  # the "runs" mesh when split over devices, else None
 
 
 def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) -> Sweep:
@@ -119,30 +163,58 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     first = cfgs[0]
     t, m = first.training, first.measurement
     model, opt, round_fn, measure_fn = programs(
-        data.num_classes, t.momentum, t.batch_size, m.eval_period, t.opt_sync, m.study,
-        m.eval_chunk, first.protocol.aggregate, t.input_scale)
+        data.num_classes,
+        t.momentum,
+        t.batch_size,
+        m.eval_period,
+        t.opt_sync,
+        m.study,
+        m.eval_chunk,
+        first.protocol.aggregate,
+        t.input_scale,
+    )
     mesh = sharding.run_mesh(devices) if devices > 1 else None
     if mesh is not None:
         round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
-    states = federated.init_runs(keys[:, 0], model, opt, jnp.zeros((1,) + data.train_x.shape[3:]),
-                                 first.data.workers, data.train_x.shape[2],
-                                 [c.training.lr for c in cfgs],
-                                 identical=not t.independent_init,
-                                 torch_inits=[c.training.init == "torch" for c in cfgs])
-    protocols = [federated.protocol_of(c.protocol.protocol, c.protocol.sync_period,
-                                       c.protocol.check_every, c.protocol.delta) for c in cfgs]
+    states = federated.init_runs(
+        keys[:, 0],
+        model,
+        opt,
+        jnp.zeros((1,) + data.train_x.shape[3:]),
+        first.data.workers,
+        data.train_x.shape[2],
+        [c.training.lr for c in cfgs],
+        identical=not t.independent_init,
+        torch_inits=[c.training.init == "torch" for c in cfgs],
+    )
+    protocols = [
+        federated.protocol_of(
+            c.protocol.protocol, c.protocol.sync_period, c.protocol.check_every, c.protocol.delta
+        )
+        for c in cfgs
+    ]
     stacked = federated.Protocol(*(jnp.asarray(np.stack(f)) for f in zip(*protocols)))
-    return Sweep(round_fn, measure_fn, states, keys[:, 1], jnp.asarray(data.groups, jnp.int32),
-                 stacked, jnp.asarray(data.train_x), jnp.asarray(data.train_y), mesh)
+    return Sweep(
+        round_fn,
+        measure_fn,
+        states,
+        keys[:, 1],
+        jnp.asarray(data.groups, jnp.int32),
+        stacked,
+        jnp.asarray(data.train_x),
+        jnp.asarray(data.train_y),
+        mesh,
+    )
 
 
 def check_devices(runs: int, devices: int) -> None:
     """`devices` must be a device jax sees and split the `runs` evenly."""
     available = len(jax.devices())
     if not 1 <= devices <= available:
-        raise ConfigError("devices", f"must be in 1..{available} (the devices jax sees), "
-                          f"got {devices}")
+        raise ConfigError(
+            "devices", f"must be in 1..{available} (the devices jax sees), got {devices}"
+        )
     if runs % devices:
         raise ConfigError("devices", f"{runs} runs do not split evenly over {devices} devices")
 
@@ -152,20 +224,26 @@ class Progress(Protocol):
 
     def start(self, cfgs: Sequence[RunConfig], schedule: Schedule, local_size: int) -> None: ...
 
-    def point(self, step: int, steps_done: int, schedule: Schedule, m: measure.Measurement,
-              elapsed: float) -> None: ...
+    def point(
+        self, step: int, steps_done: int, schedule: Schedule, m: measure.Measurement, elapsed: float
+    ) -> None: ...
 
 
-def run(cfg: RunConfig, log: Callable[[str], None] = print,
-        progress: Optional[Progress] = None) -> list[dict[str, Any]]:
+def run(
+    cfg: RunConfig, log: Callable[[str], None] = print, progress: Optional[Progress] = None
+) -> list[dict[str, Any]]:
     """Run one experiment (a sweep of one) and write its files under
     `cfg.out`; returns its records."""
     return run_sweep([cfg], log, progress=progress)[0]
 
 
-def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
-              checkpoint_dir: Optional[str] = None, devices: int = 1,
-              progress: Optional[Progress] = None) -> Records:
+def run_sweep(
+    cfgs: Sequence[RunConfig],
+    log: Callable[[str], None] = print,
+    checkpoint_dir: Optional[str] = None,
+    devices: int = 1,
+    progress: Optional[Progress] = None,
+) -> Records:
     """Train and measure R runs as one compiled program (vmapped over a run
     axis) and write each run's files under its `out`; returns each run's records.
 
@@ -194,11 +272,15 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
     if not writer:
         log, progress = (lambda line: None), None
     if jax.process_count() > 1 and devices == 1 and out.checkpoint_every:
-        raise ConfigError("checkpoint_every", f"with {jax.process_count()} processes, "
-                          "checkpoints need the runs split over their devices (--devices > 1); "
-                          "or set 0")
-    folders = [c.out for c in cfgs] + ([] if checkpoint_dir else
-                                       [os.path.dirname(outputs.default_checkpoint_dir(cfgs))])
+        raise ConfigError(
+            "checkpoint_every",
+            f"with {jax.process_count()} processes, "
+            "checkpoints need the runs split over their devices (--devices > 1); "
+            "or set 0",
+        )
+    folders = [c.out for c in cfgs] + (
+        [] if checkpoint_dir else [os.path.dirname(outputs.default_checkpoint_dir(cfgs))]
+    )
     checkpoint_dir = checkpoint_dir or outputs.default_checkpoint_dir(cfgs)
     with contextlib.ExitStack() as stack:
         if writer:
@@ -221,6 +303,7 @@ def run_sweep(cfgs: Sequence[RunConfig], log: Callable[[str], None] = print,
 
 class _Loop(NamedTuple):
     """What every eval point of a sweep shares."""
+
     cfgs: Sequence[RunConfig]
     sweep: Sweep
     evals: EvalData
@@ -234,9 +317,15 @@ class _Loop(NamedTuple):
     started: tuple[int, float]  # (step, time) the loop started at
 
 
-def _train(cfgs: Sequence[RunConfig], log: Callable[[str], None], progress: Optional[Progress],
-           checkpoint_dir: str, devices: int, open_manager: Callable[[], Any],
-           stop: preemption.StopRequest) -> Records:
+def _train(
+    cfgs: Sequence[RunConfig],
+    log: Callable[[str], None],
+    progress: Optional[Progress],
+    checkpoint_dir: str,
+    devices: int,
+    open_manager: Callable[[], Any],
+    stop: preemption.StopRequest,
+) -> Records:
     """The loop of `run_sweep`, in its locked folders: a round of training
     and an eval point, until the last eval point or until `stop` fired (in
     any process, when there are several)."""
@@ -249,10 +338,18 @@ def _train(cfgs: Sequence[RunConfig], log: Callable[[str], None], progress: Opti
     evals = eval_subsets(cfgs[0], data)
     if writer:
         for cfg, group in zip(cfgs, data.groups):
-            outputs.write_config(cfg, dict(
-                local_size=n, dropped=data.dropped[group], test_size=int(data.test_x.shape[0]),
-                measured_local=int(evals.local_x.shape[2]),
-                measured_test=int(evals.test_x.shape[0])), schedule, len(cfgs))
+            outputs.write_config(
+                cfg,
+                dict(
+                    local_size=n,
+                    dropped=data.dropped[group],
+                    test_size=int(data.test_x.shape[0]),
+                    measured_local=int(evals.local_x.shape[2]),
+                    measured_test=int(evals.test_x.shape[0]),
+                ),
+                schedule,
+                len(cfgs),
+            )
     sweep = prepare_sweep(cfgs, data, devices)
     if sweep.mesh is not None and jax.process_count() > 1:
         sweep, evals = _place_over_processes(sweep, evals)
@@ -265,8 +362,19 @@ def _train(cfgs: Sequence[RunConfig], log: Callable[[str], None], progress: Opti
         states = sharding.place_runs(states, sweep.mesh)
     if last >= 0:
         log(f"resumed from the checkpoint at step {points[last]} in {checkpoint_dir}")
-    loop = _Loop(cfgs, sweep, evals, schedule, mgr, {"configs": [resumable_part(c) for c in cfgs]},
-                 stop, log, progress, writer, (points[max(last, 0)], time.perf_counter()))
+    loop = _Loop(
+        cfgs,
+        sweep,
+        evals,
+        schedule,
+        mgr,
+        {"configs": [resumable_part(c) for c in cfgs]},
+        stop,
+        log,
+        progress,
+        writer,
+        (points[max(last, 0)], time.perf_counter()),
+    )
     for i in range(last + 1, len(points)):
         states, stopping = _eval_point(loop, i, states, records)
         if stopping and i < len(points) - 1:
@@ -274,12 +382,15 @@ def _train(cfgs: Sequence[RunConfig], log: Callable[[str], None], progress: Opti
             raise preemption.Preempted(
                 f"stopped by {stop.name} after step {points[i]}/{schedule.total_steps}: "
                 f"checkpoint in {checkpoint_dir}, metrics up to step {points[i]} in {where}",
-                stop.signum, points[i])
+                stop.signum,
+                points[i],
+            )
     return records
 
 
-def _eval_point(loop: _Loop, i: int, states: federated.FedState, records: Records
-                ) -> tuple[federated.FedState, bool]:
+def _eval_point(
+    loop: _Loop, i: int, states: federated.FedState, records: Records
+) -> tuple[federated.FedState, bool]:
     """Eval point i: the round of training that leads to it (none before
     point 0), the measurement, each run's records written, the triggered
     protocol's decision, a checkpoint when due; (states, whether to stop)."""
@@ -288,18 +399,32 @@ def _eval_point(loop: _Loop, i: int, states: federated.FedState, records: Record
     step, losses = points[i], None
     if i > 0:
         active = step - points[i - 1]
-        states, round_losses = sweep.round_fn(states, sweep.train_x, sweep.train_y, sweep.groups,
-                                              sweep.protocols, active)
+        states, round_losses = sweep.round_fn(
+            states, sweep.train_x, sweep.train_y, sweep.groups, sweep.protocols, active
+        )
         round_losses = sharding.fetch(round_losses)[:active]  # (active, R, K)
         losses = round_losses.astype(np.float64).mean(axis=0)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sweep.edge_keys, step)
-    m = sharding.fetch(sweep.measure_fn(step_keys, states.params, evals.local_x, evals.local_y,
-                                        sweep.groups, evals.test_x, evals.test_y))
+    m = sharding.fetch(
+        sweep.measure_fn(
+            step_keys,
+            states.params,
+            evals.local_x,
+            evals.local_y,
+            sweep.groups,
+            evals.test_x,
+            evals.test_y,
+        )
+    )
     comm = comm_fields(states)
     for r, cfg in enumerate(cfgs):
-        records[r] += outputs.to_records(step, step / schedule.steps_per_epoch,
-                                         jax.tree.map(lambda a: a[r], m),
-                                         None if losses is None else losses[r], comm[r])
+        records[r] += outputs.to_records(
+            step,
+            step / schedule.steps_per_epoch,
+            jax.tree.map(lambda a: a[r], m),
+            None if losses is None else losses[r],
+            comm[r],
+        )
         if loop.writer:
             metrics_io.write_records(os.path.join(cfg.out, "metrics.jsonl"), records[r])
     if i < len(points) - 1 and any(c.protocol.protocol == "triggered" for c in cfgs):
@@ -311,15 +436,17 @@ def _eval_point(loop: _Loop, i: int, states: federated.FedState, records: Record
     if (i > 0 and every and (i % every == 0 or i == len(points) - 1)) or stopping:
         checkpoint.save(loop.mgr, step, states, loop.meta)
     if loop.progress is not None:
-        loop.progress.point(step, step - loop.started[0], schedule, m,
-                            time.perf_counter() - loop.started[1])
+        loop.progress.point(
+            step, step - loop.started[0], schedule, m, time.perf_counter() - loop.started[1]
+        )
     if i > 0:
         check_finite(round_losses, points[i - 1], cfgs, step, loop.log)
     return states, stopping
 
 
-def _apply_triggers(states: federated.FedState, cfgs: Sequence[RunConfig],
-                    m: measure.Measurement, mesh) -> federated.FedState:
+def _apply_triggers(
+    states: federated.FedState, cfgs: Sequence[RunConfig], m: measure.Measurement, mesh
+) -> federated.FedState:
     """The triggered protocol's decision, on the host between rounds: the
     next round's first step syncs (docs/protocols.md)."""
     pending, sent = trigger_updates(cfgs, m)
@@ -333,16 +460,27 @@ def _place_over_processes(sweep: Sweep, evals: EvalData) -> tuple[Sweep, EvalDat
     """Global arrays over the processes: run-axis arrays split, data replicated."""
     mesh = sweep.mesh
     edge_keys, groups, protocols = sharding.shard_leading(
-        (sweep.edge_keys, sweep.groups, sweep.protocols), mesh, sharding.RUNS)
+        (sweep.edge_keys, sweep.groups, sweep.protocols), mesh, sharding.RUNS
+    )
     train_x, train_y = sharding.replicate((sweep.train_x, sweep.train_y), mesh)
-    sweep = sweep._replace(states=sharding.place_runs(sweep.states, mesh), edge_keys=edge_keys,
-                           groups=groups, protocols=protocols, train_x=train_x, train_y=train_y)
+    sweep = sweep._replace(
+        states=sharding.place_runs(sweep.states, mesh),
+        edge_keys=edge_keys,
+        groups=groups,
+        protocols=protocols,
+        train_x=train_x,
+        train_y=train_y,
+    )
     return sweep, EvalData(*sharding.replicate(tuple(evals), mesh))
 
 
-def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
-                 points: list[int], log: Callable[[str], None] = print
-                 ) -> tuple[int, federated.FedState, Records]:
+def resume_point(
+    mgr,
+    template: federated.FedState,
+    cfgs: Sequence[RunConfig],
+    points: list[int],
+    log: Callable[[str], None] = print,
+) -> tuple[int, federated.FedState, Records]:
     """(index of the eval point to continue after, states, each run's records
     up to it) from the newest intact checkpoint (damaged newer ones are
     skipped with a warning and deleted); records after it are dropped (they
@@ -356,10 +494,16 @@ def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
         saved = [{**resumable_part(RunConfig()), **s} for s in saved]
     for i, cfg in enumerate(cfgs):
         if saved is None or len(saved) != len(cfgs) or saved[i] != resumable_part(cfg):
-            changed = sorted(k for k, v in resumable_part(cfg).items()
-                             if saved and i < len(saved) and saved[i].get(k) != v)
-            raise ConfigError("resume", f"the checkpoint in {mgr.directory} was written by other "
-                              f"settings (differing: {', '.join(changed) or 'the runs'})")
+            changed = sorted(
+                k
+                for k, v in resumable_part(cfg).items()
+                if saved and i < len(saved) and saved[i].get(k) != v
+            )
+            raise ConfigError(
+                "resume",
+                f"the checkpoint in {mgr.directory} was written by other "
+                f"settings (differing: {', '.join(changed) or 'the runs'})",
+            )
     if step not in points:
         raise ConfigError("resume", f"checkpoint step {step} is not an eval point of this run")
     for damaged in [s for s in mgr.all_steps() if s > step]:  # they would block saving again
@@ -367,16 +511,23 @@ def resume_point(mgr, template: federated.FedState, cfgs: Sequence[RunConfig],
     return points.index(step), states, [outputs.kept_records(c.out, step) for c in cfgs]
 
 
-def check_finite(round_losses: np.ndarray, first_step: int, cfgs: Sequence[RunConfig],
-                 step: int, log: Callable[[str], None]) -> None:
+def check_finite(
+    round_losses: np.ndarray,
+    first_step: int,
+    cfgs: Sequence[RunConfig],
+    step: int,
+    log: Callable[[str], None],
+) -> None:
     """Stop (or, with --continue_on_divergence, warn) on a non-finite loss,
     naming the step, worker and run; called after the metrics are written."""
     if np.all(np.isfinite(round_losses)):
         return
     bad_step, bad_run, bad_worker = np.argwhere(~np.isfinite(round_losses))[0]
-    message = (f"training diverged: non-finite loss at step {first_step + bad_step + 1} on worker "
-               f"{bad_worker}{'' if len(cfgs) == 1 else f' of run {bad_run} ({cfgs[bad_run].out})'}"
-               f"; metrics up to step {step} are in {cfgs[bad_run].out}/metrics.jsonl")
+    message = (
+        f"training diverged: non-finite loss at step {first_step + bad_step + 1} on worker "
+        f"{bad_worker}{'' if len(cfgs) == 1 else f' of run {bad_run} ({cfgs[bad_run].out})'}"
+        f"; metrics up to step {step} are in {cfgs[bad_run].out}/metrics.jsonl"
+    )
     if not cfgs[0].output.continue_on_divergence:
         raise FloatingPointError(f"{message}; lower --lr (or pass --continue_on_divergence)")
     log(f"warning: {message}; continuing (--continue_on_divergence)")
@@ -385,8 +536,9 @@ def check_finite(round_losses: np.ndarray, first_step: int, cfgs: Sequence[RunCo
 @jax.jit
 def _offsets(states: federated.FedState):
     """(R, K, ...) leaves w_k - r_k."""
-    return jax.tree.map(lambda p, r: p.astype(jnp.float32) - r.astype(jnp.float32),
-                        states.params, states.ref)
+    return jax.tree.map(
+        lambda p, r: p.astype(jnp.float32) - r.astype(jnp.float32), states.params, states.ref
+    )
 
 
 def comm_fields(states: federated.FedState) -> list[dict[str, Any]]:
@@ -399,18 +551,27 @@ def comm_fields(states: federated.FedState) -> list[dict[str, Any]]:
     syncs, sent, offsets = sharding.fetch((states.syncs, states.models_sent, _offsets(states)))
     leaves = jax.tree.leaves(offsets)
     runs, workers = leaves[0].shape[:2]
-    sq = sum(np.square(a.astype(np.float64)).reshape(runs, workers, -1).sum(axis=2)
-             for a in leaves)  # (R, K)
+    sq = sum(
+        np.square(a.astype(np.float64)).reshape(runs, workers, -1).sum(axis=2) for a in leaves
+    )  # (R, K)
     drift = sq.max(axis=1)
-    model_bytes = sum(int(np.prod(a.shape[2:])) * a.dtype.itemsize
-                      for a in jax.tree.leaves(states.params))
-    return [dict(syncs=int(s), models_sent=int(n), bytes_sent=int(n) * model_bytes,
-                 drift=float(f"{d:.7g}") if math.isfinite(d) else None)
-            for s, n, d in zip(syncs, sent, drift)]
+    model_bytes = sum(
+        int(np.prod(a.shape[2:])) * a.dtype.itemsize for a in jax.tree.leaves(states.params)
+    )
+    return [
+        dict(
+            syncs=int(s),
+            models_sent=int(n),
+            bytes_sent=int(n) * model_bytes,
+            drift=float(f"{d:.7g}") if math.isfinite(d) else None,
+        )
+        for s, n, d in zip(syncs, sent, drift)
+    ]
 
 
-def trigger_updates(cfgs: Sequence[RunConfig], m: measure.Measurement
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def trigger_updates(
+    cfgs: Sequence[RunConfig], m: measure.Measurement
+) -> tuple[np.ndarray, np.ndarray]:
     """The triggered runs' decisions at an eval point, taken on the host from
     its measurement m (batched over runs): (R,) bool pending sync, (R,) int
     models the decision sent (2K per triggered run: the K models up to form
@@ -424,7 +585,8 @@ def trigger_updates(cfgs: Sequence[RunConfig], m: measure.Measurement
         quality = m.acc if cfg.protocol.metric == "acc" else m.mi_zy
         quality = np.asarray(quality[r])  # (K + 1, K): models x local datasets
         k = quality.shape[1]
-        pending[r] = federated.trigger_decision(quality[k], np.diagonal(quality[:k]),
-                                                cfg.protocol.trigger_ratio)
+        pending[r] = federated.trigger_decision(
+            quality[k], np.diagonal(quality[:k]), cfg.protocol.trigger_ratio
+        )
         sent[r] = 2 * k
     return pending, sent

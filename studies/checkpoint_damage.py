@@ -46,17 +46,30 @@ def leaves(states) -> list[np.ndarray]:
 
 def main() -> None:
     root = tempfile.mkdtemp()
-    cfg = config.make(dataset="digits", per_worker=64, batch_size=16, epochs=2, eval_period=4,
-                      lr=0.05, protocol="sync", sync_period=8, checkpoint_every=1, mi="kde",
-                      out=os.path.join(root, "run"))
+    cfg = config.make(
+        dataset="digits",
+        per_worker=64,
+        batch_size=16,
+        epochs=2,
+        eval_period=4,
+        lr=0.05,
+        protocol="sync",
+        sync_period=8,
+        checkpoint_every=1,
+        mi="kde",
+        out=os.path.join(root, "run"),
+    )
     sweep.run(cfg, log=lambda line: None)
     template = sweep.prepare_sweep([cfg], sweep.load_sweep_data([cfg])).states
     source = os.path.join(cfg.out, "checkpoints")
     mgr = checkpoint.manager(source)
     saved = leaves(checkpoint.restore_step(mgr, 8, template)[0])
     checkpoint.close(mgr)
-    files = sorted(os.path.relpath(os.path.join(d, f), os.path.join(source, "8"))
-                   for d, _, names in os.walk(os.path.join(source, "8")) for f in names)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), os.path.join(source, "8"))
+        for d, _, names in os.walk(os.path.join(source, "8"))
+        for f in names
+    )
     counts = {"restore failed": 0, "same arrays": 0, "DIFFERENT": 0}
     for kind in DAMAGES:
         for name in files:

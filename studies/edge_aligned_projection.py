@@ -41,7 +41,7 @@ def canonical_directions(x: np.ndarray, y: np.ndarray, k: int, ridge: float = 1e
 
     def inverse_sqrt(c):
         w, v = np.linalg.eigh(c)
-        return v @ np.diag(w ** -0.5) @ v.T
+        return v @ np.diag(w**-0.5) @ v.T
 
     wx, wy = inverse_sqrt(cxx), inverse_sqrt(cyy)
     u, _, vt = np.linalg.svd(wx @ (x.T @ y / n) @ wy)
@@ -53,7 +53,10 @@ def aligned_estimate(key, x: np.ndarray, y: np.ndarray) -> float:
     k = max(1, math.floor(math.log2(half / 10)) // 2)
     k = min(k, x.shape[1], y.shape[1])
     out = []
-    for fit, score in ((slice(0, half), slice(half, 2 * half)), (slice(half, 2 * half), slice(0, half))):
+    for fit, score in (
+        (slice(0, half), slice(half, 2 * half)),
+        (slice(half, 2 * half), slice(0, half)),
+    ):
         ax, ay = canonical_directions(x[fit], y[fit], k)
         u, v = (jnp.asarray(a, jnp.float32) for a in (x[score] @ ax, y[score] @ ay))
         out.append(float(edge.mutual_information(key, u, v)))
@@ -66,16 +69,21 @@ def lenet_case(n: int = 10_000):
     the variant (x first projected to 128 random directions, Z's constant
     units dropped), each with Z shuffled (floor)."""
     from benchmarks.edge_speed import eval_point_inputs
+
     x, z, _ = eval_point_inputs(jax.random.key(0), [jax.random.key(100)], n)
     x, z = np.asarray(x), np.asarray(z[0])
     z = z[:, z.std(0) > 1e-6]
-    x_low = x @ (np.random.RandomState(0).standard_normal((x.shape[1], 128)) / math.sqrt(x.shape[1]))
+    x_low = x @ (
+        np.random.RandomState(0).standard_normal((x.shape[1], 128)) / math.sqrt(x.shape[1])
+    )
     perm = np.random.RandomState(1).permutation(n)
     key = jax.random.key(0)
     default = [float(edge.mutual_information(key, x, zz)) for zz in (z, z[perm])]
     aligned = [aligned_estimate(key, x_low, zz) for zz in (z, z[perm])]
-    print(f"random LeNet, N = {n:,}, I(X;Z) (floor): default {default[0]:.3f} ({default[1]:.3f}), "
-          f"aligned {aligned[0]:.3f} ({aligned[1]:.3f})")
+    print(
+        f"random LeNet, N = {n:,}, I(X;Z) (floor): default {default[0]:.3f} ({default[1]:.3f}), "
+        f"aligned {aligned[0]:.3f} ({aligned[1]:.3f})"
+    )
 
 
 def main():
@@ -87,12 +95,18 @@ def main():
             for rho in (0.0, 0.5, 0.9):
                 rs = np.random.RandomState(1000 * d + int(10 * rho))
                 x = rs.standard_normal((n, d))
-                y = rho * x + np.sqrt(1 - rho ** 2) * rs.standard_normal((n, d))
-                truth = -d / 2 * math.log2(1 - rho ** 2) + 0.0
-                default = float(edge.mutual_information(key, jnp.asarray(x, jnp.float32),
-                                                        jnp.asarray(y, jnp.float32)))
-                print(f"| {n:,} | {d} | {rho} | {truth:.3f} | {default:.3f} | "
-                      f"{aligned_estimate(key, x, y):.3f} |", flush=True)
+                y = rho * x + np.sqrt(1 - rho**2) * rs.standard_normal((n, d))
+                truth = -d / 2 * math.log2(1 - rho**2) + 0.0
+                default = float(
+                    edge.mutual_information(
+                        key, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+                    )
+                )
+                print(
+                    f"| {n:,} | {d} | {rho} | {truth:.3f} | {default:.3f} | "
+                    f"{aligned_estimate(key, x, y):.3f} |",
+                    flush=True,
+                )
     lenet_case()
 
 

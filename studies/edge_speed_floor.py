@@ -62,94 +62,105 @@ K_PROJ = 11  # floor(log2(25,000 / 10))
 
 
 def _grid_widths(key, grids: int, dim: int):
-  """Per-grid widths and shifts of realistic size (any values do: the work is the same)."""
-  kw, kb = jax.random.split(key)
-  w = jax.random.uniform(kw, (grids, dim), minval=0.5, maxval=1.5)
-  return w, jax.random.uniform(kb, (grids, dim)) * w
+    """Per-grid widths and shifts of realistic size (any values do: the work is the same)."""
+    kw, kb = jax.random.split(key)
+    w = jax.random.uniform(kw, (grids, dim), minval=0.5, maxval=1.5)
+    return w, jax.random.uniform(kb, (grids, dim)) * w
 
 
 def _hashed(p, w, b):
-  """(N, k) coordinates -> (N,) uint32 bucket hashes for one grid."""
-  return counting.bucket_keys(counting.bucket_codes(p, b, w))
+    """(N, k) coordinates -> (N,) uint32 bucket hashes for one grid."""
+    return counting.bucket_keys(counting.bucket_codes(p, b, w))
 
 
 def _sum_first(sorted_arrays) -> jax.Array:
-  """Depends on every sorted array, so none of the sorts can be dropped."""
-  return sum(s[0].astype(jnp.float32) for s in sorted_arrays)
+    """Depends on every sorted array, so none of the sorts can be dropped."""
+    return sum(s[0].astype(jnp.float32) for s in sorted_arrays)
 
 
 def zy_subset(q, w, b, split: bool) -> jax.Array:
-  """Codes, hash and one sort per grid of the (N, 11) projected Z."""
-  if split:
-    return _sum_first([jnp.sort(_hashed(q, w[g], b[g])) for g in range(w.shape[0])])
-  keys = jax.vmap(lambda wg, bg: _hashed(q, wg, bg))(w, b)
-  return jnp.sum(jnp.sort(keys, axis=-1)[:, 0].astype(jnp.float32))
+    """Codes, hash and one sort per grid of the (N, 11) projected Z."""
+    if split:
+        return _sum_first([jnp.sort(_hashed(q, w[g], b[g])) for g in range(w.shape[0])])
+    keys = jax.vmap(lambda wg, bg: _hashed(q, wg, bg))(w, b)
+    return jnp.sum(jnp.sort(keys, axis=-1)[:, 0].astype(jnp.float32))
 
 
 def xz_subset(x, g, q, wx, bx, wy, by, split: bool) -> jax.Array:
-  """Column stds, projection, 22 sorted columns, two hashes and one sort per grid."""
-  std = edge._column_std(x)
-  p = x @ (g / (std[:, None] * math.sqrt(x.shape[1])))
-  columns = jnp.concatenate([p, q], axis=1).T  # (22, N)
-  joint = lambda k: counting.joint_keys(_hashed(p, wx[k], bx[k]), _hashed(q, wy[k], by[k]))
-  if split:
-    sorted_columns = [counting.sort_floats(c) for c in columns]
-    sorted_keys = [jnp.sort(joint(k)) for k in range(wx.shape[0])]
-  else:
-    sorted_columns = [counting.sort_floats(columns)]
-    sorted_keys = [jnp.sort(jax.vmap(joint)(jnp.arange(wx.shape[0])), axis=-1)]
-  return _sum_first([s.reshape(-1) for s in sorted_columns + sorted_keys])
+    """Column stds, projection, 22 sorted columns, two hashes and one sort per grid."""
+    std = edge._column_std(x)
+    p = x @ (g / (std[:, None] * math.sqrt(x.shape[1])))
+    columns = jnp.concatenate([p, q], axis=1).T  # (22, N)
+    joint = lambda k: counting.joint_keys(_hashed(p, wx[k], bx[k]), _hashed(q, wy[k], by[k]))
+    if split:
+        sorted_columns = [counting.sort_floats(c) for c in columns]
+        sorted_keys = [jnp.sort(joint(k)) for k in range(wx.shape[0])]
+    else:
+        sorted_columns = [counting.sort_floats(columns)]
+        sorted_keys = [jnp.sort(jax.vmap(joint)(jnp.arange(wx.shape[0])), axis=-1)]
+    return _sum_first([s.reshape(-1) for s in sorted_columns + sorted_keys])
 
 
 def measure(repeats: int = 7) -> dict:
-  keys = jax.random.split(jax.random.key(0), 6)
-  x = jax.random.uniform(keys[0], (N, 3072))
-  z = jax.nn.relu(jax.random.normal(keys[1], (N, 84)))
-  q = z @ jax.random.normal(keys[2], (84, K_PROJ)) / math.sqrt(84)
-  g = jax.random.normal(keys[3], (3072, K_PROJ))
-  wx, bx = _grid_widths(keys[4], GRIDS, K_PROJ)
-  wy, by = _grid_widths(keys[5], GRIDS, K_PROJ)
-  out = {}
-  for split in (False, True):
-    name = "separate" if split else "vmapped"
-    zy = jax.jit(lambda q, w, b, split=split: zy_subset(q, w, b, split))
-    xz = jax.jit(lambda *a, split=split: xz_subset(*a, split))
-    out[f"zy_subset_{name}_s"] = timing.time_calls(zy, q, wy, by, repeats=repeats).median_s
-    out[f"xz_subset_{name}_s"] = timing.time_calls(xz, x, g, q, wx, bx, wy, by, repeats=repeats).median_s
-  # The estimator itself on the same shapes, for comparison.
-  k = jax.random.key(1)
-  labels = jax.random.randint(k, (N,), 0, 10)
-  zy = jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_ZY))
-  out["zy_estimator_s"] = timing.time_calls(zy, labels, z, repeats=repeats).median_s
-  # The same labels as floats take the general path (two sorts and a search a
-  # grid instead of one sort): same estimate, the gain of the labels path.
-  out["zy_estimator_float_labels_s"] = timing.time_calls(
-      zy, labels.astype(jnp.float32), z, repeats=repeats).median_s
-  out["xz_estimator_s"] = timing.time_calls(
-      jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_XZ)), x, z, repeats=repeats).median_s
-  return out
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.uniform(keys[0], (N, 3072))
+    z = jax.nn.relu(jax.random.normal(keys[1], (N, 84)))
+    q = z @ jax.random.normal(keys[2], (84, K_PROJ)) / math.sqrt(84)
+    g = jax.random.normal(keys[3], (3072, K_PROJ))
+    wx, bx = _grid_widths(keys[4], GRIDS, K_PROJ)
+    wy, by = _grid_widths(keys[5], GRIDS, K_PROJ)
+    out = {}
+    for split in (False, True):
+        name = "separate" if split else "vmapped"
+        zy = jax.jit(lambda q, w, b, split=split: zy_subset(q, w, b, split))
+        xz = jax.jit(lambda *a, split=split: xz_subset(*a, split))
+        out[f"zy_subset_{name}_s"] = timing.time_calls(zy, q, wy, by, repeats=repeats).median_s
+        out[f"xz_subset_{name}_s"] = timing.time_calls(
+            xz, x, g, q, wx, bx, wy, by, repeats=repeats
+        ).median_s
+    # The estimator itself on the same shapes, for comparison.
+    k = jax.random.key(1)
+    labels = jax.random.randint(k, (N,), 0, 10)
+    zy = jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_ZY))
+    out["zy_estimator_s"] = timing.time_calls(zy, labels, z, repeats=repeats).median_s
+    # The same labels as floats take the general path (two sorts and a search a
+    # grid instead of one sort): same estimate, the gain of the labels path.
+    out["zy_estimator_float_labels_s"] = timing.time_calls(
+        zy, labels.astype(jnp.float32), z, repeats=repeats
+    ).median_s
+    out["xz_estimator_s"] = timing.time_calls(
+        jax.jit(lambda a, b: edge.mutual_information(k, a, b, REF_XZ)), x, z, repeats=repeats
+    ).median_s
+    return out
 
 
 def main():
-  argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, N = {N}, {GRIDS} grids")
-  print(f"reference EDGE per call: I(X;Z) {REFERENCE_S['xz']} s, I(Z;Y) {REFERENCE_S['zy']} s "
-        f"({REFERENCE_NOTE}); budgets and 'x' factors below are relative to them")
-  t = measure()
-  record = {"n": N, **t, "reference_s": REFERENCE_S, "reference_s_source": REFERENCE_NOTE}
-  for mi in ("zy", "xz"):
-    budget = REFERENCE_S[mi] / TARGET
-    floor = min(t[f"{mi}_subset_vmapped_s"], t[f"{mi}_subset_separate_s"])
-    record[f"{mi}_budget_s"] = budget
-    record[f"{mi}_floor_s"] = floor
-    print(f"I({'Z;Y' if mi == 'zy' else 'X;Z'})  budget {budget * 1e3:6.1f} ms   "
-          f"subset (lower bound) {floor * 1e3:6.1f} ms = {REFERENCE_S[mi] / floor:5.0f}x at best   "
-          f"estimator {t[f'{mi}_estimator_s'] * 1e3:6.1f} ms = "
-          f"{REFERENCE_S[mi] / t[f'{mi}_estimator_s']:4.0f}x", flush=True)
-  print(f"I(Z;Y) with the labels as floats (general path): "
-        f"{t['zy_estimator_float_labels_s'] * 1e3:.1f} ms")
-  print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, N = {N}, {GRIDS} grids")
+    print(
+        f"reference EDGE per call: I(X;Z) {REFERENCE_S['xz']} s, I(Z;Y) {REFERENCE_S['zy']} s "
+        f"({REFERENCE_NOTE}); budgets and 'x' factors below are relative to them"
+    )
+    t = measure()
+    record = {"n": N, **t, "reference_s": REFERENCE_S, "reference_s_source": REFERENCE_NOTE}
+    for mi in ("zy", "xz"):
+        budget = REFERENCE_S[mi] / TARGET
+        floor = min(t[f"{mi}_subset_vmapped_s"], t[f"{mi}_subset_separate_s"])
+        record[f"{mi}_budget_s"] = budget
+        record[f"{mi}_floor_s"] = floor
+        print(
+            f"I({'Z;Y' if mi == 'zy' else 'X;Z'})  budget {budget * 1e3:6.1f} ms   "
+            f"subset (lower bound) {floor * 1e3:6.1f} ms = {REFERENCE_S[mi] / floor:5.0f}x at best   "
+            f"estimator {t[f'{mi}_estimator_s'] * 1e3:6.1f} ms = "
+            f"{REFERENCE_S[mi] / t[f'{mi}_estimator_s']:4.0f}x",
+            flush=True,
+        )
+    print(
+        f"I(Z;Y) with the labels as floats (general path): "
+        f"{t['zy_estimator_float_labels_s'] * 1e3:.1f} ms"
+    )
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()}))
 
 
 if __name__ == "__main__":
-  main()
+    main()

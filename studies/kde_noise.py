@@ -28,13 +28,17 @@ from experiments import flags as run_flags
 from fedjax_mi import config, sweep
 
 flags.adopt_module_key_flags(run_flags)
-flags.DEFINE_list("noise_vars", ["1", "3", "10", "30", "100"],
-                  "KDE noise variances to compare (relative to Z's scale unless --nokde_relative)")
+flags.DEFINE_list(
+    "noise_vars",
+    ["1", "3", "10", "30", "100"],
+    "KDE noise variances to compare (relative to Z's scale unless --nokde_relative)",
+)
 FLAGS = flags.FLAGS
 
 
 def plot(runs: dict[float, list[dict]], path: str, relative: bool, measured: int) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -45,8 +49,13 @@ def plot(runs: dict[float, list[dict]], path: str, relative: bool, measured: int
         for model, style in (("worker0", "-"), ("average", "--")):
             sel = [r for r in records if r["model"] == model and r["dataset"] == "local0"]
             for ax, key in zip(axes, ("mi_xz_kde", "mi_zy_kde")):
-                ax.plot([r["step"] for r in sel], [r[key] for r in sel], style, color=color,
-                        label=f"s2={s2:g} {model}")
+                ax.plot(
+                    [r["step"] for r in sel],
+                    [r[key] for r in sel],
+                    style,
+                    color=color,
+                    label=f"s2={s2:g} {model}",
+                )
     axes[0].axhline(math.log2(measured), color="grey", ls=":", label="log2 N (saturated)")
     axes[0].set_ylabel("I(X; Z+e) [bits]")
     axes[1].set_ylabel("I(Z+e; Y) [bits]")
@@ -55,8 +64,9 @@ def plot(runs: dict[float, list[dict]], path: str, relative: bool, measured: int
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     kind = "relative to Z's mean per-dimension variance" if relative else "absolute"
-    fig.suptitle(f"KDE noise variance s^2 ({kind}): worker 0 (solid) and average (dashed) "
-                 "on local dataset 0")
+    fig.suptitle(
+        f"KDE noise variance s^2 ({kind}): worker 0 (solid) and average (dashed) on local dataset 0"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -73,8 +83,9 @@ def main(argv):
             raise config.ConfigError("noise_vars", f"must be > 0, got {FLAGS.noise_vars}")
         runs = {}
         for s2 in noise_vars:
-            cfg = run_flags.config_from_flags(mi="kde", kde_noise_var=s2,
-                                              out=os.path.join(out, f"noise_{s2:g}"))
+            cfg = run_flags.config_from_flags(
+                mi="kde", kde_noise_var=s2, out=os.path.join(out, f"noise_{s2:g}")
+            )
             print(f"[kde_noise] s2 = {s2:g} -> {cfg.out}")
             runs[s2] = sweep.run(cfg, log=lambda line: None)
         path = os.path.join(out, "kde_noise.png")

@@ -77,6 +77,7 @@ LOG2E = 1.0 / math.log(2.0)
 # ---------------------------------------------------------------------------
 # Tasks.
 
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One known-answer task.
@@ -93,6 +94,7 @@ class Task:
       independent: the true MI is exactly 0.
       dims: the pair's shape, "da x db" (labels: "d x C classes").
     """
+
     name: str
     family: str
     truth: float
@@ -113,6 +115,7 @@ class Task:
 
 
 # --- Gaussians -------------------------------------------------------------
+
 
 def gaussian_mi(cov: np.ndarray, dx: int) -> float:
     """I(X;Y) in bits of a joint Gaussian with covariance `cov`, X the first dx."""
@@ -145,10 +148,15 @@ def toeplitz_cov(d: int, rho: float) -> np.ndarray:
 
 def within_cov(d: int, rho_x: float, rho_y: float, kind: str = "toeplitz") -> np.ndarray:
     """Independent sides, each with correlation inside it."""
+
     def one(r):
         i = np.arange(d)
-        return r ** np.abs(i[:, None] - i[None, :]) if kind == "toeplitz" else (
-            (1 - r) * np.eye(d) + r * np.ones((d, d)))
+        return (
+            r ** np.abs(i[:, None] - i[None, :])
+            if kind == "toeplitz"
+            else ((1 - r) * np.eye(d) + r * np.ones((d, d)))
+        )
+
     cov = np.zeros((2 * d, 2 * d))
     cov[:d, :d], cov[d:, d:] = one(rho_x), one(rho_y)
     return cov
@@ -161,7 +169,7 @@ def linear_channel_cov(rng: np.random.Generator, dx: int, dy: int, noise: float)
     cov[:dx, :dx] = np.eye(dx)
     cov[:dx, dx:] = b.T
     cov[dx:, :dx] = b
-    cov[dx:, dx:] = b @ b.T + noise ** 2 * np.eye(dy)
+    cov[dx:, dx:] = b @ b.T + noise**2 * np.eye(dy)
     return cov
 
 
@@ -174,11 +182,13 @@ def gauss_sampler(cov: np.ndarray, dx: int, transform=None):
         if transform is not None:
             x, y = transform[0](x), transform[1](y)
         return x, y
+
     return sample
 
 
 def gauss_check(cov: np.ndarray, dx: int, m: int = 200_000, seed: int = 1):
     """Monte Carlo of E log p(x,y)/(p(x)p(y)) with scipy's densities."""
+
     def check():
         rng = np.random.default_rng(seed)
         s = rng.multivariate_normal(np.zeros(cov.shape[0]), cov, size=m)
@@ -187,22 +197,29 @@ def gauss_check(cov: np.ndarray, dx: int, m: int = 200_000, seed: int = 1):
         ly = stats.multivariate_normal(cov=cov[dx:, dx:]).logpdf(s[:, dx:])
         r = (lj - lx - ly) * LOG2E
         return float(r.mean()), 4 * float(r.std()) / math.sqrt(m) + 1e-9, f"MC m={m}"
+
     return check
 
 
 # --- Student-t -------------------------------------------------------------
 
+
 def t_entropy(cov: np.ndarray, df: float) -> float:
     """Differential entropy (nats) of a multivariate t with scale matrix `cov`."""
     d = cov.shape[0]
-    return (0.5 * np.linalg.slogdet(cov)[1]
-            + 0.5 * d * math.log(df * math.pi) + special.gammaln(df / 2)
-            - special.gammaln((df + d) / 2)
-            + (df + d) / 2 * (special.digamma((df + d) / 2) - special.digamma(df / 2)))
+    return (
+        0.5 * np.linalg.slogdet(cov)[1]
+        + 0.5 * d * math.log(df * math.pi)
+        + special.gammaln(df / 2)
+        - special.gammaln((df + d) / 2)
+        + (df + d) / 2 * (special.digamma((df + d) / 2) - special.digamma(df / 2))
+    )
 
 
 def t_mi(cov: np.ndarray, dx: int, df: float) -> float:
-    return LOG2E * (t_entropy(cov[:dx, :dx], df) + t_entropy(cov[dx:, dx:], df) - t_entropy(cov, df))
+    return LOG2E * (
+        t_entropy(cov[:dx, :dx], df) + t_entropy(cov[dx:, dx:], df) - t_entropy(cov, df)
+    )
 
 
 def t_sampler(cov: np.ndarray, dx: int, df: float):
@@ -212,11 +229,13 @@ def t_sampler(cov: np.ndarray, dx: int, df: float):
         g = rng.standard_normal((n, cov.shape[0])) @ chol.T
         s = g / np.sqrt(rng.chisquare(df, size=(n, 1)) / df)
         return s[:, :dx], s[:, dx:]
+
     return sample
 
 
 def t_check(cov: np.ndarray, dx: int, df: float, m: int = 200_000, seed: int = 2):
     """Monte Carlo of the log density ratio with scipy's multivariate_t."""
+
     def check():
         rng = np.random.default_rng(seed)
         x, y = t_sampler(cov, dx, df)(rng, m)
@@ -226,6 +245,7 @@ def t_check(cov: np.ndarray, dx: int, df: float, m: int = 200_000, seed: int = 2
         ly = stats.multivariate_t(shape=cov[dx:, dx:], df=df).logpdf(y)
         r = (lj - lx - ly) * LOG2E
         return float(r.mean()), 4 * float(r.std()) / math.sqrt(m) + 1e-9, f"MC m={m}"
+
     return check
 
 
@@ -233,8 +253,8 @@ def t_check(cov: np.ndarray, dx: int, df: float, m: int = 200_000, seed: int = 2
 
 # name: (map, inverse, log |d map / dx| as a function of x)
 MAPS = {
-    "cube": (lambda x: x ** 3, np.cbrt, lambda x: np.log(3 * x ** 2)),
-    "asinh": (np.arcsinh, np.sinh, lambda x: -0.5 * np.log1p(x ** 2)),
+    "cube": (lambda x: x**3, np.cbrt, lambda x: np.log(3 * x**2)),
+    "asinh": (np.arcsinh, np.sinh, lambda x: -0.5 * np.log1p(x**2)),
     "ncdf": (special.ndtr, special.ndtri, lambda x: stats.norm.logpdf(x)),
     "exp": (np.exp, np.log, lambda x: x),
 }
@@ -245,22 +265,29 @@ def monotone_check(cov: np.ndarray, dx: int, fx: str, fy: str, m: int = 200_000,
     density is the Gaussian at the inverse map plus the log Jacobian, the
     marginals' Jacobians taken over their own side. Checks the maps and
     inverses; that the Jacobians cancel is what makes I invariant."""
+
     def check():
         rng = np.random.default_rng(seed)
         u, v = gauss_sampler(cov, dx, (MAPS[fx][0], MAPS[fy][0]))(rng, m)
         x, y = MAPS[fx][1](u), MAPS[fy][1](v)
-        jx = -MAPS[fx][2](x).sum(1)   # log |d inverse / du|
+        jx = -MAPS[fx][2](x).sum(1)  # log |d inverse / du|
         jy = -MAPS[fy][2](y).sum(1)
         s = np.concatenate([x, y], 1)
         lj = stats.multivariate_normal(cov=cov).logpdf(s) + jx + jy
         lx = stats.multivariate_normal(cov=cov[:dx, :dx]).logpdf(x) + jx
         ly = stats.multivariate_normal(cov=cov[dx:, dx:]).logpdf(y) + jy
         r = (lj - lx - ly) * LOG2E
-        return float(r.mean()), 4 * float(r.std()) / math.sqrt(m) + 1e-9, f"MC m={m}, mapped densities"
+        return (
+            float(r.mean()),
+            4 * float(r.std()) / math.sqrt(m) + 1e-9,
+            f"MC m={m}, mapped densities",
+        )
+
     return check
 
 
 # --- Additive noise channels -----------------------------------------------
+
 
 def uniform_uniform_mi(a: float) -> float:
     """X ~ U(0,1), Y = X + U(0,a): h(Y) - log a = a/2 - log a (a <= 1) or 1/(2a) (a >= 1) nats."""
@@ -283,13 +310,14 @@ def gauss_x_uniform_noise_mi(a: float) -> float:
 def uniform_x_gauss_noise_mi(sigma: float) -> float:
     """X ~ U(0,1), Y = X + N(0, sigma^2): p(y) = Phi(y / sigma) - Phi((y - 1) / sigma)."""
     p = lambda y: special.ndtr(y / sigma) - special.ndtr((y - 1) / sigma)
-    h_noise = 0.5 * math.log(2 * math.pi * math.e * sigma ** 2)
+    h_noise = 0.5 * math.log(2 * math.pi * math.e * sigma**2)
     return output_entropy_mi(p, -12 * sigma, 1 + 12 * sigma, h_noise)
 
 
 def noise_sampler(d: int, x_kind: str, noise_kind: str, width: float):
     """x_kind: 'gauss' (N(0,1)) or 'uniform' (U(0,1)); noise 'gauss' (sd width),
     'uniform' (U(0,width), or centred for a Gaussian X)."""
+
     def sample(rng, n):
         x = rng.standard_normal((n, d)) if x_kind == "gauss" else rng.uniform(size=(n, d))
         if noise_kind == "gauss":
@@ -297,41 +325,55 @@ def noise_sampler(d: int, x_kind: str, noise_kind: str, width: float):
         else:
             e = width * rng.uniform(size=(n, d)) - (width / 2 if x_kind == "gauss" else 0.0)
         return x, x + e
+
     return sample
 
 
-def noise_check(x_kind: str, noise_kind: str, width: float, d: int, m: int = 200_000, seed: int = 4):
+def noise_check(
+    x_kind: str, noise_kind: str, width: float, d: int, m: int = 200_000, seed: int = 4
+):
     """Brute force, independent of the closed forms and of quad: the output
     density on a fine grid as a numerical convolution of the input and noise
     densities, then a Monte Carlo of log p(y|x) - log p(y) (per coordinate,
     times d: the coordinates are independent pairs)."""
+
     def check():
         step = 1e-3
         grid = np.arange(-14.0, 15.0, step)
         px = stats.norm.pdf(grid) if x_kind == "gauss" else ((grid >= 0) & (grid < 1)).astype(float)
         if noise_kind == "gauss":
-            pn, h_noise = stats.norm.pdf(grid, scale=width), 0.5 * math.log(2 * math.pi * math.e * width ** 2)
+            pn, h_noise = (
+                stats.norm.pdf(grid, scale=width),
+                0.5 * math.log(2 * math.pi * math.e * width**2),
+            )
         else:
             lo = -width / 2 if x_kind == "gauss" else 0.0
             pn, h_noise = ((grid >= lo) & (grid < lo + width)) / width, math.log(width)
-        py = np.convolve(px, pn) * step                      # support starts at 2 * grid[0]
+        py = np.convolve(px, pn) * step  # support starts at 2 * grid[0]
         ygrid = 2 * grid[0] + step * np.arange(py.size)
         rng = np.random.default_rng(seed)
         x, y = noise_sampler(1, x_kind, noise_kind, width)(rng, m)
         logp = np.log(np.interp(y[:, 0], ygrid, py))
-        r = (-h_noise - logp) * LOG2E * d    # E log p(y|x) = -h(noise)
-        return float(r.mean()), 4 * float(r.std()) / math.sqrt(m) + 0.003 * d, f"grid conv + MC m={m}"
+        r = (-h_noise - logp) * LOG2E * d  # E log p(y|x) = -h(noise)
+        return (
+            float(r.mean()),
+            4 * float(r.std()) / math.sqrt(m) + 0.003 * d,
+            f"grid conv + MC m={m}",
+        )
+
     return check
 
 
 # --- Class-conditional Gaussians -------------------------------------------
 
+
 @dataclasses.dataclass
 class Mixture:
     """Z | Y=c ~ N(scale * means[c], covs[c]) with priors; an optional monotone map of Z."""
-    priors: np.ndarray          # (C,)
-    means: np.ndarray           # (C, d) direction, times scale
-    chols: np.ndarray           # (C, d, d) Cholesky factors
+
+    priors: np.ndarray  # (C,)
+    means: np.ndarray  # (C, d) direction, times scale
+    chols: np.ndarray  # (C, d, d) Cholesky factors
     scale: float = 1.0
     zmap: Optional[str] = None
 
@@ -343,7 +385,7 @@ class Mixture:
         if self.shared:
             z += eps @ self.chols[0].T
         else:
-            for j in range(c):   # per class: never an (n, d, d) gather
+            for j in range(c):  # per class: never an (n, d, d) gather
                 z[y == j] += eps[y == j] @ self.chols[j].T
         return z, y
 
@@ -361,15 +403,18 @@ class Mixture:
             # distances to the whitened means (O(n d C), no solve per sample).
             wm = self.scale * linalg.solve_triangular(self.chols[0], self.means.T, lower=True).T
             w = wm[y] + eps
-            sq = (w ** 2).sum(1, keepdims=True) - 2 * w @ wm.T + (wm ** 2).sum(1)
+            sq = (w**2).sum(1, keepdims=True) - 2 * w @ wm.T + (wm**2).sum(1)
             return np.log(self.priors) - 0.5 * sq
         z, _ = self.sample(None, y.size, eps=eps, y=y)
         out = np.empty((y.size, c))
         for j in range(c):
             diff = z - self.scale * self.means[j]
-            w = linalg.solve_triangular(self.chols[j], diff.T, lower=True).T   # L^-1 (z - mu)
-            out[:, j] = (math.log(self.priors[j]) - 0.5 * (w ** 2).sum(1)
-                         - np.log(np.diag(self.chols[j])).sum())
+            w = linalg.solve_triangular(self.chols[j], diff.T, lower=True).T  # L^-1 (z - mu)
+            out[:, j] = (
+                math.log(self.priors[j])
+                - 0.5 * (w**2).sum(1)
+                - np.log(np.diag(self.chols[j])).sum()
+            )
         return out
 
     def rb_terms(self, y, eps):
@@ -396,8 +441,13 @@ class Mixture:
         density from scipy's multivariate_normal (independent of log_joint)."""
         rng = np.random.default_rng(seed)
         z, y = self.sample(rng, m)
-        lj = np.stack([math.log(p) + stats.multivariate_normal(self.scale * mu, ch @ ch.T).logpdf(z)
-                       for p, mu, ch in zip(self.priors, self.means, self.chols)], 1)
+        lj = np.stack(
+            [
+                math.log(p) + stats.multivariate_normal(self.scale * mu, ch @ ch.T).logpdf(z)
+                for p, mu, ch in zip(self.priors, self.means, self.chols)
+            ],
+            1,
+        )
         lpost = lj - special.logsumexp(lj, axis=1, keepdims=True)
         v = (lpost[np.arange(m), y] - np.log(self.priors[y])) * LOG2E
         return float(v.mean()), float(v.std() / math.sqrt(m))
@@ -412,13 +462,23 @@ def fit_scale(mix: Mixture, target: float, seed: int, m: int = 10_000) -> Mixtur
     lo, hi = 0.0, 30.0
     for _ in range(25):
         mid = 0.5 * (lo + hi)
-        (lo, hi) = ((mid, hi) if dataclasses.replace(mix, scale=mid).rb_terms(y, eps).mean() < target
-                    else (lo, mid))
+        (lo, hi) = (
+            (mid, hi)
+            if dataclasses.replace(mix, scale=mid).rb_terms(y, eps).mean() < target
+            else (lo, mid)
+        )
     return dataclasses.replace(mix, scale=0.5 * (lo + hi))
 
 
-def make_mixture(seed: int, d: int, c: int, kind: str = "iso", priors: str = "uniform",
-                 subspace: Optional[int] = None, zmap: Optional[str] = None) -> Mixture:
+def make_mixture(
+    seed: int,
+    d: int,
+    c: int,
+    kind: str = "iso",
+    priors: str = "uniform",
+    subspace: Optional[int] = None,
+    zmap: Optional[str] = None,
+) -> Mixture:
     """Class means N(0, I) directions (in a `subspace`-dim random subspace if
     given); covariance: 'iso' (I), 'aniso' (shared, eigenvalues 1/sqrt(i),
     random basis), 'hetero' (a random covariance per class), 'lowrank'
@@ -456,6 +516,7 @@ def labels_sampler(mix: Mixture):
         if mix.zmap:
             z = MAPS[mix.zmap][0](z)
         return z, y.astype(np.int32)
+
     return sample
 
 
@@ -469,13 +530,16 @@ def mixture_check(mix: Mixture, m: int, seed: int, truth_se: float):
     """The direct estimator E log p(y|z)/p(y) on fresh samples, densities
     from scipy, vs the Rao-Blackwellised truth: both unbiased, so they agree
     within 4 combined standard errors."""
+
     def check():
         v, se = mix.direct_mc_mi(m, seed)
         return v, 4 * math.hypot(se, truth_se), f"direct MC m={m}"
+
     return check
 
 
 # --- KDE targets -----------------------------------------------------------
+
 
 def kde_xz_task(name, seed, dx, dz, s2, rank=None):
     """X ~ N(0, I_dx), Z = A X (A (dz, dx), N(0, 1/dx) entries, or rank-r);
@@ -497,7 +561,10 @@ def kde_xz_task(name, seed, dx, dz, s2, rank=None):
         lm = stats.multivariate_normal(cov=a @ a.T + s2 * np.eye(dz)).logpdf(w)
         v = (lc - lm) * LOG2E
         return float(v.mean()), 4 * float(v.std()) / math.sqrt(m) + 1e-9, f"MC m={m}"
-    return Task(name, "kde_xz", float(truth), sample, noise_var=s2, check=check, dims=f"{dx} x {dz}")
+
+    return Task(
+        name, "kde_xz", float(truth), sample, noise_var=s2, check=check, dims=f"{dx} x {dz}"
+    )
 
 
 # --- The suite -------------------------------------------------------------
@@ -513,10 +580,19 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
     def gauss(name, cov, dx, family="gauss", transform=None, fnames=None):
         if not select(name):
             return
-        check = (monotone_check(cov, dx, *fnames) if fnames else gauss_check(cov, dx))
+        check = monotone_check(cov, dx, *fnames) if fnames else gauss_check(cov, dx)
         truth = gaussian_mi(cov, dx)
-        tasks.append(Task(name, family, float(truth), gauss_sampler(cov, dx, transform),
-                          check=check, independent=abs(truth) < 1e-12, dims=f"{dx} x {cov.shape[0] - dx}"))
+        tasks.append(
+            Task(
+                name,
+                family,
+                float(truth),
+                gauss_sampler(cov, dx, transform),
+                check=check,
+                independent=abs(truth) < 1e-12,
+                dims=f"{dx} x {cov.shape[0] - dx}",
+            )
+        )
 
     # Correlated Gaussians.
     gauss("gauss_indep_d1", pairs_cov(1, []), 1)
@@ -543,8 +619,17 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
     def tdist(name, cov, dx, df):
         if not select(name):
             return
-        tasks.append(Task(name, "student_t", float(t_mi(cov, dx, df)), t_sampler(cov, dx, df),
-                          check=t_check(cov, dx, df), dims=f"{dx} x {cov.shape[0] - dx}"))
+        tasks.append(
+            Task(
+                name,
+                "student_t",
+                float(t_mi(cov, dx, df)),
+                t_sampler(cov, dx, df),
+                check=t_check(cov, dx, df),
+                dims=f"{dx} x {cov.shape[0] - dx}",
+            )
+        )
+
     tdist("t_df1_d1_r0", pairs_cov(1, []), 1, 1)
     tdist("t_df1_d1_r0.9", pairs_cov(1, [0.9]), 1, 1)
     tdist("t_df2_d2_r0.5", pairs_cov(2, [0.5, 0.5]), 2, 2)
@@ -557,6 +642,7 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
     # Monotone maps of Gaussians.
     def mono(name, cov, dx, fx, fy):
         gauss(name, cov, dx, "monotone", (MAPS[fx][0], MAPS[fy][0]), (fx, fy))
+
     mono("mono_cube_d1_r0.9", pairs_cov(1, [0.9]), 1, "cube", "cube")
     mono("mono_asinh_d1_r0.9", pairs_cov(1, [0.9]), 1, "asinh", "asinh")
     mono("mono_ncdf_d1_r0.9", pairs_cov(1, [0.9]), 1, "ncdf", "ncdf")
@@ -572,8 +658,17 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
     def noise(name, d, xk, nk, w, truth_1d):
         if not select(name):
             return
-        tasks.append(Task(name, "noise", float(d * truth_1d), noise_sampler(d, xk, nk, w),
-                          check=noise_check(xk, nk, w, d), dims=f"{d} x {d}"))
+        tasks.append(
+            Task(
+                name,
+                "noise",
+                float(d * truth_1d),
+                noise_sampler(d, xk, nk, w),
+                check=noise_check(xk, nk, w, d),
+                dims=f"{d} x {d}",
+            )
+        )
+
     noise("noise_gx_gn_s0.5_d1", 1, "gauss", "gauss", 0.5, 0.5 * math.log2(1 + 1 / 0.25))
     noise("noise_gx_gn_s1_d5", 5, "gauss", "gauss", 1.0, 0.5 * math.log2(2.0))
     noise("noise_ux_un_a0.5_d1", 1, "uniform", "uniform", 0.5, uniform_uniform_mi(0.5))
@@ -588,12 +683,25 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
     def labels(name, seed, d, c, target, **kw):
         if not select(name):
             return
-        mix = fit_scale(make_mixture(seed, d, c, **kw), target, seed + 1) if target > 0 else \
-            dataclasses.replace(make_mixture(seed, d, c, **kw), scale=0.0)
+        mix = (
+            fit_scale(make_mixture(seed, d, c, **kw), target, seed + 1)
+            if target > 0
+            else dataclasses.replace(make_mixture(seed, d, c, **kw), scale=0.0)
+        )
         truth, se = mix.mc_mi(LABEL_TRUTH_M, seed + 2) if target > 0 else (0.0, 0.0)
-        tasks.append(Task(name, "labels", truth, labels_sampler(mix), truth_se=se,
-                          check=mixture_check(mix, CHECK_M, seed + 3, se) if target > 0 else None,
-                          independent=target == 0, dims=f"{d} x {c} classes"))
+        tasks.append(
+            Task(
+                name,
+                "labels",
+                truth,
+                labels_sampler(mix),
+                truth_se=se,
+                check=mixture_check(mix, CHECK_M, seed + 3, se) if target > 0 else None,
+                independent=target == 0,
+                dims=f"{d} x {c} classes",
+            )
+        )
+
     labels("lab_d2_c2", 100, 2, 2, 0.5)
     labels("lab_d2_c4_hetero", 101, 2, 4, 1.2, kind="hetero")
     labels("lab_d2_c10", 102, 2, 10, 1.5)
@@ -637,8 +745,20 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
             base, noisy = dataclasses.replace(base, scale=0.0), None
             truth, se = 0.0, 0.0
         check = mixture_check(noisy, CHECK_M, seed + 3, se) if noisy else None
-        tasks.append(Task(name, "kde_zy", truth, labels_sampler(base), truth_se=se, noise_var=s2,
-                          check=check, independent=target == 0, dims=f"{d} x {c} classes"))
+        tasks.append(
+            Task(
+                name,
+                "kde_zy",
+                truth,
+                labels_sampler(base),
+                truth_se=se,
+                noise_var=s2,
+                check=check,
+                independent=target == 0,
+                dims=f"{d} x {c} classes",
+            )
+        )
+
     kde_zy("kde_zy_d10_c5_s0.5", 210, 10, 5, 1.0, 0.5)
     kde_zy("kde_zy_d84_c10_s1", 211, 84, 10, 1.5, 1.0)
     kde_zy("kde_zy_d84_c10_indep_s1", 212, 84, 10, 0.0, 1.0)
@@ -649,29 +769,51 @@ def build_tasks(select: Callable[[str], bool] = lambda name: True) -> list[Task]
 # ---------------------------------------------------------------------------
 # Estimators, runs and the report.
 
+
 def estimators(block: str, quick: bool = False, probe_mlp: bool = False) -> dict:
     """name -> config for a block; `quick` keeps one of each kind."""
     from fedjax_mi import mi
+
     if block == "continuous":
-        out = {"KSG copula k=1": mi.KSG(k=1, copula=True), "KSG copula k=3": mi.KSG(k=3, copula=True),
-               "KSG k=3": mi.KSG(k=3), "KSG k=1": mi.KSG(k=1), "KSG k=10": mi.KSG(k=10),
-               "KSG LNC": mi.KSG(k=None, lnc_quantile=0.01),
-               "KSG LNC copula": mi.KSG(k=None, lnc_quantile=0.01, copula=True),
-               "EdgeRef": mi.EdgeReference(), "EdgeRef paper_xz": mi.EdgeReference.paper_xz(),
-               "EdgeQuantile": mi.EdgeQuantile()}
-        drop = ("KSG copula k=3", "KSG k=1", "KSG k=10", "KSG LNC", "KSG LNC copula", "EdgeRef paper_xz")
+        out = {
+            "KSG copula k=1": mi.KSG(k=1, copula=True),
+            "KSG copula k=3": mi.KSG(k=3, copula=True),
+            "KSG k=3": mi.KSG(k=3),
+            "KSG k=1": mi.KSG(k=1),
+            "KSG k=10": mi.KSG(k=10),
+            "KSG LNC": mi.KSG(k=None, lnc_quantile=0.01),
+            "KSG LNC copula": mi.KSG(k=None, lnc_quantile=0.01, copula=True),
+            "EdgeRef": mi.EdgeReference(),
+            "EdgeRef paper_xz": mi.EdgeReference.paper_xz(),
+            "EdgeQuantile": mi.EdgeQuantile(),
+        }
+        drop = (
+            "KSG copula k=3",
+            "KSG k=1",
+            "KSG k=10",
+            "KSG LNC",
+            "KSG LNC copula",
+            "EdgeRef paper_xz",
+        )
     elif block == "labels":
-        out = {"MixedKNN k=3": mi.MixedKNN(k=3), "MixedKNN k=1": mi.MixedKNN(k=1),
-               "MixedKNN k=10": mi.MixedKNN(k=10), "Probe": mi.Probe(),
-               "EdgeRef paper_zy": mi.EdgeReference.paper_zy(), "EdgeQuantile": mi.EdgeQuantile()}
+        out = {
+            "MixedKNN k=3": mi.MixedKNN(k=3),
+            "MixedKNN k=1": mi.MixedKNN(k=1),
+            "MixedKNN k=10": mi.MixedKNN(k=10),
+            "Probe": mi.Probe(),
+            "EdgeRef paper_zy": mi.EdgeReference.paper_zy(),
+            "EdgeQuantile": mi.EdgeQuantile(),
+        }
         if probe_mlp:
             out["Probe MLP h=64"] = mi.Probe(hidden=64)
         drop = ("MixedKNN k=1", "MixedKNN k=10")
     else:
         # The noise variance is the task's; these are the other settings.
-        out = {"KDE KL (upper)": dict(queries=None, bound="upper"),
-               "KDE BH (lower)": dict(queries=None, bound="lower"),
-               "KDE KL q=1000": dict(queries=1000, bound="upper")}
+        out = {
+            "KDE KL (upper)": dict(queries=None, bound="upper"),
+            "KDE BH (lower)": dict(queries=None, bound="lower"),
+            "KDE KL q=1000": dict(queries=1000, bound="upper"),
+        }
         drop = ()
     return {k: v for k, v in out.items() if not (quick and k in drop)}
 
@@ -685,6 +827,7 @@ def run_one(task: Task, name: str, config, key, a, b) -> float:
     """One estimate in bits (NaN, with a message on stderr, if it raises)."""
     from fedjax_mi import mi
     from fedjax_mi.mi import kde
+
     try:
         if task.block == "kde":
             cfg = mi.KDE(noise_var=float(task.noise_var), relative=False, queries=config["queries"])
@@ -704,33 +847,55 @@ def run_one(task: Task, name: str, config, key, a, b) -> float:
 
 
 def task_seed(task: Task, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, sum(ord(ch) * 31 ** i for i, ch in enumerate(task.name)) % 2 ** 32])
+    return np.random.default_rng(
+        [seed, sum(ord(ch) * 31**i for i, ch in enumerate(task.name)) % 2**32]
+    )
 
 
 def sample_task(task: Task, seed: int, n: int):
     a, b = task.sample(task_seed(task, seed), n)
     a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.int32) if task.family in ("labels", "kde_zy") else np.asarray(b, np.float32)
+    b = (
+        np.asarray(b, np.int32)
+        if task.family in ("labels", "kde_zy")
+        else np.asarray(b, np.float32)
+    )
     return a, b
 
 
-def run_tasks(tasks: list[Task], n: int, seeds: int, quick: bool, only=None, probe_mlp=False,
-              first_seed: int = 0) -> dict:
+def run_tasks(
+    tasks: list[Task],
+    n: int,
+    seeds: int,
+    quick: bool,
+    only=None,
+    probe_mlp=False,
+    first_seed: int = 0,
+) -> dict:
     """{task name: {estimator: [estimate per seed]}}, seeds first_seed, first_seed + 1, ..."""
     import jax
+
     results = {}
     for task in tasks:
-        ests = {k: v for k, v in estimators(task.block, quick, probe_mlp).items()
-                if only is None or k in only}
+        ests = {
+            k: v
+            for k, v in estimators(task.block, quick, probe_mlp).items()
+            if only is None or k in only
+        }
         results[task.name] = {k: [] for k in ests}
         t0 = time.perf_counter()
         for seed in range(first_seed, first_seed + seeds):
             a, b = sample_task(task, seed, n)
             for name, config in ests.items():
-                results[task.name][name].append(run_one(task, name, config, jax.random.key(seed), a, b))
+                results[task.name][name].append(
+                    run_one(task, name, config, jax.random.key(seed), a, b)
+                )
         line = "  ".join(f"{k} {np.mean(v):.3f}" for k, v in results[task.name].items())
-        print(f"[{time.perf_counter() - t0:6.1f} s] {task.name} (truth {task.truth:.3f}): {line}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.1f} s] {task.name} (truth {task.truth:.3f}): {line}",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 
@@ -748,8 +913,11 @@ def markdown_table(tasks: list[Task], results: dict, names: list[str]) -> str:
     rows = [head, "|" + "---|" * (3 + len(names))]
     for t in tasks:
         truth = f"{t.truth:.3f}" + (f" ±{t.truth_se:.3f}" if t.truth_se else "")
-        rows.append(f"| {t.name} | {t.dims} | {truth} | "
-                    + " | ".join(fmt(np.mean(results[t.name][k])) for k in names) + " |")
+        rows.append(
+            f"| {t.name} | {t.dims} | {truth} | "
+            + " | ".join(fmt(np.mean(results[t.name][k])) for k in names)
+            + " |"
+        )
     return "\n".join(rows)
 
 
@@ -766,8 +934,13 @@ def summarise(tasks: list[Task], results: dict, name: str) -> dict:
     per_task = err.mean(1)
     worst = int(np.nanargmax(per_task)) if np.isfinite(per_task).any() else 0
     indep = [t for t in tasks if t.independent]
-    out = dict(mae=float(np.mean(err)), worst=float(per_task[worst]), worst_task=tasks[worst].name,
-               n_tasks=len(tasks), failed=int(np.sum(~np.isfinite(err))))
+    out = dict(
+        mae=float(np.mean(err)),
+        worst=float(per_task[worst]),
+        worst_task=tasks[worst].name,
+        n_tasks=len(tasks),
+        failed=int(np.sum(~np.isfinite(err))),
+    )
     if indep:
         vals = np.array([results[t.name][name] for t in indep])
         out.update(indep_mean=float(vals.mean()), indep_max_abs=float(np.abs(vals).max()))
@@ -782,11 +955,14 @@ def time_estimators(n: int, repeats: int, quick: bool, only=None) -> dict:
     import jax
     from fedjax_mi import mi
     from fedjax_mi.mi import kde
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 10)).astype(np.float32)
     y = (0.6 * x + 0.8 * rng.standard_normal((n, 10))).astype(np.float32)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    z = (rng.standard_normal((n, 84)) + 0.5 * rng.standard_normal((10, 84))[labels]).astype(np.float32)
+    z = (rng.standard_normal((n, 84)) + 0.5 * rng.standard_normal((10, 84))[labels]).astype(
+        np.float32
+    )
     calls = {}
     for name, cfg in estimators("continuous", quick).items():
         calls[name] = lambda k, cfg=cfg: mi.estimate(k, x, y, cfg)
@@ -804,24 +980,72 @@ def time_estimators(n: int, repeats: int, quick: bool, only=None) -> dict:
         t = timing.time_calls(lambda: call(jax.random.key(next(keys))), repeats=repeats)
         first, times = t.first_s, t.times
         out[name] = t.median_s
-        print(f"  time N={n} {name}: {out[name]:.3f} s (first call {first:.1f} s, "
-              f"all {[round(t, 3) for t in times]})", file=sys.stderr, flush=True)
+        print(
+            f"  time N={n} {name}: {out[name]:.3f} s (first call {first:.1f} s, "
+            f"all {[round(t, 3) for t in times]})",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
-LARGE_TASKS = ("gauss_d1_r0.9", "gauss_sparse_d10_3pairs", "gauss_dense_toep_d10", "gauss_indep_d10_within",
-               "t_df2_d2_r0.5", "mono_exp_cube_d3_r0.8", "noise_ux_un_a0.5_d1",
-               "lab_d10_c10", "lab_d32_c10", "lab_d84_c10", "lab_d84_c10_indep",
-               "kde_xz_d10_z10_s1", "kde_zy_d84_c10_s1")
-LARGE_ESTIMATORS = ("KSG copula k=1", "KSG k=3", "EdgeRef", "EdgeQuantile", "MixedKNN k=3", "Probe",
-                    "EdgeRef paper_zy", "KDE KL (upper)", "KDE BH (lower)", "KDE KL q=1000")
+LARGE_TASKS = (
+    "gauss_d1_r0.9",
+    "gauss_sparse_d10_3pairs",
+    "gauss_dense_toep_d10",
+    "gauss_indep_d10_within",
+    "t_df2_d2_r0.5",
+    "mono_exp_cube_d3_r0.8",
+    "noise_ux_un_a0.5_d1",
+    "lab_d10_c10",
+    "lab_d32_c10",
+    "lab_d84_c10",
+    "lab_d84_c10_indep",
+    "kde_xz_d10_z10_s1",
+    "kde_zy_d84_c10_s1",
+)
+LARGE_ESTIMATORS = (
+    "KSG copula k=1",
+    "KSG k=3",
+    "EdgeRef",
+    "EdgeQuantile",
+    "MixedKNN k=3",
+    "Probe",
+    "EdgeRef paper_zy",
+    "KDE KL (upper)",
+    "KDE BH (lower)",
+    "KDE KL q=1000",
+)
 # Timed at N = 25,000 (the k variants cost the same as k = 3).
-TIMED_LARGE = ("KSG copula k=1", "KSG k=3", "KSG LNC copula", "EdgeRef", "EdgeRef paper_xz", "EdgeQuantile", "MixedKNN k=3 (labels)",
-               "Probe (labels)", "EdgeRef paper_zy (labels)", "EdgeQuantile (labels)",
-               "KDE xz q=all", "KDE zy q=all", "KDE xz q=1000", "KDE zy q=1000")
-QUICK_TASKS = ("gauss_indep_d1", "gauss_d1_r0.9", "gauss_sparse_d10_3pairs", "t_df3_d3_r0.7",
-               "mono_exp_d1_r0.9", "noise_ux_un_a0.5_d1", "lab_d10_c10", "lab_d84_c10",
-               "lab_d84_c10_indep", "kde_xz_d10_z10_s1", "kde_zy_d84_c10_s1")
+TIMED_LARGE = (
+    "KSG copula k=1",
+    "KSG k=3",
+    "KSG LNC copula",
+    "EdgeRef",
+    "EdgeRef paper_xz",
+    "EdgeQuantile",
+    "MixedKNN k=3 (labels)",
+    "Probe (labels)",
+    "EdgeRef paper_zy (labels)",
+    "EdgeQuantile (labels)",
+    "KDE xz q=all",
+    "KDE zy q=all",
+    "KDE xz q=1000",
+    "KDE zy q=1000",
+)
+QUICK_TASKS = (
+    "gauss_indep_d1",
+    "gauss_d1_r0.9",
+    "gauss_sparse_d10_3pairs",
+    "t_df3_d3_r0.7",
+    "mono_exp_d1_r0.9",
+    "noise_ux_un_a0.5_d1",
+    "lab_d10_c10",
+    "lab_d84_c10",
+    "lab_d84_c10_indep",
+    "kde_xz_d10_z10_s1",
+    "kde_zy_d84_c10_s1",
+)
 
 
 def check_truths(tasks: list[Task]) -> bool:
@@ -831,14 +1055,19 @@ def check_truths(tasks: list[Task]) -> bool:
     print("|---|---|---|---|---|---|")
     for t in tasks:
         if t.check is None:
-            print(f"| {t.name} | {t.truth:.4f} | - | - | exact 0 by construction | yes |", flush=True)
+            print(
+                f"| {t.name} | {t.truth:.4f} | - | - | exact 0 by construction | yes |", flush=True
+            )
             continue
         t0 = time.perf_counter()
         value, tol, method = t.check()
         agree = abs(value - t.truth) <= tol
         ok &= agree
-        print(f"| {t.name} | {t.truth:.4f} | {value:.4f} | {tol:.4f} | {method} "
-              f"({time.perf_counter() - t0:.0f} s) | {'yes' if agree else 'NO'} |", flush=True)
+        print(
+            f"| {t.name} | {t.truth:.4f} | {value:.4f} | {tol:.4f} | {method} "
+            f"({time.perf_counter() - t0:.0f} s) | {'yes' if agree else 'NO'} |",
+            flush=True,
+        )
     return ok
 
 
@@ -852,10 +1081,16 @@ def report(tasks, results, n, seeds, quick, title=""):
         names = list(results[bt[0].name])
         print(f"\n### {block} tasks, N = {n}, {seeds} seed(s){title}\n")
         print(markdown_table(bt, results, names))
-        print(f"\n| estimator | MAE | worst (task) | mean at independence | max abs at independence |"
-              + (" MAE d <= 32 | worst d <= 32 | MAE d = 84 | worst d = 84 |" if block == "labels" else "")
-              + (" MAE by family | MAE by larger side's dim |" if block == "continuous" else "")
-              + (" MAE I(X;Z+e) | MAE I(Z+e;Y) |" if block == "kde" else ""))
+        print(
+            f"\n| estimator | MAE | worst (task) | mean at independence | max abs at independence |"
+            + (
+                " MAE d <= 32 | worst d <= 32 | MAE d = 84 | worst d = 84 |"
+                if block == "labels"
+                else ""
+            )
+            + (" MAE by family | MAE by larger side's dim |" if block == "continuous" else "")
+            + (" MAE I(X;Z+e) | MAE I(Z+e;Y) |" if block == "kde" else "")
+        )
         print("|---|---|---|---|---|" + ("---|" * 4 if block == "labels" else "---|---|"))
         for name in names:
             s = summarise(bt, results, name)
@@ -863,28 +1098,50 @@ def report(tasks, results, n, seeds, quick, title=""):
                 small = [t for t in bt if int(t.dims.split()[0]) <= 32]
                 big = [t for t in bt if int(t.dims.split()[0]) == 84]
                 s_small, s_big = summarise(small, results, name), summarise(big, results, name)
-                s.update(mae_le32=s_small.get("mae"), worst_le32=s_small.get("worst"),
-                         mae_84=s_big.get("mae"), worst_84=s_big.get("worst"))
-                extra = (f" {fmt(s['mae_le32'])} | {fmt(s['worst_le32'])} | {fmt(s['mae_84'])} | "
-                         f"{fmt(s['worst_84'])} |")
+                s.update(
+                    mae_le32=s_small.get("mae"),
+                    worst_le32=s_small.get("worst"),
+                    mae_84=s_big.get("mae"),
+                    worst_84=s_big.get("worst"),
+                )
+                extra = (
+                    f" {fmt(s['mae_le32'])} | {fmt(s['worst_le32'])} | {fmt(s['mae_84'])} | "
+                    f"{fmt(s['worst_84'])} |"
+                )
             elif block == "continuous":
-                fam = {f: summarise([t for t in bt if t.family == f], results, name).get("mae")
-                       for f in ("gauss", "student_t", "monotone", "noise")}
+                fam = {
+                    f: summarise([t for t in bt if t.family == f], results, name).get("mae")
+                    for f in ("gauss", "student_t", "monotone", "noise")
+                }
                 fam = {f: v for f, v in fam.items() if v is not None}
                 s["mae_by_family"] = fam
-                groups = {"d<=3": lambda d: d <= 3, "d=5": lambda d: d == 5, "d>=10": lambda d: d >= 10}
-                dims = {g: summarise([t for t in bt if sel(max_dim(t))], results, name).get("mae")
-                        for g, sel in groups.items()}
+                groups = {
+                    "d<=3": lambda d: d <= 3,
+                    "d=5": lambda d: d == 5,
+                    "d>=10": lambda d: d >= 10,
+                }
+                dims = {
+                    g: summarise([t for t in bt if sel(max_dim(t))], results, name).get("mae")
+                    for g, sel in groups.items()
+                }
                 s["mae_by_dim"] = {g: v for g, v in dims.items() if v is not None}
-                extra = (" " + ", ".join(f"{f} {v:.3f}" for f, v in fam.items()) + " | "
-                         + ", ".join(f"{g} {v:.3f}" for g, v in s["mae_by_dim"].items()) + " |")
+                extra = (
+                    " "
+                    + ", ".join(f"{f} {v:.3f}" for f, v in fam.items())
+                    + " | "
+                    + ", ".join(f"{g} {v:.3f}" for g, v in s["mae_by_dim"].items())
+                    + " |"
+                )
             else:
                 xz = summarise([t for t in bt if t.family == "kde_xz"], results, name)
                 zy = summarise([t for t in bt if t.family == "kde_zy"], results, name)
                 s.update(mae_xz=xz.get("mae"), mae_zy=zy.get("mae"))
                 extra = f" {fmt(xz.get('mae', np.nan))} | {fmt(zy.get('mae', np.nan))} |"
-            print(f"| {name} | {fmt(s['mae'])} | {fmt(s['worst'])} ({s['worst_task']}) | "
-                  f"{fmt(s.get('indep_mean', np.nan))} | {fmt(s.get('indep_max_abs', np.nan))} |" + extra)
+            print(
+                f"| {name} | {fmt(s['mae'])} | {fmt(s['worst'])} ({s['worst_task']}) | "
+                f"{fmt(s.get('indep_mean', np.nan))} | {fmt(s.get('indep_max_abs', np.nan))} |"
+                + extra
+            )
             summary.setdefault(block, {})[name] = s
     return summary
 
@@ -900,45 +1157,74 @@ def goals(summary: dict, tasks: list[Task], results: dict) -> dict:
             if ref in cont:
                 ratio = mae / cont[ref]["mae"]
                 out[f"continuous_mae_ratio_vs_{ref.replace(' ', '_')}"] = dict(
-                    value=ratio, goal="<= 0.5", met=ratio <= 0.5)
+                    value=ratio, goal="<= 0.5", met=ratio <= 0.5
+                )
         ind = cont[DEFAULT_CONTINUOUS].get("indep_max_abs")
         if ind is not None:
-            out["continuous_independence_max_abs"] = dict(value=ind, goal="<= 0.05 bits", met=ind <= 0.05)
+            out["continuous_independence_max_abs"] = dict(
+                value=ind, goal="<= 0.05 bits", met=ind <= 0.05
+            )
     lab = [t for t in tasks if t.block == "labels"]
     for name in MAIN_LABELS:
         if lab and name in summary.get("labels", {}):
-            for group, sel, bar in (("le32", lambda d: d <= 32, 0.15), ("84", lambda d: d == 84, 0.25)):
+            for group, sel, bar in (
+                ("le32", lambda d: d <= 32, 0.15),
+                ("84", lambda d: d == 84, 0.25),
+            ):
                 tt = [t for t in lab if sel(int(t.dims.split()[0]))]
                 if not tt:
                     continue
                 err = errors(tt, results, name).mean(1)
                 out[f"labels_{name.replace(' ', '_')}_d{group}"] = dict(
-                    value=float(np.max(err)), goal=f"every task within {bar} bits",
+                    value=float(np.max(err)),
+                    goal=f"every task within {bar} bits",
                     met=bool(np.all(err <= bar)),
-                    within=int(np.sum(err <= bar)), of=len(tt))
+                    within=int(np.sum(err <= bar)),
+                    of=len(tt),
+                )
             ind = summary["labels"][name].get("indep_max_abs")
             if ind is not None:
                 out[f"labels_{name.replace(' ', '_')}_independence_max_abs"] = dict(
-                    value=ind, goal="<= 0.05 bits", met=ind <= 0.05)
+                    value=ind, goal="<= 0.05 bits", met=ind <= 0.05
+                )
     return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None, help="samples per task (default 5,000; --quick 2,000)")
+    parser.add_argument(
+        "--n", type=int, default=None, help="samples per task (default 5,000; --quick 2,000)"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="data and estimator seeds per task")
-    parser.add_argument("--first_seed", type=int, default=0,
-                        help="first data seed (a draw apart from the table's seed 0, for choosing settings)")
-    parser.add_argument("--tasks", default=None, help="regular expression on task names (re.search)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small subset of tasks and estimators, N = 2,000, no N = 25,000 timing")
-    parser.add_argument("--check_truths", action="store_true",
-                        help="verify every truth against its independent check, then exit")
-    parser.add_argument("--large", action="store_true",
-                        help="also run a subset of tasks and estimators at N = 25,000")
+    parser.add_argument(
+        "--first_seed",
+        type=int,
+        default=0,
+        help="first data seed (a draw apart from the table's seed 0, for choosing settings)",
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="regular expression on task names (re.search)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small subset of tasks and estimators, N = 2,000, no N = 25,000 timing",
+    )
+    parser.add_argument(
+        "--check_truths",
+        action="store_true",
+        help="verify every truth against its independent check, then exit",
+    )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="also run a subset of tasks and estimators at N = 25,000",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per estimator (median)")
     parser.add_argument("--probe_mlp", action="store_true", help="also the one-hidden-layer probe")
-    parser.add_argument("--no_timing", action="store_true", help="skip the seconds-per-call figures")
+    parser.add_argument(
+        "--no_timing", action="store_true", help="skip the seconds-per-call figures"
+    )
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     n = args.n or (2_000 if args.quick else 5_000)
@@ -949,48 +1235,85 @@ def main(argv=None):
         return not args.quick or name in QUICK_TASKS or bool(args.tasks)
 
     tasks = build_tasks(select)
-    print(f"{len(tasks)} tasks built in {time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
+    print(
+        f"{len(tasks)} tasks built in {time.perf_counter() - t_start:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.check_truths:
         ok = check_truths(tasks)
-        print(json.dumps(dict(check_truths=bool(ok), tasks=len(tasks),
-                              wall_s=round(time.perf_counter() - t_start, 1))))
+        print(
+            json.dumps(
+                dict(
+                    check_truths=bool(ok),
+                    tasks=len(tasks),
+                    wall_s=round(time.perf_counter() - t_start, 1),
+                )
+            )
+        )
         return 0 if ok else 1
 
     import jax
-    print(f"# MI estimator validation: jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-          f"{len(tasks)} tasks, N = {n}, seeds = {args.seeds}")
-    results = run_tasks(tasks, n, args.seeds, args.quick, probe_mlp=args.probe_mlp,
-                        first_seed=args.first_seed)
+
+    print(
+        f"# MI estimator validation: jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"{len(tasks)} tasks, N = {n}, seeds = {args.seeds}"
+    )
+    results = run_tasks(
+        tasks, n, args.seeds, args.quick, probe_mlp=args.probe_mlp, first_seed=args.first_seed
+    )
     summary = report(tasks, results, n, args.seeds, args.quick)
-    record = dict(n=n, seeds=args.seeds, first_seed=args.first_seed, tasks=len(tasks), code=timing.code_version(), summary=summary,
-                  goals=goals(summary, tasks, results),
-                  truths={t.name: round(t.truth, 4) for t in tasks},
-                  estimates={t: {k: round(float(np.mean(v)), 4) for k, v in r.items()}
-                             for t, r in results.items()})
+    record = dict(
+        n=n,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        tasks=len(tasks),
+        code=timing.code_version(),
+        summary=summary,
+        goals=goals(summary, tasks, results),
+        truths={t.name: round(t.truth, 4) for t in tasks},
+        estimates={
+            t: {k: round(float(np.mean(v)), 4) for k, v in r.items()} for t, r in results.items()
+        },
+    )
     if args.large:
         large = [t for t in tasks if t.name in LARGE_TASKS]
         res_large = run_tasks(large, 25_000, 1, args.quick, only=LARGE_ESTIMATORS)
-        record["large"] = dict(n=25_000, summary=report(large, res_large, 25_000, 1, args.quick,
-                                                        title=" (subset)"),
-                               estimates={t: {k: round(float(np.mean(v)), 4) for k, v in r.items()}
-                                          for t, r in res_large.items()})
+        record["large"] = dict(
+            n=25_000,
+            summary=report(large, res_large, 25_000, 1, args.quick, title=" (subset)"),
+            estimates={
+                t: {k: round(float(np.mean(v)), 4) for k, v in r.items()}
+                for t, r in res_large.items()
+            },
+        )
     print("\n### goals\n")
     for g, v in record["goals"].items():
-        print(f"- {g}: {v['value']:.3f} (goal {v['goal']}): {'met' if v['met'] else 'NOT met'}"
-              + (f", {v['within']}/{v['of']} tasks within" if "within" in v else ""))
+        print(
+            f"- {g}: {v['value']:.3f} (goal {v['goal']}): {'met' if v['met'] else 'NOT met'}"
+            + (f", {v['within']}/{v['of']} tasks within" if "within" in v else "")
+        )
     if not args.no_timing:
         record["seconds_per_call"] = {}
-        for size in ((5_000,) if args.quick else (5_000, 25_000)):
+        for size in (5_000,) if args.quick else (5_000, 25_000):
             record["seconds_per_call"][str(size)] = time_estimators(
-                size, args.repeats, args.quick, None if size == 5_000 else TIMED_LARGE)
+                size, args.repeats, args.quick, None if size == 5_000 else TIMED_LARGE
+            )
         sizes = list(record["seconds_per_call"])
         print(f"\n### seconds per call (jitted, after compile, median of {args.repeats})\n")
         print("| estimator | " + " | ".join(f"N = {s}" for s in sizes) + " |")
         print("|---|" + "---|" * len(sizes))
         for name in record["seconds_per_call"][sizes[0]]:
-            print(f"| {name} | " + " | ".join(
-                f"{record['seconds_per_call'][s][name]:.3f}" if name in record["seconds_per_call"][s] else "-"
-                for s in sizes) + " |")
+            print(
+                f"| {name} | "
+                + " | ".join(
+                    f"{record['seconds_per_call'][s][name]:.3f}"
+                    if name in record["seconds_per_call"][s]
+                    else "-"
+                    for s in sizes
+                )
+                + " |"
+            )
     record["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(record))
     return 0

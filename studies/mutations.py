@@ -55,82 +55,104 @@ class Mutation:
     tests: tuple[str, ...] = ()
 
 
-_DO_SYNC = ("do_sync = ((sync_period > 0) & (state.step > 0)\n"
-            "                   & (state.step % jnp.maximum(sync_period, 1) == 0))")
+_DO_SYNC = "(sync_period > 0) & (state.step > 0) & (state.step % jnp.maximum(sync_period, 1) == 0)"
 
 MUTATIONS = (
     Mutation(
-        "sync_every_step", "sync at every step whenever sync_period > 0",
-        "fedjax_mi/federated.py", _DO_SYNC,
-        "do_sync = ((sync_period > 0) & (state.step > 0))",
-        TRAINING_TESTS),
+        "sync_every_step",
+        "sync at every step whenever sync_period > 0",
+        "fedjax_mi/federated.py",
+        _DO_SYNC,
+        "(sync_period > 0) & (state.step > 0)",
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "sync_one_step_late", "sync before step s + 1 instead of step s (s % period == 0)",
-        "fedjax_mi/federated.py", _DO_SYNC,
-        "do_sync = ((sync_period > 0) & (state.step > 1)\n"
-        "                   & ((state.step - 1) % jnp.maximum(sync_period, 1) == 0))",
-        TRAINING_TESTS),
+        "sync_one_step_late",
+        "sync before step s + 1 instead of step s (s % period == 0)",
+        "fedjax_mi/federated.py",
+        _DO_SYNC,
+        "(sync_period > 0) & (state.step > 1) & ((state.step - 1) % jnp.maximum(sync_period, 1) == 0)",
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "ignore_opt_sync", "the round ignores opt_sync (always averages the optimiser state)",
+        "ignore_opt_sync",
+        "the round ignores opt_sync (always averages the optimiser state)",
         "fedjax_mi/federated.py",
         "lambda p, o: sync(p, o, optimizer, opt_sync, axis_name, how, weights)",
         'lambda p, o: sync(p, o, optimizer, "average", axis_name, how, weights)',
-        TRAINING_TESTS),
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "ignore_lr", "the local step ignores the learning rate (unit rate)",
+        "ignore_lr",
+        "the local step ignores the learning rate (unit rate)",
         "fedjax_mi/federated.py",
         "updates = jax.tree.map(lambda u: lr * u, updates)",
         "updates = jax.tree.map(lambda u: u, updates)",
-        TRAINING_TESTS),
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "average_is_worker0", "the average taken as worker 0's parameters",
+        "average_is_worker0",
+        "the average taken as worker 0's parameters",
         "fedjax_mi/federated.py",
         "mean = jax.tree.map(lambda p: jnp.mean(p, axis=0), params)",
         "mean = jax.tree.map(lambda p: p[0], params)",
-        TRAINING_TESTS),
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "unpickler_any_numpy", "the CIFAR unpickler resolves any numpy.* global",
+        "unpickler_any_numpy",
+        "the CIFAR unpickler resolves any numpy.* global",
         "fedjax_mi/data.py",
         "    def find_class(self, module: str, name: str) -> Any:\n        try:",
         "    def find_class(self, module: str, name: str) -> Any:\n"
-        "        if module.split(\".\")[0] == \"numpy\":\n"
+        '        if module.split(".")[0] == "numpy":\n'
         "            return super().find_class(module, name)\n"
         "        try:",
-        ("tests/test_data.py",)),
+        ("tests/test_data.py",),
+    ),
     # Beyond the issue's list: two more training bugs of the same family.
     Mutation(
-        "update_sign_flipped", "gradient ascent: the update's sign flipped",
+        "update_sign_flipped",
+        "gradient ascent: the update's sign flipped",
         "fedjax_mi/federated.py",
         "updates = jax.tree.map(lambda u: lr * u, updates)",
         "updates = jax.tree.map(lambda u: -lr * u, updates)",
-        TRAINING_TESTS),
+        TRAINING_TESTS,
+    ),
     Mutation(
-        "same_order_every_epoch", "every epoch replays epoch 0's sample order",
+        "same_order_every_epoch",
+        "every epoch replays epoch 0's sample order",
         "fedjax_mi/federated.py",
         "lambda: epoch_order(state.data_keys, epoch, num_samples)",
         "lambda: epoch_order(state.data_keys, 0, num_samples)",
-        TRAINING_TESTS),
+        TRAINING_TESTS,
+    ),
     # Measurement mutations, written after the measurement rewrite .
     # M = K + 1 models and D = K datasets: a literal transpose would fail on
     # its shape, so each axis is mixed up on its own.
     Mutation(
-        "records_model_axis_reversed", "estimator fields of model i written to model M-1-i",
+        "records_model_axis_reversed",
+        "estimator fields of model i written to model M-1-i",
         "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[num_models - 1 - i, d]) for k, v in sorted(m.mi.items())}",
-        ("tests/test_measure.py",)),
+        ("tests/test_measure.py",),
+    ),
     Mutation(
-        "records_dataset_axis_reversed", "estimator fields of dataset d written to dataset D-1-d",
+        "records_dataset_axis_reversed",
+        "estimator fields of dataset d written to dataset D-1-d",
         "fedjax_mi/outputs.py",
         "**{k: clean(v[i, d]) for k, v in sorted(m.mi.items())}",
         "**{k: clean(v[i, num_datasets - 1 - d]) for k, v in sorted(m.mi.items())}",
-        ("tests/test_measure.py",)),
+        ("tests/test_measure.py",),
+    ),
     Mutation(
-        "floor_without_shuffling", "the floor pairs each sample with itself (no shuffle)",
+        "floor_without_shuffling",
+        "the floor pairs each sample with itself (no shuffle)",
         "fedjax_mi/measure.py",
         "perm = jax.random.permutation(jax.random.fold_in(key, 1), y.shape[0])",
         "perm = jnp.arange(y.shape[0])",
-        ("tests/test_measure.py",)),
+        ("tests/test_measure.py",),
+    ),
 )
 
 
@@ -142,9 +164,17 @@ def check_imports_from(copy: str, env: dict) -> None:
     """Refuse to run if the copy's packages are not the ones imported there
     (an editable install could otherwise win and test the unmutated tree)."""
     out = subprocess.run(
-        [sys.executable, "-c", "import fedjax_mi, experiments; "
-         "print(fedjax_mi.__file__); print(experiments.__file__)"],
-        cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
+        [
+            sys.executable,
+            "-c",
+            "import fedjax_mi, experiments; print(fedjax_mi.__file__); print(experiments.__file__)",
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     real = os.path.realpath(copy)
     for path in out:
         if not os.path.realpath(path).startswith(real + os.sep):
@@ -155,8 +185,9 @@ def run_pytest(copy: str, env: dict, tests: tuple[str, ...]) -> tuple[int, list[
     """(exit status, failing test ids, output tail); status -1 on a timeout."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests]
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True,
-                              timeout=TIMEOUT_S)
+        proc = subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         return -1, [], "timeout"
     output = proc.stdout + proc.stderr
@@ -203,14 +234,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mutations-") as scratch:
         pristine = os.path.join(scratch, "pristine")
         copy_tree(pristine)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (pristine, os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (pristine, os.environ.get("PYTHONPATH")) if p),
+        }
         check_imports_from(pristine, env)
         union = tuple(sorted({t for m in chosen for t in m.tests}))
         t0 = time.perf_counter()
         status, failed, tail = run_pytest(pristine, env, union)
-        print(f"baseline (unmutated copy): {' '.join(union)} -> status {status} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"baseline (unmutated copy): {' '.join(union)} -> status {status} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         if status != 0:
             print(tail)
             raise SystemExit("mutations: the unmutated copy fails its tests; nothing to learn")
@@ -228,14 +264,21 @@ def main() -> int:
                 if status not in (0, 1):
                     print(tail)
             rows.append((m, verdict, failed))
-            print(f"{m.name}: {verdict} in {time.perf_counter() - t0:.0f} s; failing: "
-                  f"{', '.join(failed) or '-'}", flush=True)
+            print(
+                f"{m.name}: {verdict} in {time.perf_counter() - t0:.0f} s; failing: "
+                f"{', '.join(failed) or '-'}",
+                flush=True,
+            )
             shutil.rmtree(copy)
     print("\n| mutation | file | verdict | failing tests |")
     print("| --- | --- | --- | --- |")
     for m, verdict, failed in rows:
-        shown = "<br>".join(f"`{name}`{f' ({n} cases)' if n > 1 else ''}"
-                            for name, n in by_function(failed)) or "-"
+        shown = (
+            "<br>".join(
+                f"`{name}`{f' ({n} cases)' if n > 1 else ''}" for name, n in by_function(failed)
+            )
+            or "-"
+        )
         print(f"| {m.description} (`{m.name}`) | `{m.path}` | {verdict} | {shown} |")
     for m in MUTATIONS:
         if m.path is None:

@@ -40,6 +40,7 @@ def pytest_unconfigure(config):
 # Runs that several test modules read, computed once a session
 # (tests/helpers/shared.py holds their settings).
 
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(config, records, logged lines) of the tiny digits run `TINY`, synced
@@ -47,6 +48,7 @@ def tiny_run(tmp_path_factory):
     from experiments import progress
     from fedjax_mi import config, sweep
     from helpers.shared import TINY
+
     out = str(tmp_path_factory.mktemp("run"))
     cfg = config.make(**TINY, protocol="sync", sync_period=4, out=out)
     lines = []
@@ -59,8 +61,8 @@ def uninterrupted(tmp_path_factory):
     """The bytes of metrics.jsonl of `CONFIG` run whole, in-process."""
     from fedjax_mi import config, sweep
     from helpers.shared import CONFIG
+
     out = tmp_path_factory.mktemp("whole")
-    sweep.run(config.make(**{**CONFIG.flat(), "out": str(out)}),
-                   log=lambda line: None)
+    sweep.run(config.make(**{**CONFIG.flat(), "out": str(out)}), log=lambda line: None)
     with open(out / "metrics.jsonl", "rb") as fh:
         return fh.read()

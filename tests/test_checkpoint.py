@@ -19,8 +19,9 @@ def damage(ckpt, kind):
     """Damage checkpoint folder `ckpt` as a failing disk or a stray command
     would: truncate its array files, overwrite its largest file with random
     bytes, or delete its array manifest."""
-    files = sorted((p for p in (ckpt / "state").rglob("*") if p.is_file()),
-                   key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (ckpt / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     if kind == "truncated":
         for path in files:
             with open(path, "r+b") as fh:
@@ -42,13 +43,16 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     damage(tmp_path / "checkpoints" / "8", kind)
     # Records after the checkpoint used must be dropped: mark step 8's.
     records = metrics_io.read_records(str(tmp_path / "metrics.jsonl"))
-    metrics_io.write_records(str(tmp_path / "metrics.jsonl"),
-                             [{**r, "acc": -1.0} if r["step"] == 8 else r for r in records])
+    metrics_io.write_records(
+        str(tmp_path / "metrics.jsonl"),
+        [{**r, "acc": -1.0} if r["step"] == 8 else r for r in records],
+    )
     lines = []
     sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lines.append)
     warnings = [line for line in lines if line.startswith("warning")]
     assert len(warnings) == 1 and warnings[0].startswith(
-        f"warning: skipped the damaged checkpoint {tmp_path}/checkpoints/8 (")
+        f"warning: skipped the damaged checkpoint {tmp_path}/checkpoints/8 ("
+    )
     assert warnings[0].endswith("; using the one at step 4") and "\n" not in warnings[0]
     assert any("resumed from the checkpoint at step 4 " in line for line in lines)
     assert (tmp_path / "metrics.jsonl").read_bytes() == whole
@@ -56,8 +60,9 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, kind):
     mgr = checkpoint.manager(str(tmp_path / "checkpoints"))
     try:
         assert mgr.all_steps() == [4, 8]
-        checkpoint.restore_step(mgr, 8, sweep.prepare_sweep(
-            [cfg], sweep.load_sweep_data([cfg])).states)
+        checkpoint.restore_step(
+            mgr, 8, sweep.prepare_sweep([cfg], sweep.load_sweep_data([cfg])).states
+        )
     finally:
         checkpoint.close(mgr)
 
@@ -70,13 +75,26 @@ def test_no_intact_checkpoint_exits_2_with_one_line(tmp_path):
     damage(tmp_path / "checkpoints" / "4", "truncated")
     # In a process of its own: orbax's abandoned reads used to print
     # "Event loop is closed" tracebacks as the process ended.
-    result = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, "--epochs=2",
-                             f"--out={tmp_path}", "--resume"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            *FLAGS,
+            "--epochs=2",
+            f"--out={tmp_path}",
+            "--resume",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr[-3000:]
     assert result.stderr.startswith(
-        f"error: no intact checkpoint in {tmp_path}/checkpoints (step 8: ")
+        f"error: no intact checkpoint in {tmp_path}/checkpoints (step 8: "
+    )
     assert "; step 4: " in result.stderr
     assert checkpoint_steps(tmp_path / "checkpoints") == [4, 8]  # nothing deleted
 
@@ -87,15 +105,22 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
     tracebacks after the one-line error. Only those reports are dropped."""
     import asyncio
     import gc
+
     fake = {}  # a coroutine function whose code lives in an ".../orbax/..." file
-    exec(compile("async def read():\n    raise ValueError('NOT_FOUND: damaged')\n",
-                 os.path.join(os.sep, "site-packages", "orbax", "fake.py"), "exec"), fake)
+    exec(
+        compile(
+            "async def read():\n    raise ValueError('NOT_FOUND: damaged')\n",
+            os.path.join(os.sep, "site-packages", "orbax", "fake.py"),
+            "exec",
+        ),
+        fake,
+    )
 
     async def other():
         raise ValueError("an error of our own")
 
     async def tensorstore_read():  # a read task with no orbax frame
-        raise ValueError('NOT_FOUND: Error opening "zarr" driver [tensorstore_spec=\'{}\']')
+        raise ValueError("NOT_FOUND: Error opening \"zarr\" driver [tensorstore_spec='{}']")
 
     def abandon(coroutine_fn):
         loop = asyncio.new_event_loop()
@@ -115,9 +140,11 @@ def test_leftover_orbax_read_errors_are_not_printed(caplog):
 
 
 @pytest.mark.slow
-def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, monkeypatch,
-                                                                      uninterrupted):
+def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(
+    tmp_path, monkeypatch, uninterrupted
+):
     from orbax.checkpoint._src.path import async_path
+
     out = tmp_path / "run"
     cfg = config.make(**{**CONFIG.flat(), "out": str(out)})
     rename = async_path.rename
@@ -128,8 +155,9 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_files(tmp_path, 
         return await rename(src, dst)
 
     monkeypatch.setattr(async_path, "rename", full_disk_rename)
-    fails_on_full_disk(lambda: sweep.run(cfg, log=lambda line: None), out,
-                        out / "checkpoints" / "8")
+    fails_on_full_disk(
+        lambda: sweep.run(cfg, log=lambda line: None), out, out / "checkpoints" / "8"
+    )
     monkeypatch.undo()
     assert checkpoint_steps(out / "checkpoints") == [4]
     kept = (out / "metrics.jsonl").read_bytes()  # step 8's records were written before

@@ -16,9 +16,13 @@ from helpers.shared import FLAGS, ROOT, TINY_FLAGS, cli
 
 
 def start(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}",
-                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc):
@@ -49,20 +53,34 @@ def bad_flag_runs(tmp_path_factory):
     results = str(tmp_path_factory.mktemp("bad_flags"))
     arg_lists = []
     for args, _ in BAD_FLAGS:
-        out = [] if any(a.startswith("--out=") for a in args) else [
-            f"--out={tmp_path_factory.mktemp('out')}"]
+        out = (
+            []
+            if any(a.startswith("--out=") for a in args)
+            else [f"--out={tmp_path_factory.mktemp('out')}"]
+        )
         arg_lists.append([*TINY_FLAGS, *out, *args])
-    forks = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "cli_forks.py"),
-                            "experiments.run", results, json.dumps(arg_lists)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+    forks = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "helpers", "cli_forks.py"),
+            "experiments.run",
+            results,
+            json.dumps(arg_lists),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert forks.returncode == 0, forks.stderr[-3000:]
     read = lambda i, ext: open(os.path.join(results, f"{i}.{ext}")).read()
     return [(int(read(i, "status")), read(i, "err")) for i in range(len(BAD_FLAGS))]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", range(len(BAD_FLAGS)),
-                         ids=[f"{flag}:{' '.join(args)}" for args, flag in BAD_FLAGS])
+@pytest.mark.parametrize(
+    "case", range(len(BAD_FLAGS)), ids=[f"{flag}:{' '.join(args)}" for args, flag in BAD_FLAGS]
+)
 def test_bad_flags_exit_nonzero_with_one_line(case, bad_flag_runs):
     flag = BAD_FLAGS[case][1]
     returncode, stderr = bad_flag_runs[case]
@@ -74,9 +92,21 @@ def test_bad_flags_exit_nonzero_with_one_line(case, bad_flag_runs):
 
 @pytest.mark.slow
 def test_cli_bad_delta_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--protocol=dynamic",
-                           "--check_every=2", "--delta=-1", f"--out={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--protocol=dynamic",
+            "--check_every=2",
+            "--delta=-1",
+            f"--out={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: --delta")
 
@@ -85,6 +115,7 @@ def test_config_flag_then_explicit_flags():
     from absl import flags
     from absl.testing import flagsaver
     from experiments import flags as run_flags
+
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["prog", "--config=fig2:quick", "--lr=0.125", "--epochs=3"])
@@ -96,18 +127,27 @@ def test_config_flag_then_explicit_flags():
 # The paper's settings, as its text describes them (Adilova, Rosenzweig, Kamp):
 # two workers, iid or classes 0-4 / 5-9, never synced or synced every 1,000
 # (fig 2) or 100 (fig 4) local batches of 32, 20 epochs of CIFAR-10.
-PAPER = {"fig1": ("iid", "nosync", None), "fig2": ("iid", "sync", 1000),
-         "fig3": ("classes", "nosync", None), "fig4": ("classes", "sync", 100)}
+PAPER = {
+    "fig1": ("iid", "nosync", None),
+    "fig2": ("iid", "sync", 1000),
+    "fig3": ("classes", "nosync", None),
+    "fig4": ("classes", "sync", 100),
+}
 
 
 @pytest.mark.parametrize("figure", sorted(PAPER))
 def test_python_configs_hold_the_papers_settings(figure):
     from experiments import configs
+
     cfg = configs.load(figure)
     cfg.validate()
     assert (cfg.data.split, cfg.protocol.protocol, cfg.protocol.sync_period) == PAPER[figure]
     assert (cfg.data.dataset, cfg.data.workers, cfg.training.batch_size, cfg.training.epochs) == (
-        "cifar10", 2, 32, 20.0)
+        "cifar10",
+        2,
+        32,
+        20.0,
+    )
     doc = importlib.import_module(f"experiments.configs.{figure}").__doc__
     assert f"python -m experiments.run --config={figure}" in doc and "Paper:" in doc
     quick = configs.load(f"{figure}:quick")
@@ -125,14 +165,25 @@ def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
 
 @pytest.mark.slow
 def test_sweep_cli_writes_one_folder_per_run(tmp_path):
-    result = cli("experiments.sweep", *TINY_FLAGS, "--seeds=0,1", "--protocols=sync,nosync",
-                 "--sync_periods=4", f"--out={tmp_path}")
+    result = cli(
+        "experiments.sweep",
+        *TINY_FLAGS,
+        "--seeds=0,1",
+        "--protocols=sync,nosync",
+        "--sync_periods=4",
+        f"--out={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "runs.json") as fh:
         runs = json.load(fh)
     assert sorted(r["name"] for r in runs) == sorted(
-        ["iid-sync4-lr0.05-seed0", "iid-sync4-lr0.05-seed1",
-         "iid-nosync-lr0.05-seed0", "iid-nosync-lr0.05-seed1"])
+        [
+            "iid-sync4-lr0.05-seed0",
+            "iid-sync4-lr0.05-seed1",
+            "iid-nosync-lr0.05-seed0",
+            "iid-nosync-lr0.05-seed1",
+        ]
+    )
     for r in runs:
         assert metrics_io.read_records(os.path.join(r["out"], "metrics.jsonl"))
         assert os.path.exists(os.path.join(r["out"], "figures", "mi.png"))
@@ -147,8 +198,13 @@ def test_sweep_cli_writes_one_folder_per_run(tmp_path):
 @pytest.mark.slow
 def test_reproduce_on_tiny_data_writes_summary(tmp_path):
     out = str(tmp_path / "repro")
-    result = cli("experiments.reproduce", *TINY_FLAGS[:-1], "--fig2_sync_period=8",
-                 "--fig4_sync_period=4", f"--out={out}")
+    result = cli(
+        "experiments.reproduce",
+        *TINY_FLAGS[:-1],
+        "--fig2_sync_period=8",
+        "--fig4_sync_period=4",
+        f"--out={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "summary.md")) as fh:
         text = fh.read()
@@ -174,13 +230,29 @@ def test_reproduce_seeds_sweep_writes_each_run_alone_bytes(tmp_path):
     import os
     import subprocess
     import sys
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "rep"
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.reproduce", "--per_worker=64", "--batch_size=16",
-         "--epochs=2.5", "--eval_period=4", "--mi=none", "--figures=fig1", "--seeds=2",
-         "--checkpoint_every=0", f"--out={out}"], cwd=root, capture_output=True, text=True,
-        timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "experiments.reproduce",
+            "--per_worker=64",
+            "--batch_size=16",
+            "--epochs=2.5",
+            "--eval_period=4",
+            "--mi=none",
+            "--figures=fig1",
+            "--seeds=2",
+            "--checkpoint_every=0",
+            f"--out={out}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     swept = {s: (out / "fig1" / f"seed{s}" / "metrics.jsonl").read_bytes() for s in (0, 1)}
     assert swept[0] != swept[1]
@@ -200,8 +272,10 @@ def test_reproduce_seeds_sweep_writes_each_run_alone_bytes(tmp_path):
     alone_records = metrics_io.read_records(str(tmp_path / "alone" / "metrics.jsonl"))
     swept_records = metrics_io.read_records(str(out / "fig1" / "seed1" / "metrics.jsonl"))
     assert len(alone_records) == len(swept_records)
-    exact = lambda k: k in ("step", "epoch", "model", "dataset", "acc", "mi_zy_fano") \
+    exact = lambda k: (
+        k in ("step", "epoch", "model", "dataset", "acc", "mi_zy_fano")
         or k.startswith("interp_acc")
+    )
     for ra, rb in zip(alone_records, swept_records):
         assert list(ra) == list(rb)
         for k in ra:

@@ -50,12 +50,15 @@ def test_iid_sizes(k):
     assert set(sizes) <= {1000 // k, -(-1000 // k)}
 
 
-@pytest.mark.parametrize("k,groups", [
-    (1, [range(10)]),
-    (2, [range(0, 5), range(5, 10)]),
-    (3, [range(0, 4), range(4, 7), range(7, 10)]),
-    (5, [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]),
-])
+@pytest.mark.parametrize(
+    "k,groups",
+    [
+        (1, [range(10)]),
+        (2, [range(0, 5), range(5, 10)]),
+        (3, [range(0, 4), range(4, 7), range(7, 10)]),
+        (5, [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]),
+    ],
+)
 def test_class_groups(k, groups):
     labels = _labels()
     shares = data.partition(0, labels, k, "classes", num_classes=10)
@@ -75,7 +78,7 @@ def test_dirichlet_concentration_matches_expectation(alpha):
     shares = data.partition(7, labels, k, "dirichlet", num_classes=num_classes, alpha=alpha)
     counts = np.stack([np.bincount(labels[s], minlength=num_classes) for s in shares], 1)
     frac = counts / per_class
-    simpson = (frac ** 2).sum(1)
+    simpson = (frac**2).sum(1)
     expected = (alpha + 1) / (k * alpha + 1)
     se = simpson.std() / np.sqrt(num_classes)
     assert abs(simpson.mean() - expected) < 5 * se + 0.01, (simpson.mean(), expected)
@@ -159,32 +162,38 @@ def test_federate_digits_paper_split():
 # --------------------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_workers=2, split="bogus"), "unknown split 'bogus'"),
-    (dict(num_workers=0, split="iid"), "num_workers must be an integer >= 1, got 0"),
-    (dict(num_workers=-1, split="classes"), "got -1"),
-    (dict(num_workers=2.0, split="iid"), "got 2.0"),
-    (dict(num_workers=11, split="classes"), "empty class group"),
-    (dict(num_workers=2000, split="iid"), "empty share"),
-    (dict(num_workers=2, split="dirichlet"), "needs alpha"),
-    (dict(num_workers=2, split="dirichlet", alpha=0.0), "alpha must be .* > 0, got 0.0"),
-    (dict(num_workers=2, split="dirichlet", alpha=-1.0), "got -1.0"),
-    (dict(num_workers=2, split="dirichlet", alpha=float("nan")), "got nan"),
-    (dict(num_workers=2, split="iid", alpha=1.0), "alpha=1.0 given for split 'iid'"),
-    (dict(num_workers=2, split="classes", alpha=1.0), "only to 'dirichlet'"),
-    (dict(num_workers=20, split="dirichlet", alpha=1e-4), "larger alpha"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_workers=2, split="bogus"), "unknown split 'bogus'"),
+        (dict(num_workers=0, split="iid"), "num_workers must be an integer >= 1, got 0"),
+        (dict(num_workers=-1, split="classes"), "got -1"),
+        (dict(num_workers=2.0, split="iid"), "got 2.0"),
+        (dict(num_workers=11, split="classes"), "empty class group"),
+        (dict(num_workers=2000, split="iid"), "empty share"),
+        (dict(num_workers=2, split="dirichlet"), "needs alpha"),
+        (dict(num_workers=2, split="dirichlet", alpha=0.0), "alpha must be .* > 0, got 0.0"),
+        (dict(num_workers=2, split="dirichlet", alpha=-1.0), "got -1.0"),
+        (dict(num_workers=2, split="dirichlet", alpha=float("nan")), "got nan"),
+        (dict(num_workers=2, split="iid", alpha=1.0), "alpha=1.0 given for split 'iid'"),
+        (dict(num_workers=2, split="classes", alpha=1.0), "only to 'dirichlet'"),
+        (dict(num_workers=20, split="dirichlet", alpha=1e-4), "larger alpha"),
+    ],
+)
 def test_partition_errors(kwargs, match):
     with pytest.raises(data.DataError, match=match):
         data.partition(0, _labels(), num_classes=10, **kwargs)
 
 
-@pytest.mark.parametrize("labels,match", [
-    (np.zeros((4, 2), np.int32), "1-D integer"),
-    (np.zeros(4, np.float32), "1-D integer"),
-    (np.array([0, 1, 10]), r"0\.\.9, got min 0 max 10"),
-    (np.array([-1, 1]), "got min -1"),
-])
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (np.zeros((4, 2), np.int32), "1-D integer"),
+        (np.zeros(4, np.float32), "1-D integer"),
+        (np.array([0, 1, 10]), r"0\.\.9, got min 0 max 10"),
+        (np.array([-1, 1]), "got min -1"),
+    ],
+)
 def test_partition_bad_labels(labels, match):
     with pytest.raises(data.DataError, match=match):
         data.partition(0, labels, 2, "iid", num_classes=10)
@@ -240,8 +249,16 @@ def _write_batch(path, x, y, protocol):
     """Writes one batch as make_cifar10_batches.py and the official files do."""
     flat = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)
     with open(path, "wb") as fh:
-        pickle.dump({b"batch_label": b"test", b"labels": list(map(int, y)),
-                     b"data": flat, b"filenames": [b"f"] * len(x)}, fh, protocol=protocol)
+        pickle.dump(
+            {
+                b"batch_label": b"test",
+                b"labels": list(map(int, y)),
+                b"data": flat,
+                b"filenames": [b"f"] * len(x),
+            },
+            fh,
+            protocol=protocol,
+        )
 
 
 def _write_folder(root, protocol=4, n=3, seed=0):
@@ -304,16 +321,16 @@ class _Evil:
 @pytest.mark.parametrize("protocol", [2, 4])
 @pytest.mark.parametrize("where", ["top", "labels"])
 # Protocol 2 names builtins as __builtin__ (Python 2 compatible names).
-@pytest.mark.parametrize("fn,refused", [
-    (os.system, "system"), (exec, r"(__builtin__|builtins)\.exec")])
+@pytest.mark.parametrize(
+    "fn,refused", [(os.system, "system"), (exec, r"(__builtin__|builtins)\.exec")]
+)
 def test_cifar_malicious_pickle_refused(tmp_path, monkeypatch, protocol, where, fn, refused):
     folder, *_ = _write_folder(str(tmp_path))
     sentinel = tmp_path / "SENTINEL"
     monkeypatch.chdir(tmp_path)
     arg = "touch SENTINEL" if fn is os.system else "open('SENTINEL', 'w').close()"
     evil = _Evil(fn, arg)
-    payload = evil if where == "top" else {b"data": np.zeros((1, 3072), np.uint8),
-                                           b"labels": evil}
+    payload = evil if where == "top" else {b"data": np.zeros((1, 3072), np.uint8), b"labels": evil}
     path = os.path.join(folder, "data_batch_2")
     with open(path, "wb") as fh:
         pickle.dump(payload, fh, protocol=protocol)
@@ -324,8 +341,6 @@ def test_cifar_malicious_pickle_refused(tmp_path, monkeypatch, protocol, where, 
     with open(path, "rb") as fh:
         pickle.load(fh)
     assert sentinel.exists()
-
-
 
 
 class _Call:
@@ -339,24 +354,34 @@ class _Call:
 
 
 # numpy's test helper that exec()s a string (a private module: skipped where absent).
-_RUNSTRING = getattr(__import__("numpy.testing._private.utils", fromlist=["_"]), "runstring",
-                     None)
+_RUNSTRING = getattr(__import__("numpy.testing._private.utils", fromlist=["_"]), "runstring", None)
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
-@pytest.mark.parametrize("fn,args,made", [
-    # numpy functions that write a file or run a string as code: a global is
-    # not safe because it comes from numpy; only the array-rebuilding ones are.
-    (np.save, ("SENTINEL", 0), "SENTINEL.npy"),
-    pytest.param(_RUNSTRING, ("open('SENTINEL', 'w').close()", {}), "SENTINEL",
-                 marks=pytest.mark.skipif(_RUNSTRING is None, reason="no numpy runstring"))])
+@pytest.mark.parametrize(
+    "fn,args,made",
+    [
+        # numpy functions that write a file or run a string as code: a global is
+        # not safe because it comes from numpy; only the array-rebuilding ones are.
+        (np.save, ("SENTINEL", 0), "SENTINEL.npy"),
+        pytest.param(
+            _RUNSTRING,
+            ("open('SENTINEL', 'w').close()", {}),
+            "SENTINEL",
+            marks=pytest.mark.skipif(_RUNSTRING is None, reason="no numpy runstring"),
+        ),
+    ],
+)
 def test_cifar_other_numpy_globals_refused(tmp_path, monkeypatch, protocol, fn, args, made):
     folder, *_ = _write_folder(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     path = os.path.join(folder, "data_batch_3")
     with open(path, "wb") as fh:
-        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": _Call(fn, args)}, fh,
-                    protocol=protocol)
+        pickle.dump(
+            {b"data": np.zeros((1, 3072), np.uint8), b"labels": _Call(fn, args)},
+            fh,
+            protocol=protocol,
+        )
     with pytest.raises(data.DataError, match=f"data_batch_3: refused .*numpy.*{fn.__name__}"):
         data.load_cifar_folder(folder)
     assert not (tmp_path / made).exists()
@@ -364,6 +389,7 @@ def test_cifar_other_numpy_globals_refused(tmp_path, monkeypatch, protocol, fn, 
     with open(path, "rb") as fh:
         pickle.load(fh)
     assert (tmp_path / made).exists()
+
 
 def test_cifar_truncated(tmp_path):
     folder, *_ = _write_folder(str(tmp_path))
@@ -395,15 +421,18 @@ def test_cifar_missing_folder(tmp_path):
         data.load_cifar_folder(str(tmp_path))
 
 
-@pytest.mark.parametrize("payload,match", [
-    ([1, 2], "not a CIFAR-10 batch .*got list"),
-    ({b"data": np.zeros((2, 3072), np.uint8)}, "not a CIFAR-10 batch"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8 array"),
-    ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, r"shape \(n, 3072\)"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "must be 2 integers"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]}, "must be 2 integers"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"outside 0\.\.9"),
-])
+@pytest.mark.parametrize(
+    "payload,match",
+    [
+        ([1, 2], "not a CIFAR-10 batch .*got list"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "not a CIFAR-10 batch"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8 array"),
+        ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, r"shape \(n, 3072\)"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "must be 2 integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]}, "must be 2 integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"outside 0\.\.9"),
+    ],
+)
 def test_cifar_bad_structure(tmp_path, payload, match):
     folder, *_ = _write_folder(str(tmp_path))
     with open(os.path.join(folder, "data_batch_5"), "wb") as fh:
@@ -458,14 +487,23 @@ def test_tfds_unknown_name(tmp_path):
 
 def test_bad_data_inputs_are_named(tmp_path):
     from fedjax_mi import data as data_lib
+
     bad = tmp_path / "cifar-10-batches-py"
     bad.mkdir()
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                 "data_batch_5", "test_batch"]:
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]:
         (bad / name).write_bytes(b"\x80\x04garbage")
-    for overrides, pattern in [(dict(split="classes", workers=11), "empty class group"),
-                               (dict(dataset="cifar10", cifar_dir="/nonexistent"), "/nonexistent"),
-                               (dict(dataset="cifar10", cifar_dir=str(tmp_path)), "data_batch_1")]:
+    for overrides, pattern in [
+        (dict(split="classes", workers=11), "empty class group"),
+        (dict(dataset="cifar10", cifar_dir="/nonexistent"), "/nonexistent"),
+        (dict(dataset="cifar10", cifar_dir=str(tmp_path)), "data_batch_1"),
+    ]:
         cfg = config.make(**{**TINY, **overrides, "out": str(tmp_path / "o")})
         with pytest.raises(data_lib.DataError, match=pattern):
             sweep.run(cfg, log=lambda line: None)

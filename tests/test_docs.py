@@ -16,8 +16,13 @@ NAMED = re.compile(r"docs/([a-z0-9_]+\.(?:md|png))")
 
 def _files():
     try:
-        out = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            ["git", "ls-files", "*.py", "*.md", "*.toml"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     return [f for f in out if not f.startswith("tests/data/")]
@@ -45,13 +50,17 @@ def test_every_docs_citation_resolves():
                 bad.append(f"{path}: docs/{name} does not exist")
         for doc, section in CITATION.findall(_flat(text)):
             if os.path.exists(os.path.join(ROOT, "docs", doc)) and not any(
-                    section in anchor for anchor in _anchors(doc)):
+                section in anchor for anchor in _anchors(doc)
+            ):
                 bad.append(f'{path}: docs/{doc}, "{section}" is no heading there')
     assert not bad, "\n".join(bad)
 
 
 def test_nothing_cites_documents_outside_the_repository():
     outside = re.compile(r"\b(DESIGN|EDGE|STYLE)\.md\b|\.\./shared\b")
-    bad = [path for path in _files() if path != "tests/test_docs.py"
-           and outside.search(open(os.path.join(ROOT, path)).read())]
+    bad = [
+        path
+        for path in _files()
+        if path != "tests/test_docs.py" and outside.search(open(os.path.join(ROOT, path)).read())
+    ]
     assert not bad, bad

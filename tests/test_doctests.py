@@ -23,7 +23,8 @@ def results():
     for name in MODULES:
         module = importlib.import_module(name)
         runner = doctest.DocTestRunner(
-            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+        )
         report = io.StringIO()
         for test in doctest.DocTestFinder().find(module):
             runner.run(test, out=report.write)

@@ -16,7 +16,7 @@ import pytest
 from fedjax_mi import federated, models, sweep
 from helpers.shared import FAN_IN
 
-K, N, B = 2, 48, 8          # workers, samples per worker, batch size: 6 steps per epoch
+K, N, B = 2, 48, 8  # workers, samples per worker, batch size: 6 steps per epoch
 MODEL = models.LeNet(num_classes=10)
 # float32 results of the same arithmetic in a different order (vmapped batched
 # matmuls vs unbatched ones) differ in the last bits; after a few SGD steps at
@@ -35,8 +35,16 @@ LR = 0.05
 
 
 def make_state(opt, seed=0, identical=True, workers=K, n=N, lr=LR):
-    return federated.init(jax.random.key(seed), MODEL, opt, jnp.zeros((1, 32, 32, 1)),
-                          workers, n, lr, identical=identical)
+    return federated.init(
+        jax.random.key(seed),
+        MODEL,
+        opt,
+        jnp.zeros((1, 32, 32, 1)),
+        workers,
+        n,
+        lr,
+        identical=identical,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +60,19 @@ def get_round(momentum, steps, opt_sync="average"):
     key = (momentum, steps, opt_sync)
     if key not in _ROUNDS:
         opt = federated.make_optimizer(momentum)
-        _ROUNDS[key] = (opt, federated.make_round(MODEL, opt, batch_size=B, steps=steps,
-                                                  opt_sync=opt_sync))
+        _ROUNDS[key] = (
+            opt,
+            federated.make_round(MODEL, opt, batch_size=B, steps=steps, opt_sync=opt_sync),
+        )
     return _ROUNDS[key]
 
 
 def test_average_is_hand_computed_mean():
     params = {"w": jnp.arange(12.0).reshape(3, 2, 2), "b": jnp.array([[1.0], [2.0], [6.0]])}
     avg = federated.average(params)
-    chex.assert_trees_all_close(avg, {"w": (params["w"][0] + params["w"][1] + params["w"][2]) / 3,
-                                      "b": jnp.array([3.0])})
+    chex.assert_trees_all_close(
+        avg, {"w": (params["w"][0] + params["w"][1] + params["w"][2]) / 3, "b": jnp.array([3.0])}
+    )
 
 
 def test_init_identical_and_independent():
@@ -81,10 +92,13 @@ def test_vmapped_step_equals_each_workers_own_step(data):
     local_step = federated.make_local_step(MODEL, opt)
     xb, yb = x[:, :B], y[:, :B]
     params, opt_state, losses = jax.jit(jax.vmap(local_step, in_axes=(0, 0, 0, 0, None)))(
-        state.params, state.opt_state, xb, yb, LR)
+        state.params, state.opt_state, xb, yb, LR
+    )
     for k in range(K):
         take = lambda t: jax.tree.map(lambda a: a[k], t)
-        p_k, o_k, l_k = jax.jit(local_step)(take(state.params), take(state.opt_state), xb[k], yb[k], LR)
+        p_k, o_k, l_k = jax.jit(local_step)(
+            take(state.params), take(state.opt_state), xb[k], yb[k], LR
+        )
         chex.assert_trees_all_close(take(params), p_k, **TOL)
         chex.assert_trees_all_close(take(opt_state), o_k, **TOL)
         chex.assert_trees_all_close(losses[k], l_k, **TOL)
@@ -117,7 +131,7 @@ def test_nosync_equals_independent_workers(data, momentum):
         for s in range(steps):
             epoch, pos = divmod(s, spe)
             order = jax.random.permutation(jax.random.fold_in(state.data_keys[k], epoch), N)
-            idx = order[pos * B:(pos + 1) * B]
+            idx = order[pos * B : (pos + 1) * B]
             p, o, _ = local_step(p, o, x[k][idx], y[k][idx], LR)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], new_state.params), p, **TOL)
     assert int(new_state.step) == steps
@@ -137,7 +151,7 @@ def test_sync_every_step_equals_large_batch_sgd(data, momentum):
     o = opt.init(p)
     orders = federated.epoch_order(state.data_keys, 0, N)
     for s in range(steps):
-        idx = orders[:, s * B:(s + 1) * B]
+        idx = orders[:, s * B : (s + 1) * B]
         xb = jnp.concatenate([x[k][idx[k]] for k in range(K)])
         yb = jnp.concatenate([y[k][idx[k]] for k in range(K)])
         p, o, _ = local_step(p, o, xb, yb, LR)
@@ -159,10 +173,11 @@ def test_sync_period_broadcasts_average_at_the_next_step(data):
     synced, _ = step(state, x, y, jnp.int32(4))
     # Redo that step by hand from the broadcast average.
     local_step = federated.make_local_step(MODEL, opt)
-    idx = state.perm[:, 4 * B:5 * B]
+    idx = state.perm[:, 4 * B : 5 * B]
     xb, yb = jax.vmap(lambda a, b, i: (a[i], b[i]))(x, y, idx)
     expected, _, _ = jax.vmap(local_step, in_axes=(0, 0, 0, 0, None))(
-        federated.broadcast(avg, K), state.opt_state, xb, yb, LR)
+        federated.broadcast(avg, K), state.opt_state, xb, yb, LR
+    )
     chex.assert_trees_all_close(synced.params, expected, **TOL)
 
 
@@ -209,8 +224,10 @@ def test_opt_sync_choices(opt_sync):
     opt = federated.make_optimizer(0.9)
     state = make_state(opt, identical=False)
     # Give each worker a distinct momentum buffer.
-    opt_state = jax.tree.map(lambda a: a + jnp.arange(K, dtype=a.dtype).reshape((K,) + (1,) * (a.ndim - 1)),
-                             state.opt_state)
+    opt_state = jax.tree.map(
+        lambda a: a + jnp.arange(K, dtype=a.dtype).reshape((K,) + (1,) * (a.ndim - 1)),
+        state.opt_state,
+    )
     _, synced = federated.sync(state.params, opt_state, opt, opt_sync)
     trace = synced[0].trace["Dense_2"]["bias"]
     if opt_sync == "average":
@@ -261,8 +278,9 @@ def tiny_setup():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (TINY_K, TINY_N, D), dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, C, (TINY_K, TINY_N), dtype=np.int32))
-    state = federated.init(jax.random.key(0), TINY_MODEL, OPT, jnp.zeros((1, D)), TINY_K, TINY_N, 0.3,
-                           identical=False)
+    state = federated.init(
+        jax.random.key(0), TINY_MODEL, OPT, jnp.zeros((1, D)), TINY_K, TINY_N, 0.3, identical=False
+    )
     # One compiled round serves every protocol (the protocol is traced data).
     round_fn = federated.make_round(TINY_MODEL, OPT, batch_size=TINY_B, steps=STEPS)
     return x, y, state, round_fn
@@ -290,12 +308,15 @@ def test_dynamic_with_delta_zero_and_b_equal_p_is_periodic(tiny_setup):
 
 def test_dynamic_with_delta_inf_is_nosync(tiny_setup):
     nosync = run_tiny(tiny_setup, 0)
-    dynamic = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=1, delta=float("inf")))
+    dynamic = run_tiny(
+        tiny_setup, federated.protocol_of("dynamic", check_every=1, delta=float("inf"))
+    )
     assert_same_training(dynamic, nosync)
     assert int(dynamic.syncs) == int(dynamic.models_sent) == 0
     # ... and the workers really drifted apart (a sync would have changed them).
-    assert not np.allclose(nosync.params["Dense_0"]["kernel"][0],
-                           nosync.params["Dense_0"]["kernel"][1])
+    assert not np.allclose(
+        nosync.params["Dense_0"]["kernel"][0], nosync.params["Dense_0"]["kernel"][1]
+    )
 
 
 def test_dynamic_syncs_exactly_when_the_condition_is_violated(tiny_setup):
@@ -306,8 +327,12 @@ def test_dynamic_syncs_exactly_when_the_condition_is_violated(tiny_setup):
     after4 = run_tiny(tiny_setup, 0, 4)
     d4 = float(jnp.max(federated.drift(after4.params, after4.ref)))
     assert d4 > 0
-    below = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=0.999 * d4), 5)
-    above = run_tiny(tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=1.001 * d4), 5)
+    below = run_tiny(
+        tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=0.999 * d4), 5
+    )
+    above = run_tiny(
+        tiny_setup, federated.protocol_of("dynamic", check_every=4, delta=1.001 * d4), 5
+    )
     assert (int(below.syncs), int(above.syncs)) == (1, 0)
     # The reference is now the aggregate the workers restarted from.
     mean = federated.average(after4.params)
@@ -323,8 +348,9 @@ def test_counts_and_bytes_by_hand(tiny_setup):
     assert comm["syncs"] == 3 and comm["models_sent"] == 18
     assert comm["bytes_sent"] == PARAMS_PER_MODEL * 4 * 18 == 3816
     # The drift field is max_k ||w_k - r||^2 with r the sync-9 average: numpy.
-    flat = lambda tree: np.concatenate([np.asarray(a).reshape(TINY_K, -1)
-                                        for a in jax.tree.leaves(tree)], axis=1)
+    flat = lambda tree: np.concatenate(
+        [np.asarray(a).reshape(TINY_K, -1) for a in jax.tree.leaves(tree)], axis=1
+    )
     want = np.max(np.sum((flat(periodic.params) - flat(periodic.ref)) ** 2, axis=1))
     assert comm["drift"] == pytest.approx(want, rel=1e-5)
     # A second round continues the counts (they live in the state).
@@ -334,8 +360,10 @@ def test_counts_and_bytes_by_hand(tiny_setup):
 
 def test_weighted_with_equal_sizes_is_mean_and_unequal_is_numpy():
     rng = np.random.default_rng(1)
-    tree = {"w": jnp.asarray(rng.normal(size=(TINY_K, 4, 2)).astype(np.float32)),
-            "b": jnp.asarray(rng.normal(size=(TINY_K, 3)).astype(np.float32))}
+    tree = {
+        "w": jnp.asarray(rng.normal(size=(TINY_K, 4, 2)).astype(np.float32)),
+        "b": jnp.asarray(rng.normal(size=(TINY_K, 3)).astype(np.float32)),
+    }
     equal = federated.aggregate(tree, "weighted", (500, 500, 500))
     chex.assert_trees_all_close(equal, federated.aggregate(tree, "mean"), rtol=1e-6, atol=1e-7)
     sizes = (100, 300, 600)
@@ -349,21 +377,23 @@ def test_median_of_three_is_numpys_also_for_the_optimiser_state():
     rng = np.random.default_rng(2)
     params = {"w": jnp.asarray(rng.normal(size=(TINY_K, 4, 2)).astype(np.float32))}
     opt_state = OPT.init(jax.tree.map(lambda a: a[0], params))
-    opt_state = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=(TINY_K,) + a.shape), a.dtype),
-                             opt_state)
+    opt_state = jax.tree.map(
+        lambda a: jnp.asarray(rng.normal(size=(TINY_K,) + a.shape), a.dtype), opt_state
+    )
     new_params, new_opt = federated.sync(params, opt_state, OPT, "average", how="median")
     for k in range(TINY_K):
         np.testing.assert_array_equal(new_params["w"][k], np.median(np.asarray(params["w"]), 0))
-        np.testing.assert_array_equal(new_opt[0].trace["w"][k],
-                                      np.median(np.asarray(opt_state[0].trace["w"]), 0))
+        np.testing.assert_array_equal(
+            new_opt[0].trace["w"][k], np.median(np.asarray(opt_state[0].trace["w"]), 0)
+        )
 
 
 def test_trigger_decision_edges():
     avg, own = np.array([0.2, 0.3, 0.1]), np.array([0.9, 0.8, 0.95])
     assert federated.trigger_decision(avg, own, 0.0) is False  # never, however bad
     assert federated.trigger_decision(own, avg, float("inf")) is True  # always
-    assert federated.trigger_decision(avg, own, 0.5) is True    # 0.2 < 0.5 x 0.883
-    assert federated.trigger_decision(avg, own, 0.2) is False   # 0.2 >= 0.2 x 0.883
+    assert federated.trigger_decision(avg, own, 0.5) is True  # 0.2 < 0.5 x 0.883
+    assert federated.trigger_decision(avg, own, 0.2) is False  # 0.2 >= 0.2 x 0.883
 
 
 def test_init_runs_mixes_schemes_per_run():

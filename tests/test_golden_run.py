@@ -34,8 +34,13 @@ def test_digits_run_matches_the_golden_files(tmp_path):
         golden = json.load(fh)
     out = tmp_path / "run"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-m", "experiments.run", *golden["flags"], f"--out={out}"],
-                   cwd=root, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "experiments.run", *golden["flags"], f"--out={out}"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     got = (out / "metrics.jsonl").read_bytes()
     want = open(os.path.join(GOLDEN, "metrics.jsonl"), "rb").read()
     if _same_packages(golden["packages"]):

@@ -19,7 +19,7 @@ import pytest
 
 from fedjax_mi import measure, mi, models, outputs
 
-M = 120          # samples per local dataset
+M = 120  # samples per local dataset
 NUM_CLASSES = 10
 MODEL = models.LeNet(num_classes=NUM_CLASSES, conv_impl="xla")
 # One estimator per path of `measure.pair_estimates`: EDGE quantile (I(X;Z)
@@ -37,7 +37,7 @@ def informative_data(seed):
     x = rs.randint(0, 160, size=(2, M, 32, 32, 3))
     for d in range(2):
         for i in range(M):
-            x[d, i, 3 * y[d, i]:3 * y[d, i] + 3] += 60
+            x[d, i, 3 * y[d, i] : 3 * y[d, i] + 3] += 60
     return x.astype(np.uint8), y
 
 
@@ -47,14 +47,26 @@ def setting():
     keys = jax.random.split(key, 2)
     params = jax.vmap(lambda k: MODEL.init(k, jnp.zeros((1, 32, 32, 3)))["params"])(keys)
     # Non-zero biases, so that the average of two models differs from either.
-    params = jax.tree.map(lambda p, k=jax.random.key(3): p + 0.05 * jax.random.normal(
-        jax.random.fold_in(k, p.size), p.shape), params)
+    params = jax.tree.map(
+        lambda p, k=jax.random.key(3): (
+            p + 0.05 * jax.random.normal(jax.random.fold_in(k, p.size), p.shape)
+        ),
+        params,
+    )
     local_x, local_y = informative_data(1)
     test_x, test_y = local_x[0, :40], local_y[0, :40]
     step_key = jax.random.key(7)
     fn = measure.make_measure(MODEL, ESTIMATORS, chunk=64)
-    m = jax.device_get(fn(step_key, params, jnp.asarray(local_x), jnp.asarray(local_y),
-                          jnp.asarray(test_x), jnp.asarray(test_y)))
+    m = jax.device_get(
+        fn(
+            step_key,
+            params,
+            jnp.asarray(local_x),
+            jnp.asarray(local_y),
+            jnp.asarray(test_x),
+            jnp.asarray(test_y),
+        )
+    )
     return params, local_x, local_y, test_x, test_y, step_key, m
 
 
@@ -132,11 +144,26 @@ def test_floor_matches_the_estimate_on_independent_data():
     x = rs.randint(0, 255, size=(2, M, 32, 32, 3)).astype(np.uint8)
     y = rs.randint(0, NUM_CLASSES, size=(2, M)).astype(np.int32)
     fn = measure.make_measure(MODEL, (ESTIMATORS[2],), chunk=64)
-    m = fn(jax.random.key(6), params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(x[0, :8]),
-           jnp.asarray(y[0, :8]))
+    m = fn(
+        jax.random.key(6),
+        params,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jnp.asarray(x[0, :8]),
+        jnp.asarray(y[0, :8]),
+    )
     _, z = MODEL.apply({"params": jax.tree.map(lambda p: p[0], params)}, x[0] / 255.0)
-    draws = [float(mi.estimate(jax.random.key(0), jnp.asarray(y[0])[jax.random.permutation(
-        jax.random.key(s), M)], z, mi.MixedKNN())) for s in range(12)]
+    draws = [
+        float(
+            mi.estimate(
+                jax.random.key(0),
+                jnp.asarray(y[0])[jax.random.permutation(jax.random.key(s), M)],
+                z,
+                mi.MixedKNN(),
+            )
+        )
+        for s in range(12)
+    ]
     spread = np.std(draws)
     gap = np.abs(np.asarray(m.mi["mi_zy_knn"]) - np.asarray(m.mi["mi_zy_knn_floor"]))
     assert np.all(gap <= 5 * spread + 1e-6), (gap, spread)
@@ -144,16 +171,24 @@ def test_floor_matches_the_estimate_on_independent_data():
 
 def test_edge_options_parse_and_replace_the_paper_settings():
     assert measure.parse_edge_options(" U=30; gamma=(0.2, 2);epsilon_vector=fixed; ") == (
-        ("U", 30), ("gamma", (0.2, 2)), ("epsilon_vector", "fixed"))
+        ("U", 30),
+        ("gamma", (0.2, 2)),
+        ("epsilon_vector", "fixed"),
+    )
     assert measure.parse_edge_options("") == ()
-    xz, zy = measure.paper_edge_configs("4.2.0", (("U", 30),),
-                                        (("L_ensemble", 3), ("gamma", (1e-4, 0.6))))
+    xz, zy = measure.paper_edge_configs(
+        "4.2.0", (("U", 30),), (("L_ensemble", 3), ("gamma", (1e-4, 0.6)))
+    )
     # Named options replace the author's settings for the last hidden layer;
     # the others stay.
     xz, zy = xz.settings(), zy.settings()
     assert (xz.upper_clip, xz.ensemble_size, xz.gamma) == (30.0, 10, (0.2, 1.4))
-    assert (zy.upper_clip, zy.ensemble_size, zy.gamma, zy.epsilon) == (10.0, 3, (1e-4, 0.6),
-                                                                       (0.2, 0.2))
+    assert (zy.upper_clip, zy.ensemble_size, zy.gamma, zy.epsilon) == (
+        10.0,
+        3,
+        (1e-4, 0.6),
+        (0.2, 0.2),
+    )
 
 
 def test_mi_flag_selects_estimators_in_order():
@@ -172,14 +207,17 @@ def test_interpolation_ends_are_the_local_models():
     0.5 the average's, K = 2); losses equal a numpy cross-entropy of each
     model's logits; the record's barrier and distance follow their formulas."""
     from fedjax_mi import measure
+
     model = models.LeNet(conv_impl="xla")
     rng = np.random.default_rng(5)
     local_x = jnp.asarray(rng.integers(0, 256, size=(2, 24, 32, 32, 1)), jnp.uint8)
     local_y = jnp.asarray(rng.integers(0, 10, size=(2, 24)), jnp.int32)
     params = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1, 32, 32, 1)))["params"]))(
-        jax.random.split(jax.random.key(7), 2))
+        jax.random.split(jax.random.key(7), 2)
+    )
     m = measure.make_measure(model, (), chunk=16)(
-        jax.random.key(0), params, local_x, local_y, local_x[0, :8], local_y[0, :8])
+        jax.random.key(0), params, local_x, local_y, local_x[0, :8], local_y[0, :8]
+    )
     np.testing.assert_array_equal(m.interp_acc[0], m.acc[0])
     np.testing.assert_array_equal(m.interp_acc[-1], m.acc[1])
     np.testing.assert_array_equal(m.interp_acc[2], m.acc[2])
@@ -192,8 +230,9 @@ def test_interpolation_ends_are_the_local_models():
             ce = -logp[np.arange(24), np.asarray(local_y[d])].mean()
             assert float(m.interp_loss[j, d]) == pytest.approx(ce, rel=1e-5)
     leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(params)]
-    dist = math.sqrt(sum(((a[1] - a[0]) ** 2).sum() for a in leaves)
-                     / sum((a[0] ** 2).sum() for a in leaves))
+    dist = math.sqrt(
+        sum(((a[1] - a[0]) ** 2).sum() for a in leaves) / sum((a[0] ** 2).sum() for a in leaves)
+    )
     assert float(m.weight_distance) == pytest.approx(dist, rel=1e-5)
     records = outputs.to_records(0, 0.0, m, None)
     avg = [r for r in records if r["model"] == "average" and r["dataset"] == "local1"][0]

@@ -12,8 +12,9 @@ from helpers.shared import CONFIG, checkpoint_steps, fails_on_full_disk
 
 
 @pytest.mark.slow
-def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monkeypatch,
-                                                                   uninterrupted):
+def test_full_disk_while_writing_metrics_keeps_the_previous_files(
+    tmp_path, monkeypatch, uninterrupted
+):
     out = tmp_path / "run"
     cfg = config.make(**{**CONFIG.flat(), "out": str(out)})
     fsync, writes = os.fsync, []
@@ -26,8 +27,7 @@ def test_full_disk_while_writing_metrics_keeps_the_previous_files(tmp_path, monk
         return fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_disk_fsync)
-    fails_on_full_disk(lambda: sweep.run(cfg, log=lambda line: None), out,
-                        out / "metrics.jsonl")
+    fails_on_full_disk(lambda: sweep.run(cfg, log=lambda line: None), out, out / "metrics.jsonl")
     monkeypatch.undo()
     assert not (out / "metrics.jsonl.tmp").exists()
     kept = (out / "metrics.jsonl").read_bytes()

@@ -15,11 +15,12 @@ from absl.testing import parameterized
 from fedjax_mi.mi import kde
 
 LN2 = np.log(2.0)
-N, D = 96, 4          # one shape for most tests: few compilations
+N, D = 96, 4  # one shape for most tests: few compilations
 
 
 # ---------------------------------------------------------------------------
 # Brute-force float64 references.
+
 
 def _noise(z, noise_var, relative):
     return noise_var * np.mean(np.var(z, axis=0)) if relative else noise_var
@@ -97,7 +98,7 @@ KEY = jax.random.key(0)
 CFG = kde.KDE()
 CFG_SMALL = kde.KDE(noise_var=0.05)
 CFG_ABS = kde.KDE(noise_var=0.3, relative=False)
-CFG_SUB = kde.KDE(queries=37, block=16)         # a query subsample, in blocks with padding
+CFG_SUB = kde.KDE(queries=37, block=16)  # a query subsample, in blocks with padding
 
 
 def values(b):
@@ -107,8 +108,8 @@ def values(b):
 # ---------------------------------------------------------------------------
 # Against the brute-force references.
 
-class ReferenceTest(parameterized.TestCase):
 
+class ReferenceTest(parameterized.TestCase):
     @parameterized.named_parameters(
         ("relative_small_noise", CFG_SMALL),
         ("relative_default", CFG),
@@ -116,7 +117,7 @@ class ReferenceTest(parameterized.TestCase):
     )
     def test_matches_numpy(self, cfg):
         z, y = data(1)
-        z[:, 2] = 0.7                                # a constant column is harmless
+        z[:, 2] = 0.7  # a constant column is harmless
         noise_var, relative = cfg.noise_var, cfg.relative
         xz = values(kde.xz_bounds(KEY, z, cfg))
         zy = values(kde.zy_bounds(KEY, y, z, cfg))
@@ -124,8 +125,12 @@ class ReferenceTest(parameterized.TestCase):
         # 1.2e-6 bits off on these data (noise down to relative 0.01), so
         # 1e-5 bits absolute plus 2e-6 relative leaves an 8x margin while a
         # wrong constant (distance factor, class weight) misses by > 1e-2.
-        chex.assert_trees_all_close(xz, np.array(ref_xz(z, noise_var, relative)), atol=1e-5, rtol=2e-6)
-        chex.assert_trees_all_close(zy, np.array(ref_zy(y, z, noise_var, relative)), atol=1e-5, rtol=2e-6)
+        chex.assert_trees_all_close(
+            xz, np.array(ref_xz(z, noise_var, relative)), atol=1e-5, rtol=2e-6
+        )
+        chex.assert_trees_all_close(
+            zy, np.array(ref_zy(y, z, noise_var, relative)), atol=1e-5, rtol=2e-6
+        )
 
     def test_query_subsample_matches_numpy_on_the_same_rows(self):
         z, y = data(2)
@@ -136,25 +141,36 @@ class ReferenceTest(parameterized.TestCase):
         assert len(set(idx.tolist())) == m
         ref_x, ref_y = ref_subsample(y, z, cfg.noise_var, idx)
         # Same float32 error budget as test_matches_numpy.
-        chex.assert_trees_all_close(values(kde.xz_bounds(KEY, z, cfg)), np.array(ref_x), atol=1e-5, rtol=2e-6)
-        chex.assert_trees_all_close(values(kde.zy_bounds(KEY, y, z, cfg)), np.array(ref_y), atol=1e-5, rtol=2e-6)
+        chex.assert_trees_all_close(
+            values(kde.xz_bounds(KEY, z, cfg)), np.array(ref_x), atol=1e-5, rtol=2e-6
+        )
+        chex.assert_trees_all_close(
+            values(kde.zy_bounds(KEY, y, z, cfg)), np.array(ref_y), atol=1e-5, rtol=2e-6
+        )
 
     def test_all_queries_equals_full(self):
         z, y = data(3)
-        every, more = kde.KDE(queries=N), kde.KDE(queries=10 * N)   # more than N rows: all rows
+        every, more = kde.KDE(queries=N), kde.KDE(queries=10 * N)  # more than N rows: all rows
         # Same arithmetic, so equal to float32 rounding of the mean. (M = N on
         # xz and M > N on zy: one compilation each.)
-        chex.assert_trees_all_close(kde.xz_bounds(KEY, z, every), kde.xz_bounds(KEY, z, CFG), atol=1e-6)
-        chex.assert_trees_all_close(kde.zy_bounds(KEY, y, z, more), kde.zy_bounds(KEY, y, z, CFG), atol=1e-6)
+        chex.assert_trees_all_close(
+            kde.xz_bounds(KEY, z, every), kde.xz_bounds(KEY, z, CFG), atol=1e-6
+        )
+        chex.assert_trees_all_close(
+            kde.zy_bounds(KEY, y, z, more), kde.zy_bounds(KEY, y, z, CFG), atol=1e-6
+        )
 
     def test_labels_column_and_1d_z(self):
         z, y = data(4, d=1)
         a = kde.zy_bounds(KEY, y[:, None], z[:, 0], CFG)
-        chex.assert_trees_all_close(values(a), np.array(ref_zy(y, z, CFG.noise_var)), atol=1e-5, rtol=2e-6)
+        chex.assert_trees_all_close(
+            values(a), np.array(ref_zy(y, z, CFG.noise_var)), atol=1e-5, rtol=2e-6
+        )
 
 
 # ---------------------------------------------------------------------------
 # Properties and limits.
+
 
 @pytest.mark.parametrize("seed", range(6))
 def test_xz_upper_above_lower(seed):
@@ -178,8 +194,12 @@ def test_limits_of_the_noise():
     # 1e8 * nearest / (8 s^2) > 1e3, exp of which is 0 in float32: every
     # component isolated, exactly log2 N and the plug-in H(Y) up to rounding.
     assert 1e8 * nearest / (8 * s2) > 1e3
-    chex.assert_trees_all_close(values(kde.xz_bounds(KEY, 1e4 * z, CFG_ABS)), np.full(2, np.log2(N)), atol=1e-5)
-    chex.assert_trees_all_close(values(kde.zy_bounds(KEY, y, 1e4 * z, CFG_ABS)), np.full(2, h_y), atol=1e-5)
+    chex.assert_trees_all_close(
+        values(kde.xz_bounds(KEY, 1e4 * z, CFG_ABS)), np.full(2, np.log2(N)), atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        values(kde.zy_bounds(KEY, y, 1e4 * z, CFG_ABS)), np.full(2, h_y), atol=1e-5
+    )
     # Huge noise (Z x 1e-4): I_KL <= mean d2 / (2 s^2 ln 2) (Jensen), ~1e-6 bits.
     bound = 1e-8 * np.mean(d2) / (2 * s2 * LN2)
     assert bound < 1e-5
@@ -199,12 +219,21 @@ def test_relative_mode_is_scale_free_absolute_is_not():
     z, y = data(6)
     rel, ab = CFG, CFG_ABS
     # Rescaling by 8 (a power of 2) is exact in float32: same distances / s^2.
-    chex.assert_trees_all_close(kde.xz_bounds(KEY, 8 * z, rel), kde.xz_bounds(KEY, z, rel), rtol=1e-6)
-    chex.assert_trees_all_close(kde.zy_bounds(KEY, y, 8 * z, rel), kde.zy_bounds(KEY, y, z, rel), rtol=1e-6)
+    chex.assert_trees_all_close(
+        kde.xz_bounds(KEY, 8 * z, rel), kde.xz_bounds(KEY, z, rel), rtol=1e-6
+    )
+    chex.assert_trees_all_close(
+        kde.zy_bounds(KEY, y, 8 * z, rel), kde.zy_bounds(KEY, y, z, rel), rtol=1e-6
+    )
     # A scale of 37.5 (not exact) still agrees to float32 rounding.
-    chex.assert_trees_all_close(kde.xz_bounds(KEY, 37.5 * z, rel), kde.xz_bounds(KEY, z, rel), rtol=1e-5)
+    chex.assert_trees_all_close(
+        kde.xz_bounds(KEY, 37.5 * z, rel), kde.xz_bounds(KEY, z, rel), rtol=1e-5
+    )
     # Absolute noise: 8x larger distances move the estimate by whole bits.
-    assert abs(float(kde.xz_bounds(KEY, 8 * z, ab).upper) - float(kde.xz_bounds(KEY, z, ab).upper)) > 0.5
+    assert (
+        abs(float(kde.xz_bounds(KEY, 8 * z, ab).upper) - float(kde.xz_bounds(KEY, z, ab).upper))
+        > 0.5
+    )
 
 
 def test_constant_column_is_ignored_in_absolute_mode():
@@ -212,7 +241,9 @@ def test_constant_column_is_ignored_in_absolute_mode():
     wider = np.concatenate([z, np.full((N, 1), -2.0, np.float32)], axis=1)
     cfg = CFG_ABS
     # The column adds 0 to every distance (after centring, exactly).
-    chex.assert_trees_all_close(kde.xz_bounds(KEY, wider, cfg), kde.xz_bounds(KEY, z, cfg), atol=1e-6)
+    chex.assert_trees_all_close(
+        kde.xz_bounds(KEY, wider, cfg), kde.xz_bounds(KEY, z, cfg), atol=1e-6
+    )
 
 
 def _gaussian_limit(c, v):
@@ -222,17 +253,21 @@ def _gaussian_limit(c, v):
     of that gives 1/2 log det(I + C/v) + 1/2 tr(C (C + vI)^-1).
     """
     d = len(c)
-    return 0.5 * np.linalg.slogdet(np.eye(d) + c / v)[1] + 0.5 * np.trace(c @ np.linalg.inv(c + v * np.eye(d)))
+    return 0.5 * np.linalg.slogdet(np.eye(d) + c / v)[1] + 0.5 * np.trace(
+        c @ np.linalg.inv(c + v * np.eye(d))
+    )
 
 
 def test_gaussian_analytic_limits():
     c = np.array([[1.0, 0.6], [0.6, 0.8]])
     s2 = 0.5
-    z = (np.random.default_rng(8).normal(size=(3000, 2)) @ np.linalg.cholesky(c).T).astype(np.float32)
+    z = (np.random.default_rng(8).normal(size=(3000, 2)) @ np.linalg.cholesky(c).T).astype(
+        np.float32
+    )
     b = values(kde.xz_bounds(KEY, z, kde.KDE(noise_var=s2, relative=False)))
-    true = 0.5 * np.linalg.slogdet(np.eye(2) + c / s2)[1] / LN2          # 1.335 bits
+    true = 0.5 * np.linalg.slogdet(np.eye(2) + c / s2)[1] / LN2  # 1.335 bits
     # KL distance: v = s^2; Bhattacharyya distance (|dz|^2 / 8 s^2): v = 4 s^2.
-    limits = np.array([_gaussian_limit(c, 4 * s2), _gaussian_limit(c, s2)]) / LN2   # 0.906, 2.142
+    limits = np.array([_gaussian_limit(c, 4 * s2), _gaussian_limit(c, s2)]) / LN2  # 0.906, 2.142
     # Over 20 data seeds at N = 3000 the estimates' std was 0.012 (lower) and
     # 0.017 (upper) bits, and the self term biases them by O(1/N) ~ 1e-3:
     # 0.07 bits is 4 standard deviations of the upper.
@@ -245,7 +280,7 @@ def test_gaussian_analytic_limits():
 def _mixture_entropy_1d(centres, grid):
     """Entropy (nats) of the equal-weight mixture of N(c, 1), by quadrature on `grid`."""
     x = grid[:, None] - centres[None, :]
-    p = np.mean(np.exp(-0.5 * x ** 2), axis=1) / np.sqrt(2 * np.pi)
+    p = np.mean(np.exp(-0.5 * x**2), axis=1) / np.sqrt(2 * np.pi)
     logp = np.log(np.maximum(p, 1e-300))
     return -np.sum(p * logp) * (grid[1] - grid[0])
 
@@ -257,8 +292,9 @@ def test_zy_values_are_not_bounds():
     y = np.array([1, 0, 1, 0, 1, 0, 0], np.int32)
     grid = np.linspace(-30.0, 35.0, 130001)
     true = _mixture_entropy_1d(zc, grid) - sum(
-        np.mean(y == c) * _mixture_entropy_1d(zc[y == c], grid) for c in (0, 1))
-    true /= LN2                                     # 0.1323 bits
+        np.mean(y == c) * _mixture_entropy_1d(zc[y == c], grid) for c in (0, 1)
+    )
+    true /= LN2  # 0.1323 bits
     b = values(kde.zy_bounds(KEY, y, zc[:, None], kde.KDE(noise_var=1.0, relative=False)))
     # Quadrature (step 5e-4 over +-30 sd) is exact to ~1e-9 here; the gap
     # BH - true is 0.0041 bits, float32 errors ~1e-6.
@@ -268,6 +304,7 @@ def test_zy_values_are_not_bounds():
 
 # ---------------------------------------------------------------------------
 # Batching.
+
 
 def test_vmap_equals_loop():
     zs = np.stack([data(20 + r)[0] for r in range(3)])
@@ -279,8 +316,12 @@ def test_vmap_equals_loop():
     loop_x = [kde.xz_bounds(keys[r], zs[r], cfg) for r in range(3)]
     loop_y = [kde.zy_bounds(keys[r], ys[r], zs[r], cfg) for r in range(3)]
     # Same rows and arithmetic; batching may reorder float32 sums.
-    chex.assert_trees_all_close(batched_x, jax.tree.map(lambda *a: jnp.stack(a), *loop_x), atol=1e-6, rtol=1e-6)
-    chex.assert_trees_all_close(batched_y, jax.tree.map(lambda *a: jnp.stack(a), *loop_y), atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close(
+        batched_x, jax.tree.map(lambda *a: jnp.stack(a), *loop_x), atol=1e-6, rtol=1e-6
+    )
+    chex.assert_trees_all_close(
+        batched_y, jax.tree.map(lambda *a: jnp.stack(a), *loop_y), atol=1e-6, rtol=1e-6
+    )
     # Different keys draw different rows: the three are not all one number.
     assert len({round(float(v), 6) for v in batched_x.upper}) == 3
 
@@ -288,10 +329,20 @@ def test_vmap_equals_loop():
 # ---------------------------------------------------------------------------
 # Bad input.
 
-@pytest.mark.parametrize("kwargs", [
-    dict(noise_var=0.0), dict(noise_var=-0.1), dict(noise_var=float("nan")), dict(noise_var=float("inf")),
-    dict(queries=0), dict(queries=2.5), dict(block=0), dict(relative=1),
-])
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(noise_var=0.0),
+        dict(noise_var=-0.1),
+        dict(noise_var=float("nan")),
+        dict(noise_var=float("inf")),
+        dict(queries=0),
+        dict(queries=2.5),
+        dict(block=0),
+        dict(relative=1),
+    ],
+)
 def test_bad_config_raises(kwargs):
     with pytest.raises(ValueError):
         kde.KDE(**kwargs)

@@ -52,6 +52,7 @@ def batched_mixed(labels, x, config):
 # ---------------------------------------------------------------------------
 # Independent numpy references (float64, brute force).
 
+
 def np_standardize(x):
     x = np.asarray(x, np.float64)
     x = x.reshape(len(x), -1)
@@ -143,10 +144,11 @@ def np_ross(labels, x, k):
 # ---------------------------------------------------------------------------
 # Data.
 
+
 def gaussian_pair(rs, n, da, db, rho):
     """a (n, da), b (n, db): b_j = rho a_(j mod da) + noise, float32."""
     a = rs.standard_normal((n, da))
-    b = rho * a[:, np.arange(db) % da] + math.sqrt(1 - rho ** 2) * rs.standard_normal((n, db))
+    b = rho * a[:, np.arange(db) % da] + math.sqrt(1 - rho**2) * rs.standard_normal((n, db))
     return a.astype(np.float32), b.astype(np.float32)
 
 
@@ -199,8 +201,9 @@ def repeated_rows(rs, copies, *arrays):
 
 
 def assert_parity(got, want):
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
-                               rtol=0, atol=PARITY_TOL)  # NaN must meet NaN
+    np.testing.assert_allclose(
+        np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=0, atol=PARITY_TOL
+    )  # NaN must meet NaN
 
 
 # ---------------------------------------------------------------------------
@@ -208,8 +211,8 @@ def assert_parity(got, want):
 # independent and dependent continuous data, rounded data with exact ties,
 # continuous data with repeated rows (exact duplicates).
 
-class KSGParityTest(parameterized.TestCase):
 
+class KSGParityTest(parameterized.TestCase):
     # (n, da, db, k, block, copies): blocks that do and do not divide n;
     # n = 336 has 6 > k chunks of 64 columns (the chunked k-th smallest).
     # `copies` > k makes eps = 0 for every repeated row (Gao et al. rule).
@@ -220,9 +223,12 @@ class KSGParityTest(parameterized.TestCase):
     )
     def test_matches_numpy(self, n, da, db, k, block, copies):
         rs = np.random.RandomState(n + k)
-        data = [gaussian_pair(rs, n, da, db, 0.0), gaussian_pair(rs, n, da, db, 0.8),
-                grid_pair(rs, n, da, db),
-                repeated_rows(rs, copies, *gaussian_pair(rs, n, da, db, 0.6))]
+        data = [
+            gaussian_pair(rs, n, da, db, 0.0),
+            gaussian_pair(rs, n, da, db, 0.8),
+            grid_pair(rs, n, da, db),
+            repeated_rows(rs, copies, *gaussian_pair(rs, n, da, db, 0.6)),
+        ]
         a, b = (np.stack(t) for t in zip(*data))
         got = batched_ksg(a, b, knn.KSG(k=k, block=block))
         want = [np_ksg(a[i], b[i], k) for i in range(4)]
@@ -237,7 +243,6 @@ class KSGParityTest(parameterized.TestCase):
 
 
 class MixedParityTest(parameterized.TestCase):
-
     # (n, d, classes, k, block, copies): d = 12 uses the GEMM under "auto";
     # n = 198 has 4 > k chunks of 64 columns (the chunked k-th smallest).
     # Repeated rows with copies = k > 1: the k-th neighbour is a copy of
@@ -252,11 +257,15 @@ class MixedParityTest(parameterized.TestCase):
     def test_matches_numpy(self, n, d, classes, k, block, copies):
         rs = np.random.RandomState(n + d)
         grid = grid_columns(rs, n, d)
-        grid_labels = np.where(rs.rand(n) < 0.3, rs.randint(0, classes, n),
-                               (grid[:, 0] > 0) + (grid[:, -1] < 0)).astype(np.int32)
-        data = [class_data(rs, n, d, classes, 0.0), class_data(rs, n, d, classes, 1.0),
-                (grid_labels, grid.astype(np.float32)),
-                repeated_rows(rs, copies, *class_data(rs, n, d, classes, 1.0))]
+        grid_labels = np.where(
+            rs.rand(n) < 0.3, rs.randint(0, classes, n), (grid[:, 0] > 0) + (grid[:, -1] < 0)
+        ).astype(np.int32)
+        data = [
+            class_data(rs, n, d, classes, 0.0),
+            class_data(rs, n, d, classes, 1.0),
+            (grid_labels, grid.astype(np.float32)),
+            repeated_rows(rs, copies, *class_data(rs, n, d, classes, 1.0)),
+        ]
         labels, x = (np.stack(t) for t in zip(*data))
         got = batched_mixed(labels, x, knn.MixedKNN(k=k, block=block))
         chex.assert_shape(got, (4,))
@@ -267,16 +276,21 @@ class MixedParityTest(parameterized.TestCase):
         # Classes of 2 and 3 samples (<= k = 5) are deleted: the estimate
         # equals numpy's on the kept rows alone. Same shapes as a parity case.
         rs = np.random.RandomState(3)
-        labels, x = (np.stack(t) for t in zip(*[class_data(rs, 120, 3, 3, s)
-                                                  for s in (0.5, 1.0, 1.0, 2.0)]))
+        labels, x = (
+            np.stack(t) for t in zip(*[class_data(rs, 120, 3, 3, s) for s in (0.5, 1.0, 1.0, 2.0)])
+        )
         labels[0, :2] = 7
         labels[0, 2:5] = -4
         labels[1, :3] = 9
         labels[2, 100:] = 5  # a class of 20 is kept
         labels[3] = np.arange(120) // 3  # every class has 3 samples: nothing kept
         got = batched_mixed(labels, x, knn.MixedKNN(k=5, block=40))
-        want = [np_ross(labels[0, 5:], x[0, 5:], 5), np_ross(labels[1, 3:], x[1, 3:], 5),
-                np_ross(labels[2], x[2], 5), float("nan")]
+        want = [
+            np_ross(labels[0, 5:], x[0, 5:], 5),
+            np_ross(labels[1, 3:], x[1, 3:], 5),
+            np_ross(labels[2], x[2], 5),
+            float("nan"),
+        ]
         assert_parity(got, want)
         assert_parity(got, [np_ross(labels[i], x[i], 5) for i in range(4)])
 
@@ -295,9 +309,9 @@ class AnalyticTest(absltest.TestCase):
         cases = ((0.0, 0.0), (0.5, 0.5), (0.9, 0.9), (0.9, 0.0))
         a = rs.standard_normal((4, 2000, 2))
         r = np.array(cases)[:, None, :]
-        b = r * a + np.sqrt(1 - r ** 2) * rs.standard_normal(a.shape)
+        b = r * a + np.sqrt(1 - r**2) * rs.standard_normal(a.shape)
         got = batched_ksg(a.astype(np.float32), b.astype(np.float32), knn.KSG())
-        truth = [sum(-0.5 * math.log2(1 - q ** 2) for q in c) for c in cases]
+        truth = [sum(-0.5 * math.log2(1 - q**2) for q in c) for c in cases]
         np.testing.assert_allclose(np.asarray(got), truth, rtol=0, atol=0.12)
 
     def test_mixed_class_conditional_gaussians(self):
@@ -305,8 +319,14 @@ class AnalyticTest(absltest.TestCase):
         n, mu = 1000, 1.0
         # Two classes at -mu, +mu: I = h(X) - h(N(0, 1)), h(X) by quadrature.
         t = np.linspace(-14.0, 14.0, 400_001)
-        p = 0.5 * (np.exp(-0.5 * (t - mu) ** 2) + np.exp(-0.5 * (t + mu) ** 2)) / math.sqrt(2 * math.pi)
-        mixture = (-np.trapezoid(p * np.log(p), t) - 0.5 * math.log(2 * math.pi * math.e)) / math.log(2)
+        p = (
+            0.5
+            * (np.exp(-0.5 * (t - mu) ** 2) + np.exp(-0.5 * (t + mu) ** 2))
+            / math.sqrt(2 * math.pi)
+        )
+        mixture = (
+            -np.trapezoid(p * np.log(p), t) - 0.5 * math.log(2 * math.pi * math.e)
+        ) / math.log(2)
         two = rs.randint(0, 2, n)
         # Four classes 20 sd apart: I = H(Y), here of the empirical labels.
         four = rs.randint(0, 4, n)
@@ -315,9 +335,13 @@ class AnalyticTest(absltest.TestCase):
         # No dependence: I = 0.
         none = rs.randint(0, 4, n)
         labels = np.stack([two, four, none]).astype(np.int32)
-        x = np.stack([np.where(two == 1, mu, -mu) + rs.standard_normal(n),
-                      20.0 * four + rs.standard_normal(n),
-                      rs.standard_normal(n)])[..., None].astype(np.float32)
+        x = np.stack(
+            [
+                np.where(two == 1, mu, -mu) + rs.standard_normal(n),
+                20.0 * four + rs.standard_normal(n),
+                rs.standard_normal(n),
+            ]
+        )[..., None].astype(np.float32)
         got = np.asarray(batched_mixed(labels, x, knn.MixedKNN()))
         np.testing.assert_allclose(got, [mixture, separated, 0.0], rtol=0, atol=0.1)
         # Perfect separation: every m_i = k, so the estimate is
@@ -332,8 +356,10 @@ class InterfaceTest(absltest.TestCase):
         # (For mixed_knn every parity case already compares each element of
         # a vmapped batch with its own numpy estimate.)
         rs = np.random.RandomState(5)
-        a, b = (np.stack(t) for t in zip(*[gaussian_pair(rs, 120, 2, 3, r)
-                                             for r in (0.0, 0.3, 0.6, 0.9)]))
+        a, b = (
+            np.stack(t)
+            for t in zip(*[gaussian_pair(rs, 120, 2, 3, r) for r in (0.0, 0.3, 0.6, 0.9)])
+        )
         cfg = knn.KSG(k=3, block=40)
         loop = [knn.ksg(KEY, a[i], b[i], cfg) for i in range(4)]
         # batched_ksg is jax.vmap(lambda a, b: knn.ksg(KEY, a, b, cfg)), jitted.
@@ -356,9 +382,13 @@ class InterfaceTest(absltest.TestCase):
             knn.mixed_knn(KEY, np.zeros((10, 2), np.int32), x, knn.MixedKNN())
 
     def test_bad_config_raises(self):
-        for make in (lambda: knn.KSG(k=0), lambda: knn.KSG(block=0),
-                     lambda: knn.MixedKNN(k=0), lambda: knn.MixedKNN(block=0),
-                     lambda: knn.MixedKNN(distances="cosine")):
+        for make in (
+            lambda: knn.KSG(k=0),
+            lambda: knn.KSG(block=0),
+            lambda: knn.MixedKNN(k=0),
+            lambda: knn.MixedKNN(block=0),
+            lambda: knn.MixedKNN(distances="cosine"),
+        ):
             with self.assertRaises(ValueError):
                 make()
 
@@ -380,13 +410,16 @@ class InterfaceTest(absltest.TestCase):
         # A constant column standardises to 0 and adds 0 to every distance:
         # the estimate equals numpy's on the data without it.
         rs = np.random.RandomState(8)
-        a, b = (np.stack(t) for t in zip(*[gaussian_pair(rs, 120, 2, 3, r)
-                                             for r in (0.0, 0.3, 0.6, 0.9)]))
+        a, b = (
+            np.stack(t)
+            for t in zip(*[gaussian_pair(rs, 120, 2, 3, r) for r in (0.0, 0.3, 0.6, 0.9)])
+        )
         b[:, :, 2] = 4.25
         got = batched_ksg(a, b, knn.KSG(k=3, block=40))
         assert_parity(got, [np_ksg(a[i], b[i, :, :2], 3)[0] for i in range(4)])
-        labels, x = (np.stack(t) for t in zip(*[class_data(rs, 120, 3, 3, s)
-                                                  for s in (0.0, 0.5, 1.0, 2.0)]))
+        labels, x = (
+            np.stack(t) for t in zip(*[class_data(rs, 120, 3, 3, s) for s in (0.0, 0.5, 1.0, 2.0)])
+        )
         x[:, :, 1] = -3.0
         got = batched_mixed(labels, x, knn.MixedKNN(k=5, block=40))
         assert_parity(got, [np_ross(labels[i], x[i][:, [0, 2]], 5) for i in range(4)])
@@ -408,8 +441,14 @@ class LNCTest(parameterized.TestCase):
         n = 130  # 3 chunks of 64 columns after padding: the chunked path with k < 3
         data = [gaussian_pair(rs, n, da, db, r) for r in (0.0, 0.9, 0.99)]
         x = rs.standard_normal((n, da))
-        data.append(((x ** 3).astype(np.float32), np.exp(x[:, np.arange(db) % da]
-                                                          + 0.1 * rs.standard_normal((n, db))).astype(np.float32)))
+        data.append(
+            (
+                (x**3).astype(np.float32),
+                np.exp(x[:, np.arange(db) % da] + 0.1 * rs.standard_normal((n, db))).astype(
+                    np.float32
+                ),
+            )
+        )
         a, b = (np.stack(t) for t in zip(*data))
         cfg = knn.KSG(k=k, lnc_quantile=0.05, block=48)
         kk = cfg.neighbours(da + db)
@@ -426,8 +465,10 @@ class LNCTest(parameterized.TestCase):
 
     def test_constant_column_left_out_of_the_volumes(self):
         rs = np.random.RandomState(23)
-        a, b = (np.stack(t) for t in zip(*[gaussian_pair(rs, 130, 1, 1, r)
-                                             for r in (0.0, 0.5, 0.9, 0.99)]))
+        a, b = (
+            np.stack(t)
+            for t in zip(*[gaussian_pair(rs, 130, 1, 1, r) for r in (0.0, 0.5, 0.9, 0.99)])
+        )
         b = np.concatenate([b, np.full_like(b, 2.5)], axis=2)  # (4, 130, 2), last constant
         cfg = knn.KSG(k=7, lnc_quantile=0.05, block=48)
         log_alpha = knn.lnc_log_alpha(7, 3, 0.05)
@@ -446,7 +487,9 @@ class LNCTest(parameterized.TestCase):
         pts = np.concatenate([np.zeros((20000, 1, 2)), off], axis=1)
         pts -= pts.mean(axis=1, keepdims=True)
         _, axes = np.linalg.eigh(np.einsum("nki,nkj->nij", pts, pts))
-        ratios = np.log(np.abs(np.einsum("nki,nij->nkj", off, axes)).max(axis=1)).sum(1) - 2 * np.log(eps)
+        ratios = np.log(np.abs(np.einsum("nki,nij->nkj", off, axes)).max(axis=1)).sum(
+            1
+        ) - 2 * np.log(eps)
         self.assertAlmostEqual(knn.lnc_log_alpha(5, 2, 0.05), np.quantile(ratios, 0.05), delta=0.06)
 
     def test_strongly_dependent_gaussians(self):
@@ -457,7 +500,7 @@ class LNCTest(parameterized.TestCase):
         # = 0.5, plus 0.05; plain KSG must miss by more than 0.5 (all 10
         # seeds missed by > 0.7), so the correction is what passes it.
         rs = np.random.RandomState(30)
-        truth = -1.5 * math.log2(1 - 0.95 ** 2)
+        truth = -1.5 * math.log2(1 - 0.95**2)
         a, b = (np.stack(t) for t in zip(*[gaussian_pair(rs, 1000, 3, 3, 0.95) for _ in range(2)]))
         lnc = batched_ksg(a, b, knn.KSG(k=None, lnc_quantile=0.05))
         plain = batched_ksg(a, b, knn.KSG(k=3))
@@ -468,22 +511,27 @@ class LNCTest(parameterized.TestCase):
         rs = np.random.RandomState(31)
         x = rs.standard_normal((130, 3)).astype(np.float32)
         x[:10, 1] = x[10:20, 1]  # ties share their average rank
-        x[:, 2] = 1.5            # constant column -> 0
-        np.testing.assert_allclose(knn.normal_scores(jnp.asarray(x)), np_normal_scores(x),
-                                   rtol=0, atol=1e-5)
+        x[:, 2] = 1.5  # constant column -> 0
+        np.testing.assert_allclose(
+            knn.normal_scores(jnp.asarray(x)), np_normal_scores(x), rtol=0, atol=1e-5
+        )
         # KSG on normal scores is invariant under increasing per-coordinate
         # maps: identical ranks give identical scores, bit for bit.
         a, b = gaussian_pair(rs, 130, 1, 2, 0.7)
         cfg = knn.KSG(k=3, copula=True, block=48)
-        same = knn.ksg(KEY, a, b, cfg), knn.ksg(KEY, np.exp(a), b ** 3 + 2.0 * b, cfg)
+        same = knn.ksg(KEY, a, b, cfg), knn.ksg(KEY, np.exp(a), b**3 + 2.0 * b, cfg)
         self.assertEqual(float(same[0]), float(same[1]))
         # (No parity with np_ksg on the scores: scores sit on one grid, so
         # many max-norm distances tie exactly and float32 rounding breaks
         # those ties differently from float64.)
 
     def test_bad_lnc_config(self):
-        for make in (lambda: knn.KSG(k=None), lambda: knn.KSG(lnc_quantile=0.0),
-                     lambda: knn.KSG(k=None, lnc_quantile=1.5), lambda: knn.KSG(copula=1)):
+        for make in (
+            lambda: knn.KSG(k=None),
+            lambda: knn.KSG(lnc_quantile=0.0),
+            lambda: knn.KSG(k=None, lnc_quantile=1.5),
+            lambda: knn.KSG(copula=1),
+        ):
             with self.assertRaises(ValueError):
                 make()
         a = np.zeros((50, 2), np.float32)
@@ -492,8 +540,11 @@ class LNCTest(parameterized.TestCase):
         a = np.random.RandomState(0).standard_normal((130, 1)).astype(np.float32)
         bad = a.copy()
         bad[3, 0] = np.nan
-        got = batched_ksg(np.stack([a, bad, a, a]), np.stack([a, a, a, a]),
-                          knn.KSG(k=None, lnc_quantile=0.05, block=48))
+        got = batched_ksg(
+            np.stack([a, bad, a, a]),
+            np.stack([a, a, a, a]),
+            knn.KSG(k=None, lnc_quantile=0.05, block=48),
+        )
         self.assertTrue(np.isnan(got[1]) and np.all(np.isfinite(np.asarray(got)[[0, 2, 3]])))
 
 
@@ -509,8 +560,9 @@ class HelperTest(absltest.TestCase):
         d[3, ::7] = 0.0
         d[4, 8:] = np.inf  # all finite entries in the first chunk
         # chunk = 8: 8 chunks > k, the chunked path; chunk = 64: plain passes.
-        kth = jax.jit(lambda d: [knn._kth_smallest(d, k, chunk=c)
-                                 for k in (1, 3, 5) for c in (8, 64)])
+        kth = jax.jit(
+            lambda d: [knn._kth_smallest(d, k, chunk=c) for k in (1, 3, 5) for c in (8, 64)]
+        )
         got = kth(jnp.asarray(d))
         want = [np.sort(d, axis=1)[:, k - 1] for k in (1, 3, 5) for _ in (8, 64)]
         for g, w in zip(got, want):
@@ -522,10 +574,14 @@ class HelperTest(absltest.TestCase):
         rs = np.random.RandomState(11)
         d = rs.standard_normal((6, 512)).astype(np.float32)
         d[0, 100:] = np.inf
-        nearest = jax.jit(lambda d: [knn._k_nearest(d, k, chunk=c) for k, c in ((3, 8), (10, 8), (10, 64))])
+        nearest = jax.jit(
+            lambda d: [knn._k_nearest(d, k, chunk=c) for k, c in ((3, 8), (10, 8), (10, 64))]
+        )
         for (values, cols), k in zip(nearest(jnp.asarray(d)), (3, 10, 10)):
             np.testing.assert_array_equal(np.asarray(values), np.sort(d, axis=1)[:, :k])
-            np.testing.assert_array_equal(np.take_along_axis(d, np.asarray(cols), 1), np.asarray(values))
+            np.testing.assert_array_equal(
+                np.take_along_axis(d, np.asarray(cols), 1), np.asarray(values)
+            )
 
     def test_count_true_packs_without_overflow(self):
         rs = np.random.RandomState(10)

@@ -29,6 +29,7 @@ MEANS = 1.2 * np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [-1.0, 0, 0, 0], [0, -1.
 # ---------------------------------------------------------------------------
 # Independent references (float64 numpy).
 
+
 def np_entropy(labels, num_classes) -> float:
     counts = np.zeros(num_classes)
     for label in np.asarray(labels).ravel():
@@ -71,6 +72,7 @@ def gaussian_truth(samples=400_000, seed=99) -> tuple[float, float]:
 # ---------------------------------------------------------------------------
 # Data.
 
+
 def separable(seed):
     rs = np.random.RandomState(seed)
     y = rs.randint(C, size=N)
@@ -108,16 +110,17 @@ def gaussian_batch():
     ys, zs = gaussian_batch_data()
     key = jax.random.key(5)
     batched = jax.jit(jax.vmap(jax.vmap(lambda y, z: probe.probe(key, y, z, CFG))))(ys, zs)
-    loop = np.array([[float(probe.probe(key, ys[i, j], zs[i, j], CFG)) for j in range(4)]
-                     for i in range(4)])
+    loop = np.array(
+        [[float(probe.probe(key, ys[i, j], zs[i, j], CFG)) for j in range(4)] for i in range(4)]
+    )
     return np.asarray(batched), loop, np.asarray(ys)
 
 
 # ---------------------------------------------------------------------------
 # bounds.
 
-class LabelEntropyTest(parameterized.TestCase):
 
+class LabelEntropyTest(parameterized.TestCase):
     @parameterized.parameters(
         ([0, 0, 1, 1], 2, 1.0),
         ([0, 0, 0, 1], 2, 2.0 - 0.75 * math.log2(3.0)),  # h2(1/4)
@@ -127,15 +130,17 @@ class LabelEntropyTest(parameterized.TestCase):
     )
     def test_hand_values(self, labels, num_classes, expected):
         # float32 counts and logs: 1e-6 bits.
-        self.assertAlmostEqual(float(bounds.label_entropy(jnp.array(labels), num_classes)),
-                               expected, delta=1e-6)
+        self.assertAlmostEqual(
+            float(bounds.label_entropy(jnp.array(labels), num_classes)), expected, delta=1e-6
+        )
 
     def test_matches_numpy(self):
-        labels = np.random.RandomState(0).choice(7, size=301, p=[.3, .2, .2, .1, .1, .1, 0.])
+        labels = np.random.RandomState(0).choice(7, size=301, p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.0])
         expected = np_entropy(labels, 7)
         for shaped in (labels, labels[:, None]):
-            self.assertAlmostEqual(float(bounds.label_entropy(jnp.asarray(shaped), 7)),
-                                   expected, delta=1e-5)  # float32 sum of 7 terms
+            self.assertAlmostEqual(
+                float(bounds.label_entropy(jnp.asarray(shaped), 7)), expected, delta=1e-5
+            )  # float32 sum of 7 terms
 
     def test_bad_inputs(self):
         with self.assertRaises(TypeError):
@@ -145,7 +150,6 @@ class LabelEntropyTest(parameterized.TestCase):
 
 
 class BarberAgakovTest(parameterized.TestCase):
-
     def test_matches_numpy(self):
         rs = np.random.RandomState(1)
         logits = 3.0 * rs.standard_normal((50, 5))
@@ -175,7 +179,8 @@ class BarberAgakovTest(parameterized.TestCase):
         chex.assert_trees_all_close(
             jax.jit(jax.vmap(bounds.barber_agakov))(logits, labels),
             jnp.stack([bounds.barber_agakov(logits[i], labels[i]) for i in range(3)]),
-            atol=1e-6)  # same float32 ops, batched
+            atol=1e-6,
+        )  # same float32 ops, batched
 
     def test_bad_inputs(self):
         labels = jnp.array([0, 1, 1, 0])
@@ -189,25 +194,31 @@ class BarberAgakovTest(parameterized.TestCase):
 
 
 class FanoTest(parameterized.TestCase):
-
     def test_matches_formula(self):
         for num_classes in (2, 3, 10):
             for h in (0.5, 1.0, math.log2(num_classes)):
                 for acc in np.linspace(0.0, 1.0, 11):
-                    self.assertAlmostEqual(float(bounds.fano(acc, h, num_classes)),
-                                           np_fano(acc, h, num_classes), delta=1e-5,
-                                           msg=f"C={num_classes} H={h} acc={acc}")
+                    self.assertAlmostEqual(
+                        float(bounds.fano(acc, h, num_classes)),
+                        np_fano(acc, h, num_classes),
+                        delta=1e-5,
+                        msg=f"C={num_classes} H={h} acc={acc}",
+                    )
 
     def test_endpoints(self):
         for num_classes in (2, 4, 10):
             h = math.log2(num_classes)
             self.assertAlmostEqual(float(bounds.fano(1.0, 1.3, num_classes)), 1.3, delta=1e-6)
             # Chance with uniform labels: h2(Pe) + Pe log2(C - 1) = log2 C exactly.
-            self.assertAlmostEqual(float(bounds.fano(1.0 / num_classes, h, num_classes)), 0.0,
-                                   delta=1e-6)
+            self.assertAlmostEqual(
+                float(bounds.fano(1.0 / num_classes, h, num_classes)), 0.0, delta=1e-6
+            )
             # Always wrong is informative: Y is one of the other C - 1 classes.
-            self.assertAlmostEqual(float(bounds.fano(0.0, h, num_classes)),
-                                   math.log2(num_classes / (num_classes - 1)), delta=1e-6)
+            self.assertAlmostEqual(
+                float(bounds.fano(0.0, h, num_classes)),
+                math.log2(num_classes / (num_classes - 1)),
+                delta=1e-6,
+            )
 
     def test_clipped_nan_and_batched(self):
         # H - h2(0.7) - 0.7 log2 9 < 0 for H = 1: clipped to 0.
@@ -218,12 +229,14 @@ class FanoTest(parameterized.TestCase):
         acc = jnp.array([0.2, 0.6, 0.9])
         h = jnp.array([1.0, 2.0, 3.0])
         got = jax.jit(jax.vmap(lambda a, b: bounds.fano(a, b, 10)))(acc, h)
-        chex.assert_trees_all_close(got, np.array([np_fano(float(a), float(b), 10)
-                                                   for a, b in zip(acc, h)]), atol=1e-5)
+        chex.assert_trees_all_close(
+            got, np.array([np_fano(float(a), float(b), 10) for a, b in zip(acc, h)]), atol=1e-5
+        )
 
 
 # ---------------------------------------------------------------------------
 # probe.
+
 
 def test_separable_reads_label_entropy():
     for seed in range(3):
@@ -284,8 +297,7 @@ def test_native_vmap_equals_loop():
     _, loop, ys = gaussian_batch()
     batch = gaussian_batch_data()
     key = jax.random.key(5)
-    native = jax.jit(jax.vmap(lambda y, z: probe._probe(key, y, z, CFG)))(
-        batch[0][0], batch[1][0])
+    native = jax.jit(jax.vmap(lambda y, z: probe._probe(key, y, z, CFG)))(batch[0][0], batch[1][0])
     # Batched GEMMs round differently and L-BFGS carries a few float32 ulps
     # on (observed 7e-6 bits here, 1e-3 at N = 25,000 and d = 84); a
     # flipped stopping decision moves a value by ~1e-4 at this size, so
@@ -296,7 +308,7 @@ def test_native_vmap_equals_loop():
 def np_penalised_ce(theta, x, y, l2):
     """(mean CE + l2 |w|^2 / n in nats, gradient) of softmax regression, float64."""
     n, d = x.shape
-    w, b = theta[:d * C].reshape(d, C), theta[d * C:]
+    w, b = theta[: d * C].reshape(d, C), theta[d * C :]
     logits = x @ w + b
     top = logits.max(1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(1))
@@ -314,17 +326,23 @@ def test_fit_reaches_the_minimum():
     y, x = separable(0)
     y, x = y[:100], x[:100]
     x = (x - x.mean(0)) / x.std(0)
-    fit = jax.jit(lambda params, l2: probe._fit(params, jnp.asarray(x, jnp.float32),
-                                                 jnp.asarray(y), l2, CFG))
+    fit = jax.jit(
+        lambda params, l2: probe._fit(params, jnp.asarray(x, jnp.float32), jnp.asarray(y), l2, CFG)
+    )
     zeros = probe._init(None, D, C, 0, jnp.float32)
     # From zeros, and warm-started from the strongest candidate's fit as the
     # L2 path does (where an ill-conditioned strong penalty once stalled it).
     starts = {l2: zeros for l2 in (0.01, 1.0, 100.0, 1e4)}
     starts[30.0] = fit(zeros, jnp.float32(1e4))
     for l2, start in starts.items():
-        ref = optimize.minimize(np_penalised_ce, np.zeros(D * C + C), args=(x, y, l2),
-                                jac=True, method="L-BFGS-B",
-                                options=dict(ftol=1e-15, gtol=1e-12, maxiter=10_000))
+        ref = optimize.minimize(
+            np_penalised_ce,
+            np.zeros(D * C + C),
+            args=(x, y, l2),
+            jac=True,
+            method="L-BFGS-B",
+            options=dict(ftol=1e-15, gtol=1e-12, maxiter=10_000),
+        )
         params = fit(start, jnp.float32(l2))
         theta = np.concatenate([np.ravel(params["w"]), np.ravel(params["b"])]).astype(np.float64)
         # The fit stops once an iteration gains under a relative 1e-5
@@ -344,7 +362,8 @@ def test_num_classes_inferred_from_concrete_labels():
     assert run(0, y, z, probe.Probe()) == run(0, y, z)
     with pytest.raises(ValueError, match="num_classes"):
         jax.jit(lambda y, z: probe.probe(jax.random.key(0), y, z, probe.Probe()))(
-            jnp.asarray(y), jnp.asarray(z, jnp.float32))
+            jnp.asarray(y), jnp.asarray(z, jnp.float32)
+        )
 
 
 def test_constant_column_changes_nothing():
@@ -365,7 +384,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="integer"):
         run(0, y.astype(np.float32), z)
     with pytest.raises(ValueError, match="at least"):
-        run(0, y[:probe.MIN_SAMPLES - 1], z[:probe.MIN_SAMPLES - 1])
+        run(0, y[: probe.MIN_SAMPLES - 1], z[: probe.MIN_SAMPLES - 1])
     with pytest.raises(ValueError, match="same number of rows"):
         probe.probe(jax.random.key(0), jnp.asarray(y), jnp.asarray(z[:-1]), CFG)
     for bad in (np.nan, np.inf):
@@ -378,10 +397,20 @@ def test_bad_inputs():
         assert np.isnan(run(0, y_bad, z))
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(hidden=-1), dict(hidden=1.5), dict(l2=()), dict(l2=(1.0, -1.0)), dict(l2=(float("nan"),)),
-    dict(steps=0), dict(learning_rate=0.0), dict(learning_rate=float("inf")), dict(num_classes=0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(hidden=-1),
+        dict(hidden=1.5),
+        dict(l2=()),
+        dict(l2=(1.0, -1.0)),
+        dict(l2=(float("nan"),)),
+        dict(steps=0),
+        dict(learning_rate=0.0),
+        dict(learning_rate=float("inf")),
+        dict(num_classes=0),
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         probe.Probe(**kwargs)

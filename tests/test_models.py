@@ -29,8 +29,9 @@ def test_lenet_shapes(channels):
 
 def numpy_conv(x, kernel):
     """'VALID' cross-correlation in float64 numpy over sliding windows."""
-    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(x, np.float64),
-                                                       kernel.shape[:2], axis=(1, 2))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.asarray(x, np.float64), kernel.shape[:2], axis=(1, 2)
+    )
     return np.einsum("bhwcij,ijcf->bhwf", windows, np.asarray(kernel, np.float64))
 
 
@@ -43,8 +44,9 @@ def test_conv_formulations_equal_numpy(impl, k):
     kernel = jnp.asarray(rng.normal(size=(k, k, 4, 7)), jnp.float32)
     # float32 sums of up to 100 products of unit normals against float64:
     # 1e-4 relative covers the reordering of the accumulation.
-    chex.assert_trees_all_close(models.conv_valid(x, kernel, impl), numpy_conv(x, kernel),
-                                rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(
+        models.conv_valid(x, kernel, impl), numpy_conv(x, kernel), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_toeplitz_matrix_entries():
@@ -63,6 +65,7 @@ def test_s2d_rejects_odd_shapes():
 
 def test_measure_forward_chunk_per_backend():
     from fedjax_mi import measure
+
     assert measure.forward_chunk(500, "cpu") == 50
     assert measure.forward_chunk(20, "cpu") == 20
     assert measure.forward_chunk(5000, "gpu") == 5000
@@ -86,7 +89,8 @@ def test_lenet_impls_agree_on_same_params(impl):
     x = jnp.asarray(np.random.default_rng(2).uniform(size=(5, 32, 32, 3)), jnp.float32)
     params = models.LeNet(conv_impl="patches").init(jax.random.key(1), x)["params"]
     chex.assert_trees_all_equal_shapes(
-        params, models.LeNet(conv_impl=impl).init(jax.random.key(1), x)["params"])
+        params, models.LeNet(conv_impl=impl).init(jax.random.key(1), x)["params"]
+    )
     out_patches = models.LeNet(conv_impl="patches").apply({"params": params}, x)
     out_other = models.LeNet(conv_impl=impl).apply({"params": params}, x)
     chex.assert_trees_all_close(out_patches, out_other, rtol=1e-4, atol=1e-5)
@@ -129,9 +133,14 @@ def test_lenet_forward_equals_numpy_reference(conv_impl):
     # Kernels at unit fan-in scale, biases of the same order: pre-activations
     # of either sign at every layer, so every ReLU cuts.
     params = jax.tree.map(
-        lambda s: jnp.asarray(rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1]))
-                                         if len(s.shape) > 1 else 0.5, s.shape), jnp.float32),
-        shapes)
+        lambda s: jnp.asarray(
+            rng.normal(
+                0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.5, s.shape
+            ),
+            jnp.float32,
+        ),
+        shapes,
+    )
     logits, z = model.apply({"params": params}, jnp.asarray(x))
     ref_logits, ref_z = numpy_lenet(params, x)
     # float32 sums of up to 400 products against float64: 1e-4 relative
@@ -145,11 +154,18 @@ def test_lenet_forward_equals_numpy_reference(conv_impl):
 
 def test_lenet_parameter_count_by_hand():
     from fedjax_mi import models
-    params = jax.eval_shape(models.LeNet(num_classes=10).init, jax.random.key(0),
-                            jnp.zeros((1, 32, 32, 1)))["params"]
+
+    params = jax.eval_shape(
+        models.LeNet(num_classes=10).init, jax.random.key(0), jnp.zeros((1, 32, 32, 1))
+    )["params"]
     # conv 5x5x1x6 + 6, conv 5x5x6x16 + 16, fc 400x120 + 120, 120x84 + 84, 84x10 + 10.
-    hand = (5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84) \
+    hand = (
+        (5 * 5 * 1 * 6 + 6)
+        + (5 * 5 * 6 * 16 + 16)
+        + (400 * 120 + 120)
+        + (120 * 84 + 84)
         + (84 * 10 + 10)
+    )
     assert hand == 61706 == sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
 

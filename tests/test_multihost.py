@@ -27,9 +27,23 @@ def two_processes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("multihost"))
     port = str(free_port())
     env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
-                               root, port, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "tests", "helpers", "multihost_check.py"),
+                root,
+                port,
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outs = []
     try:
         for p in procs:
@@ -44,7 +58,9 @@ def two_processes(tmp_path_factory):
 
 
 def records(folder: str) -> dict:
-    runs = sorted(d for d in os.listdir(folder) if os.path.isfile(os.path.join(folder, d, "metrics.jsonl")))
+    runs = sorted(
+        d for d in os.listdir(folder) if os.path.isfile(os.path.join(folder, d, "metrics.jsonl"))
+    )
     return {r: metrics_io.read_records(os.path.join(folder, r, "metrics.jsonl")) for r in runs}
 
 
@@ -88,10 +104,13 @@ def test_worker_sharded_round_over_two_processes(two_processes):
         assert o["round_max_abs_diff"] < 1e-5
 
 
-@pytest.mark.parametrize("args, match", [
-    (("127.0.0.1:1234", None, None), "go together"),
-    (("127.0.0.1:1234", 2, 2), "must be in 0..1"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("127.0.0.1:1234", None, None), "go together"),
+        (("127.0.0.1:1234", 2, 2), "must be in 0..1"),
+    ],
+)
 def test_init_distributed_rejects_partial_or_bad_flags(args, match):
     with pytest.raises(ValueError, match=match):
         sharding.init_distributed(*args)

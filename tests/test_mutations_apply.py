@@ -11,8 +11,9 @@ from studies import mutations
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("mutation", [m for m in mutations.MUTATIONS if m.path],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "mutation", [m for m in mutations.MUTATIONS if m.path], ids=lambda m: m.name
+)
 def test_mutation_text_occurs_once(mutation):
     with open(os.path.join(ROOT, mutation.path)) as fh:
         assert fh.read().count(mutation.old) == 1

@@ -30,11 +30,21 @@ def test_metrics_file_has_one_record_per_point_model_dataset(tiny_run):
         # The head's bounds on I(Z;Y) are recorded on every dataset; Fano's
         # lies in [0, log2 10] with 10 classes; the head's is <= H(Y) <= log2 10.
         assert 0.0 <= r["mi_zy_fano"] <= 3.33 and r["mi_zy_head"] <= 3.33
-        estimator_fields = [k for k in r if k.startswith(("mi_xz_", "mi_zy_"))
-                            and k not in ("mi_xz_floor", "mi_zy_floor", "mi_zy_head", "mi_zy_fano")]
-        assert sorted(estimator_fields) == ["mi_xz_kde", "mi_xz_kde_lower", "mi_zy_kde",
-                                            "mi_zy_kde_floor", "mi_zy_kde_lower", "mi_zy_knn",
-                                            "mi_zy_knn_floor"]
+        estimator_fields = [
+            k
+            for k in r
+            if k.startswith(("mi_xz_", "mi_zy_"))
+            and k not in ("mi_xz_floor", "mi_zy_floor", "mi_zy_head", "mi_zy_fano")
+        ]
+        assert sorted(estimator_fields) == [
+            "mi_xz_kde",
+            "mi_xz_kde_lower",
+            "mi_zy_kde",
+            "mi_zy_kde_floor",
+            "mi_zy_kde_lower",
+            "mi_zy_knn",
+            "mi_zy_knn_floor",
+        ]
         if r["dataset"] == "test":
             assert all(r[k] is None for k in estimator_fields)
             assert r["mi_xz"] is None and r["mi_zy"] is None
@@ -68,6 +78,5 @@ def test_overwrite_starts_over(tmp_path):
     first = sweep.run(cfg, log=lambda line: None)
     with pytest.raises(config.ConfigError, match="out: .* already holds results"):
         sweep.run(cfg, log=lambda line: None)
-    again = sweep.run(config.make(**{**cfg.flat(), "overwrite": True}),
-                           log=lambda line: None)
+    again = sweep.run(config.make(**{**cfg.flat(), "overwrite": True}), log=lambda line: None)
     assert again == first

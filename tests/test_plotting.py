@@ -19,9 +19,21 @@ def test_plot_from_metrics_file(tiny_run):
 
 def test_plots_of_records_without_floors(tmp_path):
     # metrics.jsonl of runs made before the floors were measured still plot.
-    records = [dict(step=s, epoch=s / 10, model=m, dataset=d, mi_xz=1.0 + s / 10,
-                    mi_zy=0.5, acc=0.5, loss=None)
-               for s in (0, 10) for m in ("worker0", "average") for d in ("local0", "test")]
+    records = [
+        dict(
+            step=s,
+            epoch=s / 10,
+            model=m,
+            dataset=d,
+            mi_xz=1.0 + s / 10,
+            mi_zy=0.5,
+            acc=0.5,
+            loss=None,
+        )
+        for s in (0, 10)
+        for m in ("worker0", "average")
+        for d in ("local0", "test")
+    ]
     for r in records:
         if r["dataset"] == "test":
             r["mi_xz"] = r["mi_zy"] = None

@@ -63,9 +63,13 @@ def start_paused(module, args, where, log_dir, name):
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     with open(log_dir / f"{name}.out", "w") as out, open(log_dir / f"{name}.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _PAUSED, str(ready_w), str(go_r), where,
-                                 module, *args], cwd=ROOT, stdout=out, stderr=err,
-                                pass_fds=(ready_w, go_r))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _PAUSED, str(ready_w), str(go_r), where, module, *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            pass_fds=(ready_w, go_r),
+        )
     os.close(ready_w)
     os.close(go_r)
     try:
@@ -77,8 +81,9 @@ def start_paused(module, args, where, log_dir, name):
         proc.kill()
         proc.wait()
         os.close(go_w)
-        pytest.fail(f"never reached its second {where}:\n"
-                    + (log_dir / f"{name}.err").read_text()[-3000:])
+        pytest.fail(
+            f"never reached its second {where}:\n" + (log_dir / f"{name}.err").read_text()[-3000:]
+        )
     return proc, go_w
 
 
@@ -119,13 +124,13 @@ def sigterm_in_second_round(module, args, log_dir, while_paused=lambda pid: None
 
 def run_command(command):
     """Run a printed `python -m ...` command with this interpreter."""
-    return subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
-def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_path,
-                                                                          uninterrupted):
+def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     out = tmp_path / "killed"
     kill_at_second_checkpoint("experiments.run", [*FLAGS, f"--out={out}"], tmp_path)
     assert checkpoint_steps(out / "checkpoints") == [4]
@@ -137,8 +142,13 @@ def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_pa
     assert 0 < len(partial) < len(uninterrupted.splitlines())
     # The killed process left its lock file; the OS released the lock.
     assert (out / folder_lock.LOCK_NAME).read_text().strip().isdigit()
-    refused = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
     # Resumed (from step 4), then preempted while the round to step 12
@@ -147,11 +157,30 @@ def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_pa
     # once naming the holder and deletes nothing.
     busy = []
     command = sigterm_in_second_round(
-        "experiments.run", [*FLAGS, f"--out={out}", "--resume", "--checkpoint_every=100"],
-        tmp_path, lambda pid: busy.append((pid, subprocess.run(
-            [sys.executable, "-m", "experiments.run", *FLAGS, f"--out={out}", "--overwrite"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600))))
-    (pid, second), = busy
+        "experiments.run",
+        [*FLAGS, f"--out={out}", "--resume", "--checkpoint_every=100"],
+        tmp_path,
+        lambda pid: busy.append(
+            (
+                pid,
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "experiments.run",
+                        *FLAGS,
+                        f"--out={out}",
+                        "--overwrite",
+                    ],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                ),
+            )
+        ),
+    )
+    ((pid, second),) = busy
     assert second.returncode == 2, second.stderr[-3000:]
     assert second.stderr.splitlines() == [second.stderr.strip()]  # one line
     assert f"{str(out)!r} is in use by another run (process {pid}" in second.stderr
@@ -169,8 +198,7 @@ def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_pa
 
 
 @pytest.mark.slow
-def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_path,
-                                                                           uninterrupted):
+def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_path, uninterrupted):
     # In-process (Ctrl-C in a notebook): SIGINT arrives while step 8's
     # progress line is logged, after that eval point's checkpoint decision,
     # so the run finishes the next eval point, 12, and saves there.
@@ -185,28 +213,46 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
         sweep.run(cfg, log=log, progress=progress.Printer(log))
     assert signal.getsignal(signal.SIGINT) is before
     assert checkpoint_steps(tmp_path / "checkpoints") == [12]
-    assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == \
-        set(range(0, 13, 4))
+    assert {r["step"] for r in metrics_io.read_records(str(tmp_path / "metrics.jsonl"))} == set(
+        range(0, 13, 4)
+    )
     sweep.run(config.make(**{**cfg.flat(), "resume": True}), log=lambda line: None)
     assert (tmp_path / "metrics.jsonl").read_bytes() == uninterrupted
 
 
 @pytest.mark.slow
-def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(
-        tmp_path):
+def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_path):
     # Two seeds x two protocols in one program, one checkpoint for all four
     # runs under OUT/checkpoints; 9 eval points.
-    flags = FLAGS[:3] + ["--epochs=8", "--eval_period=4", "--lr=0.05", "--checkpoint_every=1", "--mi=kde",
-                         "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=8"]
+    flags = FLAGS[:3] + [
+        "--epochs=8",
+        "--eval_period=4",
+        "--lr=0.05",
+        "--checkpoint_every=1",
+        "--mi=kde",
+        "--seeds=0,1",
+        "--protocols=sync,nosync",
+        "--sync_periods=8",
+    ]
     out = tmp_path / "sweep"
     # The same four runs uninterrupted, in-process, as one sweep, in the
     # sweep CLI's order (seeds, then protocols; checked below). First: the
     # processes below then load its compiled programs (tests/conftest.py).
     order = [(0, "sync", 8), (0, "nosync", None), (1, "sync", 8), (1, "nosync", None)]
-    whole = [config.make(**{**CONFIG.flat(), "epochs": 8.0, "checkpoint_every": 0,
-                                     "seed": seed, "protocol": protocol, "sync_period": period,
-                                     "out": str(tmp_path / "whole" / str(i))})
-             for i, (seed, protocol, period) in enumerate(order)]
+    whole = [
+        config.make(
+            **{
+                **CONFIG.flat(),
+                "epochs": 8.0,
+                "checkpoint_every": 0,
+                "seed": seed,
+                "protocol": protocol,
+                "sync_period": period,
+                "out": str(tmp_path / "whole" / str(i)),
+            }
+        )
+        for i, (seed, protocol, period) in enumerate(order)
+    ]
     sweep.run_sweep(whole, log=lambda line: None)
 
     kill_at_second_checkpoint("experiments.sweep", [*flags, f"--out={out}"], tmp_path)
@@ -222,14 +268,18 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
             with pytest.raises(folder_lock.LockError, match=f"process {pid}, "):
                 with folder_lock.hold(str(folder)):
                     pass
-        one = config.make(**{**CONFIG.flat(), "overwrite": True,
-                                      "out": str(out / "iid-sync8-lr0.05-seed0")})
+        one = config.make(
+            **{**CONFIG.flat(), "overwrite": True, "out": str(out / "iid-sync8-lr0.05-seed0")}
+        )
         with pytest.raises(folder_lock.LockError, match=f"is in use by another run .process {pid}"):
             sweep.run(one, log=lambda line: None)
 
     command = sigterm_in_second_round(
-        "experiments.sweep", [*flags, f"--out={out}", "--resume", "--checkpoint_every=100"],
-        tmp_path, refused_here)
+        "experiments.sweep",
+        [*flags, f"--out={out}", "--resume", "--checkpoint_every=100"],
+        tmp_path,
+        refused_here,
+    )
     assert checkpoint_steps(out / "checkpoints") == [4, 12]
     assert not (out / "runs.json").exists()
     resumed = run_command(command)
@@ -238,6 +288,8 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
     runs = json.loads((out / "runs.json").read_text())
     assert [(r["seed"], r["protocol"], r["sync_period"]) for r in runs] == order
     for r, cfg in zip(runs, whole):
-        with open(os.path.join(r["out"], "metrics.jsonl"), "rb") as a, \
-                open(os.path.join(cfg.out, "metrics.jsonl"), "rb") as b:
+        with (
+            open(os.path.join(r["out"], "metrics.jsonl"), "rb") as a,
+            open(os.path.join(cfg.out, "metrics.jsonl"), "rb") as b,
+        ):
             assert a.read() == b.read(), r["name"]

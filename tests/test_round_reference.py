@@ -24,9 +24,9 @@ import pytest
 
 from fedjax_mi import data, federated, models
 
-K, N, B = 3, 12, 4          # workers, samples per worker, batch: 3 steps per epoch
-D, H, C = 6, 5, 3           # input features, hidden units (Z), classes
-STEPS = 15                  # 5 epochs; period 7 syncs before steps 7 and 14
+K, N, B = 3, 12, 4  # workers, samples per worker, batch: 3 steps per epoch
+D, H, C = 6, 5, 3  # input features, hidden units (Z), classes
+STEPS = 15  # 5 epochs; period 7 syncs before steps 7 and 14
 LR = 0.3
 MOMENTUM = 0.9
 SYNC_PERIODS = (0, 1, 3, 7)  # 0: no-sync
@@ -54,6 +54,7 @@ MODEL = Tiny()
 
 # --- the reference -----------------------------------------------------------
 
+
 def ref_loss(params, x_uint8, y):
     """Mean softmax cross-entropy of the tiny model, written out: pixels / 255,
     x W0 + b0, ReLU, z W1 + b1, log-softmax with the max subtracted."""
@@ -70,8 +71,10 @@ REF_GRAD = jax.jit(jax.value_and_grad(ref_loss))
 
 def tree_map(fn, *trees):
     """Map over the two-level {layer: {name: array}} dicts of the tiny model."""
-    return {layer: {name: fn(*(t[layer][name] for t in trees)) for name in trees[0][layer]}
-            for layer in trees[0]}
+    return {
+        layer: {name: fn(*(t[layer][name] for t in trees)) for name in trees[0][layer]}
+        for layer in trees[0]
+    }
 
 
 def worker(tree, k):
@@ -84,11 +87,13 @@ def stack(trees):
 
 def hand_mean(trees):
     """The workers' mean, leaf by leaf: a Python sum over workers over K."""
+
     def mean(*leaves):
         total = np.zeros_like(leaves[0])
         for leaf in leaves:
             total = total + leaf
         return total / np.float32(len(leaves))
+
     return tree_map(mean, *trees)
 
 
@@ -120,7 +125,7 @@ def reference_round(params0, data_keys, x, y, sync_period, momentum, opt_sync, s
         for k in range(K):
             if (k, epoch) not in orders:
                 orders[k, epoch] = sample_order(data_keys[k], epoch)
-            idx = orders[k, epoch][pos * B:(pos + 1) * B]
+            idx = orders[k, epoch][pos * B : (pos + 1) * B]
             loss, grad = REF_GRAD(params[k], x[k][idx], y[k][idx])
             grad = tree_map(np.asarray, grad)
             if momentum:
@@ -137,6 +142,7 @@ def reference_round(params0, data_keys, x, y, sync_period, momentum, opt_sync, s
 
 # --- the round under test ----------------------------------------------------
 
+
 def make_data():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (K, N, D), dtype=np.uint8)
@@ -148,8 +154,10 @@ def make_params():
     """Independent draws per worker, non-zero biases (unlike flax's init)."""
     rng = np.random.default_rng(1)
     draw = lambda *shape: rng.normal(0.0, 0.7, (K,) + shape).astype(np.float32)
-    return {"Dense_0": {"kernel": draw(D, H), "bias": draw(H)},
-            "Dense_1": {"kernel": draw(H, C), "bias": draw(C)}}
+    return {
+        "Dense_0": {"kernel": draw(D, H), "bias": draw(H)},
+        "Dense_1": {"kernel": draw(H, C), "bias": draw(C)},
+    }
 
 
 X, Y = make_data()
@@ -159,9 +167,14 @@ DATA_KEYS = jax.random.split(jax.random.key(7), K)
 
 def initial_state(opt):
     params = tree_map(jnp.asarray, PARAMS0)
-    return federated.FedState(params=params, opt_state=jax.vmap(opt.init)(params),
-                              data_keys=DATA_KEYS, perm=jnp.zeros((K, N), jnp.int32),
-                              lr=jnp.float32(LR), step=jnp.int32(0))
+    return federated.FedState(
+        params=params,
+        opt_state=jax.vmap(opt.init)(params),
+        data_keys=DATA_KEYS,
+        perm=jnp.zeros((K, N), jnp.int32),
+        lr=jnp.float32(LR),
+        step=jnp.int32(0),
+    )
 
 
 def trace_of(opt_state, momentum):
@@ -181,8 +194,10 @@ _ROUNDS = {}
 def round_fn(momentum, opt_sync):
     if (momentum, opt_sync) not in _ROUNDS:
         opt = federated.make_optimizer(momentum)
-        _ROUNDS[momentum, opt_sync] = (opt, federated.make_round(
-            MODEL, opt, batch_size=B, steps=STEPS, opt_sync=opt_sync))
+        _ROUNDS[momentum, opt_sync] = (
+            opt,
+            federated.make_round(MODEL, opt, batch_size=B, steps=STEPS, opt_sync=opt_sync),
+        )
     return _ROUNDS[momentum, opt_sync]
 
 
@@ -195,13 +210,13 @@ def compiled_steps(sync_period, momentum, opt_sync):
     key = (sync_period, momentum, opt_sync)
     if key not in _RESULTS:
         opt, fn = round_fn(momentum, opt_sync)
-        _RESULTS[key] = [fn(initial_state(opt), X, Y, sync_period, s)
-                         for s in range(1, STEPS + 1)]
+        _RESULTS[key] = [fn(initial_state(opt), X, Y, sync_period, s) for s in range(1, STEPS + 1)]
     return _RESULTS[key]
 
 
-CASES = ([(p, 0.0, "average") for p in SYNC_PERIODS]
-         + [(p, MOMENTUM, s) for p in SYNC_PERIODS for s in federated.OPT_SYNCS])
+CASES = [(p, 0.0, "average") for p in SYNC_PERIODS] + [
+    (p, MOMENTUM, s) for p in SYNC_PERIODS for s in federated.OPT_SYNCS
+]
 
 
 @pytest.mark.parametrize("sync_period,momentum,opt_sync", CASES)
@@ -217,9 +232,10 @@ def test_round_equals_reference_at_every_step(sync_period, momentum, opt_sync):
         if momentum:
             chex.assert_trees_all_close(got_trace, trace, **TOL, custom_message=msg)
         # Losses of the active steps; inactive iterations report zeros.
-        chex.assert_trees_all_close(np.asarray(losses[:s + 1]), ref_losses[:s + 1], **TOL,
-                                    custom_message=msg)
-        assert not np.any(np.asarray(losses[s + 1:]))
+        chex.assert_trees_all_close(
+            np.asarray(losses[: s + 1]), ref_losses[: s + 1], **TOL, custom_message=msg
+        )
+        assert not np.any(np.asarray(losses[s + 1 :]))
     # Two rounds in a row (7 then 8 steps, the second starting mid-epoch and
     # at a period-7 sync) continue where the first stopped.
     opt, fn = round_fn(momentum, opt_sync)
@@ -228,13 +244,14 @@ def test_round_equals_reference_at_every_step(sync_period, momentum, opt_sync):
     chex.assert_trees_all_close(state.params, expected[-1][0], **TOL)
     if momentum:
         chex.assert_trees_all_close(trace_of(state.opt_state, momentum), expected[-1][1], **TOL)
-    chex.assert_trees_all_close(np.concatenate([first[:7], second[:STEPS - 7]]), ref_losses,
-                                **TOL)
+    chex.assert_trees_all_close(np.concatenate([first[:7], second[: STEPS - 7]]), ref_losses, **TOL)
 
 
 def max_abs_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def reference_final(sync_period, momentum, opt_sync):
@@ -257,14 +274,14 @@ def test_sync_periods_differ():
     the tolerance), so a round that got the schedule wrong cannot pass."""
     final = {p: reference_final(p, MOMENTUM, "average")[0] for p in SYNC_PERIODS}
     for i, a in enumerate(SYNC_PERIODS):
-        for b in SYNC_PERIODS[i + 1:]:
+        for b in SYNC_PERIODS[i + 1 :]:
             assert max_abs_diff(final[a], final[b]) > 1e-3, (a, b)
 
 
 def test_workers_move_by_far_more_than_the_tolerance():
     """The learning rate and the gradients matter at the scale of TOL: after
     one step each worker moved by > 1e-2, and over the 15 steps the loss fell."""
-    (params, _, losses), = reference_round(PARAMS0, DATA_KEYS, X, Y, 0, 0.0, "average", steps=1)
+    ((params, _, losses),) = reference_round(PARAMS0, DATA_KEYS, X, Y, 0, 0.0, "average", steps=1)
     assert max_abs_diff(params, PARAMS0) > 1e-2
     later = reference_round(PARAMS0, DATA_KEYS, X, Y, 0, 0.0, "average")
     assert np.mean(later[-1][2]) < np.mean(losses)
@@ -289,8 +306,9 @@ _LENET_PARAMS = []
 def lenet_params():
     """LeNet's initial parameters (one jitted init per module, shared)."""
     if not _LENET_PARAMS:
-        _LENET_PARAMS.append(jax.jit(LENET.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-                             ["params"])
+        _LENET_PARAMS.append(
+            jax.jit(LENET.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))["params"]
+        )
     return _LENET_PARAMS[0]
 
 
@@ -303,7 +321,8 @@ def test_one_lenet_step_is_params_minus_lr_grad():
     y = jnp.asarray(rng.integers(0, 10, 8, dtype=np.int32))
     # Non-zero biases, so that their gradients and updates are exercised.
     params = jax.tree_util.tree_map_with_path(
-        lambda path, p: p + 0.1 if path[-1].key == "bias" else p, lenet_params())
+        lambda path, p: p + 0.1 if path[-1].key == "bias" else p, lenet_params()
+    )
     lr = 0.05
     loss, grad = jax.jit(jax.value_and_grad(lenet_loss))(params, x, y)
     expected = jax.tree.map(lambda p, g: p - lr * g, params, grad)
@@ -328,20 +347,23 @@ def test_short_digits_run_learns():
     """Two workers, iid digits, 60 steps of SGD with momentum 0.9, synced every
     step: the mean batch loss of the last 5 steps is under half that of the
     first 5, and the average's test accuracy is at least 0.5 above chance."""
-    fed = data.federate(data.load_dataset("digits"), DIGITS_K, "iid", seed=0,
-                        per_worker=DIGITS_N)
+    fed = data.federate(data.load_dataset("digits"), DIGITS_K, "iid", seed=0, per_worker=DIGITS_N)
     opt = federated.make_optimizer(MOMENTUM)
     params = federated.broadcast(lenet_params(), DIGITS_K)
     state = federated.FedState(
-        params=params, opt_state=jax.vmap(opt.init)(params),
+        params=params,
+        opt_state=jax.vmap(opt.init)(params),
         data_keys=jax.random.split(jax.random.key(1), DIGITS_K),
-        perm=jnp.zeros((DIGITS_K, DIGITS_N), jnp.int32), lr=jnp.float32(0.05),
-        step=jnp.int32(0))
+        perm=jnp.zeros((DIGITS_K, DIGITS_N), jnp.int32),
+        lr=jnp.float32(0.05),
+        step=jnp.int32(0),
+    )
     round_fn = federated.make_round(LENET, opt, batch_size=32, steps=DIGITS_STEPS)
     state, losses = round_fn(state, fed.train_x, fed.train_y, 1)
     losses = np.asarray(losses).mean(axis=1)
-    logits, _ = jax.jit(LENET.apply)({"params": federated.average(state.params)},
-                                     fed.test_x / np.float32(255.0))
+    logits, _ = jax.jit(LENET.apply)(
+        {"params": federated.average(state.params)}, fed.test_x / np.float32(255.0)
+    )
     accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=1) == fed.test_y))
     assert losses[-5:].mean() < 0.5 * losses[:5].mean(), losses
     assert accuracy >= 0.6, accuracy

@@ -26,8 +26,9 @@ def assert_same_run(a, b):
                 # max_k ||w_k - r||^2 magnifies the parameters' last-bit
                 # differences (docs/protocols.md): to float32 rounding.
                 assert va == pytest.approx(rb[k], rel=1e-4), (ra["step"], ra["model"], k)
-            elif (k.startswith("interp_loss") or k in ("barrier", "weight_distance")) \
-                    and va is not None:  # float32 means over the local data
+            elif (
+                k.startswith("interp_loss") or k in ("barrier", "weight_distance")
+            ) and va is not None:  # float32 means over the local data
                 assert va == pytest.approx(rb[k], abs=1e-5), (ra["step"], ra["model"], k)
             else:
                 assert va == rb[k], (ra["step"], ra["model"], ra["dataset"], k)
@@ -39,11 +40,13 @@ def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     protocol) writes the same metrics as that run alone (`assert_same_run`)."""
     alone_cfg, alone_records, _ = tiny_run
     base = dict(TINY)
-    cfgs = [config.make(**{**base, "lr": 0.02}, protocol="nosync", seed=1,
-                                 out=str(tmp_path / "a")),
-            config.make(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
-            config.make(**base, split="classes", protocol="sync", sync_period=8, seed=2,
-                                 out=str(tmp_path / "c"))]
+    cfgs = [
+        config.make(**{**base, "lr": 0.02}, protocol="nosync", seed=1, out=str(tmp_path / "a")),
+        config.make(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
+        config.make(
+            **base, split="classes", protocol="sync", sync_period=8, seed=2, out=str(tmp_path / "c")
+        ),
+    ]
     swept = sweep.run_sweep(cfgs, log=lambda line: None)
     assert_same_run(swept[1], alone_records)  # cfgs[1] is the tiny_run's config
     assert metrics_io.read_records(os.path.join(cfgs[1].out, "metrics.jsonl")) == swept[1]
@@ -54,23 +57,40 @@ def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
     assert_same_run(sweep.run(alone_c, log=lambda line: None), swept[2])
 
 
-MIXED_TINY = dict(dataset="digits", workers=2, per_worker=32, batch_size=16, epochs=4.0,
-            eval_period=2, lr=0.05, mi="none", test_samples=40, checkpoint_every=0)
+MIXED_TINY = dict(
+    dataset="digits",
+    workers=2,
+    per_worker=32,
+    batch_size=16,
+    epochs=4.0,
+    eval_period=2,
+    lr=0.05,
+    mi="none",
+    test_samples=40,
+    checkpoint_every=0,
+)
 # 2 steps per epoch, 8 steps, eval points 0, 2, 4, 6, 8.
-MIXED = [dict(protocol="periodic", sync_period=3),
-         dict(protocol="dynamic", check_every=1, delta=0.0),
-         dict(protocol="triggered", trigger_ratio=float("inf")),
-         dict(protocol="triggered", trigger_ratio=0.0, seed=1)]
+MIXED = [
+    dict(protocol="periodic", sync_period=3),
+    dict(protocol="dynamic", check_every=1, delta=0.0),
+    dict(protocol="triggered", trigger_ratio=float("inf")),
+    dict(protocol="triggered", trigger_ratio=0.0, seed=1),
+]
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
-    cfgs = [config.make(**MIXED_TINY, **p, out=str(root / f"sweep{i}"))
-            for i, p in enumerate(MIXED)]
+    cfgs = [
+        config.make(**MIXED_TINY, **p, out=str(root / f"sweep{i}")) for i, p in enumerate(MIXED)
+    ]
     swept = sweep.run_sweep(cfgs, log=lambda line: None)
-    alone = [sweep.run(config.make(**{**c.flat(), "out": str(root / f"alone{i}")}),
-                            log=lambda line: None) for i, c in enumerate(cfgs)]
+    alone = [
+        sweep.run(
+            config.make(**{**c.flat(), "out": str(root / f"alone{i}")}), log=lambda line: None
+        )
+        for i, c in enumerate(cfgs)
+    ]
     return swept, alone
 
 
@@ -107,16 +127,21 @@ def test_sweep_counts_by_hand(mixed):
     swept, _ = mixed
     lenet_bytes = 4 * 61706  # LeNet on 8x8 digits upscaled to 32x32, 10 classes (hand count below)
     # periodic 3 over 8 steps: syncs before steps 3 and 6 (2K = 4 models each).
-    assert comm_at_points(swept[0]) == [(0, 0, 0, 0), (2, 0, 0, 0), (4, 1, 4, 4 * lenet_bytes),
-                                        (6, 1, 4, 4 * lenet_bytes), (8, 2, 8, 8 * lenet_bytes)]
+    assert comm_at_points(swept[0]) == [
+        (0, 0, 0, 0),
+        (2, 0, 0, 0),
+        (4, 1, 4, 4 * lenet_bytes),
+        (6, 1, 4, 4 * lenet_bytes),
+        (8, 2, 8, 8 * lenet_bytes),
+    ]
     # dynamic, delta 0, checked before every step > 0: the workers move at every
     # step, so it syncs before steps 1..7; eval point s has seen those before 1..s-1.
-    assert [c[1:3] for c in comm_at_points(swept[1])] == [(0, 0), (1, 4), (3, 12), (5, 20),
-                                                          (7, 28)]
+    assert [c[1:3] for c in comm_at_points(swept[1])] == [(0, 0), (1, 4), (3, 12), (5, 20), (7, 28)]
     # triggered, ratio inf: decides to sync at every eval point but the last;
     # each decision sends 2K models (its sync then sends nothing more).
-    assert comm_at_points(swept[2]) == [(s, s // 2, 4 * (s // 2), 4 * (s // 2) * lenet_bytes)
-                                        for s in (0, 2, 4, 6, 8)]
+    assert comm_at_points(swept[2]) == [
+        (s, s // 2, 4 * (s // 2), 4 * (s // 2) * lenet_bytes) for s in (0, 2, 4, 6, 8)
+    ]
     # triggered, ratio 0: never syncs, but its decisions still cost.
     assert [c[1] for c in comm_at_points(swept[3])] == [0] * 5
     assert [c[2] for c in comm_at_points(swept[3])] == [0, 4, 8, 12, 16]
@@ -139,9 +164,7 @@ def test_divergence_stops_with_step_and_worker_after_writing_metrics(tmp_path):
     records = metrics_io.read_records(str(tmp_path / "metrics.jsonl"))
     assert {r["step"] for r in records} >= {0, 4}
     lines = []
-    cont = config.make(**{**cfg.flat(), "continue_on_divergence": True,
-                                   "overwrite": True})
+    cont = config.make(**{**cfg.flat(), "continue_on_divergence": True, "overwrite": True})
     records = sweep.run(cont, log=lines.append)
     assert max(r["step"] for r in records) == 12
     assert any(line.startswith("warning: training diverged") for line in lines)
-

@@ -25,10 +25,25 @@ PRESETS = ("paper", "quick")
 def base(preset: str) -> RunConfig:
     """The shared settings of a preset."""
     if preset == "paper":
-        return config.make(dataset="cifar10", workers=2, epochs=20.0, batch_size=32,
-                           eval_period=100, lr=0.05, momentum=0.0,
-                           mi="edge_reference,kde,probe", edge_version="4.2.0")
+        return config.make(
+            dataset="cifar10",
+            workers=2,
+            epochs=20.0,
+            batch_size=32,
+            eval_period=100,
+            lr=0.05,
+            momentum=0.0,
+            mi="edge_reference,kde,probe",
+            edge_version="4.2.0",
+        )
     if preset == "quick":
-        return config.make(dataset="digits", workers=2, epochs=6.0, batch_size=32,
-                           eval_period=10, lr=0.3, momentum=0.0)
+        return config.make(
+            dataset="digits",
+            workers=2,
+            epochs=6.0,
+            batch_size=32,
+            eval_period=10,
+            lr=0.3,
+            momentum=0.0,
+        )
     raise config.ConfigError("preset", f"unknown preset {preset!r}; choose from {PRESETS}")

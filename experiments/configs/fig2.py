@@ -18,5 +18,6 @@ SYNC_PERIOD = {"paper": 1000, "quick": 50}
 
 
 def get_config(preset: str = "paper") -> RunConfig:
-    return common.base(preset).replace(split="iid", protocol="sync",
-                                       sync_period=SYNC_PERIOD[preset])
+    return common.base(preset).replace(
+        split="iid", protocol="sync", sync_period=SYNC_PERIOD[preset]
+    )

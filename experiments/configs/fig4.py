@@ -17,5 +17,6 @@ SYNC_PERIOD = {"paper": 100, "quick": 10}
 
 
 def get_config(preset: str = "paper") -> RunConfig:
-    return common.base(preset).replace(split="classes", protocol="sync",
-                                       sync_period=SYNC_PERIOD[preset])
+    return common.base(preset).replace(
+        split="classes", protocol="sync", sync_period=SYNC_PERIOD[preset]
+    )

@@ -31,40 +31,64 @@ def base(study: str) -> RunConfig:
         # measured every epoch. lr stated on its own: the deltas and the
         # docs' table were measured at 0.05, and the quick preset's rate
         # (chosen for fig 1's collapse) is not that.
-        return common.base("quick").replace(per_worker=256, batch_size=16, epochs=10.0,
-                                            eval_period=16, lr=0.05, mi="kde")
+        return common.base("quick").replace(
+            per_worker=256, batch_size=16, epochs=10.0, eval_period=16, lr=0.05, mi="kde"
+        )
     raise KeyError(study)
 
 
 STUDIES = {
-    "protocols": dict(periods=(100, 1000), check_every=50, deltas=(0.96, 5.6, 23.0),
-                      ratios=(0.8, 0.95)),
-    "protocols_digits": dict(periods=(8, 80), check_every=4, deltas=(0.27, 0.9, 3.3),
-                             ratios=(0.8, 0.95)),
+    "protocols": dict(
+        periods=(100, 1000), check_every=50, deltas=(0.96, 5.6, 23.0), ratios=(0.8, 0.95)
+    ),
+    "protocols_digits": dict(
+        periods=(8, 80), check_every=4, deltas=(0.27, 0.9, 3.3), ratios=(0.8, 0.95)
+    ),
 }
 SEEDS = (0, 1, 2)
 # The settings each run of the study sets (so a flag may not override them).
-PER_RUN = ("split", "protocol", "sync_period", "check_every", "delta", "trigger_metric",
-           "trigger_ratio", "seed")
+PER_RUN = (
+    "split",
+    "protocol",
+    "sync_period",
+    "check_every",
+    "delta",
+    "trigger_metric",
+    "trigger_ratio",
+    "seed",
+)
 
 
 def protocol_runs(study: str) -> dict[str, dict]:
     """{run name: its protocol, split and seed} of a protocol study."""
     spec = STUDIES[study]
     settings = [("nosync", dict(protocol="nosync"))]
-    settings += [(f"periodic{p}", dict(protocol="periodic", sync_period=p))
-                 for p in spec["periods"]]
-    settings += [(f"dynamic{spec['check_every']}-d{d:g}",
-                  dict(protocol="dynamic", check_every=spec["check_every"], delta=d))
-                 for d in spec["deltas"]]
-    settings += [(f"triggered-acc{r:g}", dict(protocol="triggered", trigger_metric="acc",
-                                              trigger_ratio=r)) for r in spec["ratios"]]
-    return {f"{split}-{name}-seed{seed}": dict(values, split=split, seed=seed)
-            for split in ("iid", "classes") for name, values in settings for seed in SEEDS}
+    settings += [
+        (f"periodic{p}", dict(protocol="periodic", sync_period=p)) for p in spec["periods"]
+    ]
+    settings += [
+        (
+            f"dynamic{spec['check_every']}-d{d:g}",
+            dict(protocol="dynamic", check_every=spec["check_every"], delta=d),
+        )
+        for d in spec["deltas"]
+    ]
+    settings += [
+        (f"triggered-acc{r:g}", dict(protocol="triggered", trigger_metric="acc", trigger_ratio=r))
+        for r in spec["ratios"]
+    ]
+    return {
+        f"{split}-{name}-seed{seed}": dict(values, split=split, seed=seed)
+        for split in ("iid", "classes")
+        for name, values in settings
+        for seed in SEEDS
+    }
 
 
 def get_configs(study: str) -> dict[str, RunConfig]:
     """{run name: its RunConfig} (without `out`) of a protocol study."""
     clear = {name: None for name in PER_RUN[2:-1]}
-    return {name: base(study).replace(**{**clear, **values})
-            for name, values in protocol_runs(study).items()}
+    return {
+        name: base(study).replace(**{**clear, **values})
+        for name, values in protocol_runs(study).items()
+    }

@@ -14,5 +14,6 @@ from fedjax_mi.config import RunConfig
 
 
 def get_config() -> RunConfig:
-    return protocols.base("protocols").replace(split="iid", protocol="dynamic", check_every=50,
-                                               delta=5.6)
+    return protocols.base("protocols").replace(
+        split="iid", protocol="dynamic", check_every=50, delta=5.6
+    )

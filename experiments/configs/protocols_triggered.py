@@ -16,5 +16,6 @@ from fedjax_mi.config import RunConfig
 
 
 def get_config() -> RunConfig:
-    return protocols.base("protocols").replace(split="classes", protocol="triggered",
-                                               trigger_metric="acc", trigger_ratio=0.8)
+    return protocols.base("protocols").replace(
+        split="classes", protocol="triggered", trigger_metric="acc", trigger_ratio=0.8
+    )

@@ -14,8 +14,15 @@
 Configs: `KSG`, `MixedKNN`, `Probe`, `KDE`, `EdgeReference`, `EdgeQuantile`.
 """
 
-from fedjax_mi.mi.api import (DEFAULT_CONTINUOUS, DEFAULT_LABELS, Config, default_config,
-                              estimate, estimate_traced, floor)
+from fedjax_mi.mi.api import (
+    DEFAULT_CONTINUOUS,
+    DEFAULT_LABELS,
+    Config,
+    default_config,
+    estimate,
+    estimate_traced,
+    floor,
+)
 from fedjax_mi.mi.edge import EdgeConfig
 from fedjax_mi.mi.edge_quantile import EdgeQuantile
 from fedjax_mi.mi.edge_reference import EdgeReference

@@ -57,8 +57,10 @@ def estimate_traced(key: jax.Array, a: jax.Array, b: jax.Array, config: Config) 
         return edge_reference.estimate(key, a, b, config)
     if isinstance(config, EdgeQuantile):
         return edge_quantile.estimate(key, a, b, config)
-    raise TypeError(f"unknown estimator config {type(config).__name__}; expected one of "
-                    f"{[c.__name__ for c in Config.__args__]}")
+    raise TypeError(
+        f"unknown estimator config {type(config).__name__}; expected one of "
+        f"{[c.__name__ for c in Config.__args__]}"
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -72,6 +74,7 @@ def _floor_jit(key, a, b, config, n):
         k_perm, k_est = jax.random.split(k)
         perm = jax.random.permutation(k_perm, b.shape[0])
         return estimate_traced(k_est, a, b[perm], config)
+
     return jnp.mean(jax.vmap(one)(jax.random.split(key, n)))
 
 
@@ -87,17 +90,24 @@ def _prepare(a, b, config: Optional[Config]) -> Config:
         if isinstance(config, MixedKNN):
             small = [int(c) for c in np.flatnonzero((counts > 0) & (counts <= config.k))]
             if small:
-                warnings.warn(f"MixedKNN: classes {small} (offset by the smallest label) have "
-                              f"<= k = {config.k} samples; their samples are skipped",
-                              stacklevel=3)
+                warnings.warn(
+                    f"MixedKNN: classes {small} (offset by the smallest label) have "
+                    f"<= k = {config.k} samples; their samples are skipped",
+                    stacklevel=3,
+                )
         if isinstance(config, Probe) and config.num_classes is None:
             import dataclasses
+
             config = dataclasses.replace(config, num_classes=int(np.max(labels)) + 1)
     return config
 
 
-def estimate(key: jax.Array, a: jax.typing.ArrayLike, b: jax.typing.ArrayLike,
-             config: Optional[Config] = None) -> jax.Array:
+def estimate(
+    key: jax.Array,
+    a: jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    config: Optional[Config] = None,
+) -> jax.Array:
     """I(a; b) in bits with the estimator `config` selects (jitted, config static).
 
     Args:
@@ -116,8 +126,13 @@ def estimate(key: jax.Array, a: jax.typing.ArrayLike, b: jax.typing.ArrayLike,
     return _estimate_jit(key, a, b, config)
 
 
-def floor(key: jax.Array, a: jax.typing.ArrayLike, b: jax.typing.ArrayLike,
-          config: Optional[Config] = None, n: int = 5) -> jax.Array:
+def floor(
+    key: jax.Array,
+    a: jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    config: Optional[Config] = None,
+    n: int = 5,
+) -> jax.Array:
     """The mean estimate over `n` random pairings of a with b (bits).
 
     Shuffling breaks the pairing, so the true MI is 0: what remains is the

@@ -32,7 +32,8 @@ def _labels(labels, name: str) -> jax.Array:
         raise TypeError(
             f"{name} needs integer class labels of shape (N,) or (N, 1); got dtype "
             f"{jnp.asarray(labels).dtype}, shape {jnp.shape(labels)} "
-            "(labels stored as floats? pass labels.astype(int))")
+            "(labels stored as floats? pass labels.astype(int))"
+        )
     return inputs.as_labels(labels)
 
 
@@ -123,13 +124,16 @@ def barber_agakov(logits: jax.Array, labels: jax.Array) -> jax.Array:
     labels = _labels(labels, "barber_agakov")
     logits = jnp.asarray(logits)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"barber_agakov needs logits (N, C) and labels (N,), got "
-                         f"{logits.shape} and {labels.shape}")
+        raise ValueError(
+            f"barber_agakov needs logits (N, C) and labels (N,), got "
+            f"{logits.shape} and {labels.shape}"
+        )
     return _barber_agakov(logits, labels)
 
 
-def fano(accuracy: jax.typing.ArrayLike, label_entropy_bits: jax.typing.ArrayLike,
-         num_classes: int) -> jax.Array:
+def fano(
+    accuracy: jax.typing.ArrayLike, label_entropy_bits: jax.typing.ArrayLike, num_classes: int
+) -> jax.Array:
     """Fano lower bound on I(Z;Y) from a classifier's accuracy, in bits.
 
     With Pe = 1 - accuracy, Fano's inequality H(Y|Yhat) <= h2(Pe) + Pe log2(C - 1)

@@ -35,6 +35,7 @@ class EdgeQuantile:
       scale_rows: column scales of a projection from at most this many
         evenly spaced rows (None: all).
     """
+
     ensemble_size: int = 4
     resolutions: int = 5
     max_joint_cells: float = 1.0

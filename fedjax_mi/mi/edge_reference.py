@@ -41,6 +41,7 @@ class EdgeReference:
       hashing: "p-stable" (random projection) or "floor".
       stochastic: random shifts drawn from the key instead of diagonal ones.
     """
+
     version: str = "4.2.0"
     U: float = 10.0
     gamma: tuple[float, float] = (1.0, 1.0)
@@ -62,8 +63,11 @@ class EdgeReference:
 
     def settings(self) -> edge.EdgeConfig:
         """The engine's full knob set for these keywords."""
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name != "version" and getattr(self, f.name) is not None}
+        kw = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "version" and getattr(self, f.name) is not None
+        }
         return edge.EdgeConfig.reference(self.version, **kw)
 
     @classmethod
@@ -81,8 +85,9 @@ class EdgeReference:
 # The author's settings for the last hidden layer (docs/estimators.md,
 # "EDGE reference mode").
 PAPER_XZ = dict(U=20.0, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range")
-PAPER_ZY = dict(U=10.0, L_ensemble=10, gamma=(1e-4, 0.52), epsilon=(0.2, 0.2),
-                epsilon_vector="range")
+PAPER_ZY = dict(
+    U=10.0, L_ensemble=10, gamma=(1e-4, 0.52), epsilon=(0.2, 0.2), epsilon_vector="range"
+)
 
 
 def estimate(key: jax.Array, a: jax.Array, b: jax.Array, config: EdgeReference) -> jax.Array:

@@ -19,7 +19,8 @@ import numpy as np
 def is_labels(a) -> bool:
     """True for an integer array of shape (N,) or (N, 1): class labels."""
     return jnp.issubdtype(jnp.asarray(a).dtype, jnp.integer) and (
-        a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1))
+        a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)
+    )
 
 
 def as_matrix(a: jax.Array, dtype=None) -> jax.Array:
@@ -41,11 +42,15 @@ def as_labels(a: jax.Array) -> jax.Array:
 def check_pair(a, b, min_samples: int, name: str) -> int:
     """Shapes of a pair; returns N. Raises ValueError naming `name`."""
     if jnp.ndim(a) not in (1, 2) or jnp.ndim(b) not in (1, 2):
-        raise ValueError(f"{name}: inputs must be (N, d) or (N,), got {jnp.shape(a)} and {jnp.shape(b)}")
+        raise ValueError(
+            f"{name}: inputs must be (N, d) or (N,), got {jnp.shape(a)} and {jnp.shape(b)}"
+        )
     n = jnp.shape(a)[0]
     if jnp.shape(b)[0] != n:
-        raise ValueError(f"{name}: inputs must have the same number of rows, "
-                         f"got {jnp.shape(a)} and {jnp.shape(b)}")
+        raise ValueError(
+            f"{name}: inputs must have the same number of rows, "
+            f"got {jnp.shape(a)} and {jnp.shape(b)}"
+        )
     if n < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} samples, got N = {n}")
     return n
@@ -64,7 +69,8 @@ def split_labels(a, b, name: str) -> tuple[jax.Array, jax.Array]:
     raise TypeError(
         f"{name} needs integer class labels (N,) on one side; got dtypes "
         f"{jnp.asarray(a).dtype} {jnp.shape(a)} and {jnp.asarray(b).dtype} {jnp.shape(b)} "
-        "(labels stored as floats? pass labels.astype(int))")
+        "(labels stored as floats? pass labels.astype(int))"
+    )
 
 
 def nan_unless_finite(value: jax.Array, *arrays: jax.Array) -> jax.Array:
@@ -86,5 +92,7 @@ def check_values(a, b) -> None:
     for name, arr in (("first", a), ("second", b)):
         arr = np.asarray(arr)
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
-            raise ValueError(f"the {name} input holds {int(np.sum(~np.isfinite(arr)))} "
-                             "non-finite values (NaN or inf)")
+            raise ValueError(
+                f"the {name} input holds {int(np.sum(~np.isfinite(arr)))} "
+                "non-finite values (NaN or inf)"
+            )

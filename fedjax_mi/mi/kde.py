@@ -96,20 +96,25 @@ class KDE:
         float32 block is 13 MB; 512 (51 MB) measured 2x slower on the 2-core
         CPU, 64-256 alike (docs/estimators.md, "KDE", cost).
     """
+
     noise_var: float = 10.0
     relative: bool = True
     queries: int | None = None
     block: int = 128
 
     def __post_init__(self):
-        if (isinstance(self.noise_var, bool) or not isinstance(self.noise_var, (int, float))
-                or not math.isfinite(self.noise_var) or self.noise_var <= 0):
+        if (
+            isinstance(self.noise_var, bool)
+            or not isinstance(self.noise_var, (int, float))
+            or not math.isfinite(self.noise_var)
+            or self.noise_var <= 0
+        ):
             raise ValueError(f"KDE.noise_var must be a finite number > 0, got {self.noise_var!r}")
         if not isinstance(self.relative, bool):
             raise ValueError(f"KDE.relative must be a bool, got {self.relative!r}")
-        if self.queries is not None and (isinstance(self.queries, bool)
-                                         or not isinstance(self.queries, int)
-                                         or self.queries < 1):
+        if self.queries is not None and (
+            isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 1
+        ):
             raise ValueError(f"KDE.queries must be None or an integer >= 1, got {self.queries!r}")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"KDE.block must be an integer >= 1, got {self.block!r}")
@@ -123,6 +128,7 @@ class KDEBounds(NamedTuple):
     KL-based (`upper`) estimates of I(Z+e; Y), which are not bounds (see the
     module docstring).
     """
+
     lower: jax.Array
     upper: jax.Array
 
@@ -192,18 +198,20 @@ def _xz_terms(key, z, config):
 
     def rows(zq, iq):
         d2 = _sq_dists(zq, iq, z)
-        return jnp.stack([log_n - _log_kernel_sum(d2, inv_8s2),
-                          log_n - _log_kernel_sum(d2, 4.0 * inv_8s2)], -1)
+        return jnp.stack(
+            [log_n - _log_kernel_sum(d2, inv_8s2), log_n - _log_kernel_sum(d2, 4.0 * inv_8s2)], -1
+        )
 
-    terms = pairwise.map_row_blocks(rows, config.block, z[idx], idx)       # (M, 2)
+    terms = pairwise.map_row_blocks(rows, config.block, z[idx], idx)  # (M, 2)
     return jnp.mean(terms, axis=0)
 
 
 def _class_sizes(labels: jax.Array) -> jax.Array:
     """(N,) float: N_{y_i}, the number of rows with label y_i, by one sort."""
     ordered = jnp.sort(labels)
-    sizes = (jnp.searchsorted(ordered, labels, side="right")
-             - jnp.searchsorted(ordered, labels, side="left"))
+    sizes = jnp.searchsorted(ordered, labels, side="right") - jnp.searchsorted(
+        ordered, labels, side="left"
+    )
     return sizes.astype(jnp.result_type(float))
 
 
@@ -219,21 +227,24 @@ def _zy_terms(key, labels, z, config):
     number of classes.
     """
     z, idx, inv_8s2 = _prepare(key, z, config)
-    log_n = jnp.log(jnp.asarray(z.shape[0], z.dtype))     # see _xz_terms
+    log_n = jnp.log(jnp.asarray(z.shape[0], z.dtype))  # see _xz_terms
     log_sizes = jnp.log(_class_sizes(labels))
 
     def rows(zq, iq, yq, log_nq):
         d2 = _sq_dists(zq, iq, z)
         same = yq[:, None] == labels[None, :]
-        return jnp.stack([
-            log_n - _log_kernel_sum(d2, inv_8s2),
-            log_n - _log_kernel_sum(d2, 4.0 * inv_8s2),
-            log_nq - _log_kernel_sum(d2, inv_8s2, same),
-            log_nq - _log_kernel_sum(d2, 4.0 * inv_8s2, same),
-        ], -1)
+        return jnp.stack(
+            [
+                log_n - _log_kernel_sum(d2, inv_8s2),
+                log_n - _log_kernel_sum(d2, 4.0 * inv_8s2),
+                log_nq - _log_kernel_sum(d2, inv_8s2, same),
+                log_nq - _log_kernel_sum(d2, 4.0 * inv_8s2, same),
+            ],
+            -1,
+        )
 
     terms = pairwise.map_row_blocks(rows, config.block, z[idx], idx, labels[idx], log_sizes[idx])
-    return jnp.mean(terms, axis=0)                                        # (M, 4) -> (4,)
+    return jnp.mean(terms, axis=0)  # (M, 4) -> (4,)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -255,8 +266,9 @@ def xz_bounds(key: jax.Array, z: jax.Array, config: KDE) -> KDEBounds:
     inputs.check_pair(z, z, _MIN_SAMPLES, "kde.xz_bounds")
     z = inputs.as_matrix(z)
     i_bh, i_kl = _xz_terms(key, z, config) / _LN2
-    return KDEBounds(lower=inputs.nan_unless_finite(i_bh, z),
-                     upper=inputs.nan_unless_finite(i_kl, z))
+    return KDEBounds(
+        lower=inputs.nan_unless_finite(i_bh, z), upper=inputs.nan_unless_finite(i_kl, z)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -289,13 +301,19 @@ def zy_bounds(key: jax.Array, labels: jax.Array, z: jax.Array, config: KDE) -> K
       TypeError: labels are not integers (e.g. labels stored as floats).
     """
     if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
-        raise TypeError(f"kde.zy_bounds needs integer class labels, got dtype "
-                        f"{jnp.asarray(labels).dtype} (labels stored as floats? pass labels.astype(int))")
+        raise TypeError(
+            f"kde.zy_bounds needs integer class labels, got dtype "
+            f"{jnp.asarray(labels).dtype} (labels stored as floats? pass labels.astype(int))"
+        )
     inputs.check_pair(labels, z, _MIN_SAMPLES, "kde.zy_bounds")
     if not inputs.is_labels(labels):
-        raise ValueError(f"kde.zy_bounds: labels must be (N,) or (N, 1), got shape {jnp.shape(labels)}")
+        raise ValueError(
+            f"kde.zy_bounds: labels must be (N,) or (N, 1), got shape {jnp.shape(labels)}"
+        )
     labels = inputs.as_labels(labels)
     z = inputs.as_matrix(z)
     t = _zy_terms(key, labels, z, config) / _LN2
-    return KDEBounds(lower=inputs.nan_unless_finite(t[0] - t[2], z),
-                     upper=inputs.nan_unless_finite(t[1] - t[3], z))
+    return KDEBounds(
+        lower=inputs.nan_unless_finite(t[0] - t[2], z),
+        upper=inputs.nan_unless_finite(t[1] - t[3], z),
+    )

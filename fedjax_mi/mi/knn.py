@@ -68,6 +68,7 @@ class KSG:
         averaged) before standardising. MI is unchanged by monotone
         per-coordinate maps; the scores undo heavy tails and skew.
     """
+
     k: Optional[int] = 3
     block: int = 64
     lnc_quantile: Optional[float] = None
@@ -82,7 +83,9 @@ class KSG:
         if not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"KSG.block must be an integer >= 1, got {self.block!r}")
         if self.lnc_quantile is not None and not 0.0 < self.lnc_quantile < 1.0:
-            raise ValueError(f"KSG.lnc_quantile must be in (0, 1) or None, got {self.lnc_quantile!r}")
+            raise ValueError(
+                f"KSG.lnc_quantile must be in (0, 1) or None, got {self.lnc_quantile!r}"
+            )
         if not isinstance(self.copula, bool):
             raise ValueError(f"KSG.copula must be a bool, got {self.copula!r}")
 
@@ -110,6 +113,7 @@ class MixedKNN:
         coordinate differences, error relative to the distance itself.
         "auto": "direct" for d <= 8, else "gemm".
     """
+
     k: int = 3
     block: int = 64
     distances: str = "auto"
@@ -120,8 +124,9 @@ class MixedKNN:
         if not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"MixedKNN.block must be an integer >= 1, got {self.block!r}")
         if self.distances not in ("auto", "gemm", "direct"):
-            raise ValueError(f"MixedKNN.distances must be 'auto', 'gemm' or 'direct', "
-                             f"got {self.distances!r}")
+            raise ValueError(
+                f"MixedKNN.distances must be 'auto', 'gemm' or 'direct', got {self.distances!r}"
+            )
 
 
 # Largest d for which distances="auto" sums coordinate differences; above it
@@ -132,6 +137,7 @@ _DIRECT_MAX_DIM = 8
 
 # ---------------------------------------------------------------------------
 # k-th smallest value per row.
+
 
 def _kth_by_passes(d: jax.Array, k: int) -> jax.Array:
     """(B,) k-th smallest value of each row of (B, M) `d`, ties counted.
@@ -162,7 +168,7 @@ def _pick_chunks(d: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array
     b, m = d.shape
     groups = m // chunk
     blocks = d.reshape(b, groups, chunk)
-    minima = jnp.min(blocks, axis=-1)                       # (B, G)
+    minima = jnp.min(blocks, axis=-1)  # (B, G)
     iota = lax.broadcasted_iota(jnp.int32, minima.shape, 1)
     taken = jnp.zeros(minima.shape, bool)
     picks = []
@@ -173,7 +179,7 @@ def _pick_chunks(d: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array
         pick = jnp.min(jnp.where(~taken & (minima <= low), iota, groups), axis=-1)
         taken = taken | (iota == pick[:, None])
         picks.append(pick)
-    picks = jnp.stack(picks, 1)                                  # (B, k)
+    picks = jnp.stack(picks, 1)  # (B, k)
     chosen = jnp.take_along_axis(blocks, picks[:, :, None], axis=1)
     columns = picks[:, :, None] * chunk + jnp.arange(chunk, dtype=jnp.int32)
     return chosen.reshape(b, k * chunk), columns.reshape(b, k * chunk)
@@ -226,7 +232,7 @@ def _count_true(*masks: jax.Array, chunk: int = _CHUNK) -> tuple[jax.Array, ...]
     b, m = masks[0].shape
     packed = jnp.where(masks[0], 1.0, 0.0)
     for i, mask in enumerate(masks[1:], 1):
-        packed = packed + jnp.where(mask, float(256 ** i), 0.0)
+        packed = packed + jnp.where(mask, float(256**i), 0.0)
     sums = jnp.sum(packed.reshape(b, m // chunk, chunk), axis=-1).astype(jnp.int32)
     return tuple(jnp.sum((sums >> (8 * i)) & 0xFF, axis=-1) for i in range(len(masks)))
 
@@ -247,7 +253,7 @@ def _chebyshev(q: jax.Array, xt: jax.Array) -> jax.Array:
     """
     out = jnp.abs(q[:, 0:1] - xt[0][None, :])
     for c in range(1, q.shape[1]):  # d is static
-        out = jnp.maximum(out, jnp.abs(q[:, c:c + 1] - xt[c][None, :]))
+        out = jnp.maximum(out, jnp.abs(q[:, c : c + 1] - xt[c][None, :]))
     return out
 
 
@@ -259,7 +265,7 @@ def _sq_differences(q: jax.Array, xt: jax.Array) -> jax.Array:
     """
     out = jnp.square(q[:, 0:1] - xt[0][None, :])
     for c in range(1, q.shape[1]):  # d is static
-        out = out + jnp.square(q[:, c:c + 1] - xt[c][None, :])
+        out = out + jnp.square(q[:, c : c + 1] - xt[c][None, :])
     return out
 
 
@@ -268,6 +274,7 @@ _sq_euclidean = pairwise.sq_euclidean
 
 # ---------------------------------------------------------------------------
 # Copula scores and the local non-uniformity correction.
+
 
 def normal_scores(x: jax.Array) -> jax.Array:
     """(N, d) columns replaced by their normal scores ndtri(rank / (N + 1)).
@@ -278,8 +285,9 @@ def normal_scores(x: jax.Array) -> jax.Array:
     """
     n = x.shape[0]
     s = jnp.sort(x, axis=0)
-    side = lambda which: jax.vmap(lambda c, v: jnp.searchsorted(c, v, side=which),
-                                  in_axes=(1, 1), out_axes=1)(s, x)
+    side = lambda which: jax.vmap(
+        lambda c, v: jnp.searchsorted(c, v, side=which), in_axes=(1, 1), out_axes=1
+    )(s, x)
     rank = (side("left") + side("right") + 1).astype(x.dtype) / 2.0
     return ndtri(rank / (n + 1))
 
@@ -307,7 +315,7 @@ def _box_log_ratio(offsets: jax.Array, eps: jax.Array, kept: jax.Array) -> jax.A
     # Constant columns have zero rows and columns; a unit diagonal there
     # makes them eigenvectors of their own, recognised and skipped below.
     cov = cov + jnp.diag((~kept).astype(offsets.dtype))
-    _, axes = jnp.linalg.eigh(cov)                                 # (B, d, d) columns
+    _, axes = jnp.linalg.eigh(cov)  # (B, d, d) columns
     half = jnp.max(jnp.abs(jnp.einsum("bkd,bdm->bkm", offsets, axes, precision=hi)), axis=1)
     on_kept = jnp.sum(jnp.where(kept[None, :, None], axes * axes, 0.0), axis=1) > 0.5  # (B, d)
     d_kept = jnp.sum(kept).astype(offsets.dtype)
@@ -330,7 +338,7 @@ def lnc_log_alpha(k: int, d: int, quantile: float, draws: int = 4000, seed: int 
     """
     rng = np.random.default_rng([seed, k, d])
     out = []
-    for start in range(0, draws, 250):                    # bounded memory
+    for start in range(0, draws, 250):  # bounded memory
         off = rng.uniform(-1.0, 1.0, (min(250, draws - start), k, d))
         eps = np.abs(off).max(axis=(1, 2))
         pts = np.concatenate([np.zeros_like(off[:, :1]), off], axis=1)
@@ -343,6 +351,7 @@ def lnc_log_alpha(k: int, d: int, quantile: float, draws: int = 4000, seed: int 
 
 # ---------------------------------------------------------------------------
 # KSG.
+
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
@@ -397,8 +406,10 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
     n = inputs.check_pair(a, b, min_samples=k + 1, name="KSG")
     lnc = config.lnc_quantile is not None
     if lnc and k <= dim:
-        raise ValueError(f"KSG with the LNC correction needs k > da + db = {dim} "
-                         f"(k neighbours span at most k directions), got k = {k}; use k=None")
+        raise ValueError(
+            f"KSG with the LNC correction needs k > da + db = {dim} "
+            f"(k neighbours span at most k directions), got k = {k}; use k=None"
+        )
     a_raw, b_raw = jnp.asarray(a), jnp.asarray(b)
     xa, xb = inputs.as_matrix(a_raw), inputs.as_matrix(b_raw)
     if config.copula:
@@ -408,8 +419,8 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
     index = jnp.arange(za_cols.shape[1])
     valid = index < n
     if lnc:
-        joint_rows = jnp.concatenate([za_cols, zb_cols]).T                  # (Np, d)
-        kept = jnp.any(joint_rows[:n] != joint_rows[:1], axis=0)            # non-constant
+        joint_rows = jnp.concatenate([za_cols, zb_cols]).T  # (Np, d)
+        kept = jnp.any(joint_rows[:n] != joint_rows[:1], axis=0)  # non-constant
 
     def block(qi):
         # Queries are read from the column arrays inside the loop body, where
@@ -417,24 +428,25 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
         # loop, XLA:CPU recomputed the standardisation separately for queries
         # and columns, with reductions rounded differently, and duplicated
         # rows ended up 1 ulp apart instead of at distance 0.
-        qa, qb = za_cols[:, qi].T, zb_cols[:, qi].T                   # (B, d)
-        da = _chebyshev(qa, za_cols)                                 # (B, Np)
+        qa, qb = za_cols[:, qi].T, zb_cols[:, qi].T  # (B, d)
+        da = _chebyshev(qa, za_cols)  # (B, Np)
         db = _chebyshev(qb, zb_cols)
         other = (qi[:, None] != index[None, :]) & valid[None, :]
         dz = jnp.where(other, jnp.maximum(da, db), jnp.inf)
         if lnc:
-            nearest, columns = _k_nearest(dz, k)                     # (B, k)
+            nearest, columns = _k_nearest(dz, k)  # (B, k)
             eps = nearest[:, -1]
             offsets = joint_rows[columns] - joint_rows[qi][:, None, :]  # (B, k, d)
             log_ratio = _box_log_ratio(offsets, eps, kept)
         else:
-            eps = _kth_smallest(dz, k)                               # (B,)
+            eps = _kth_smallest(dz, k)  # (B,)
             log_ratio = jnp.zeros_like(eps)
         # "Strictly closer than eps" is "<= the float below eps"; at eps = 0
         # the Gao et al. rule counts "<= 0".
         radius = jnp.where(eps > 0, jnp.nextafter(eps, jnp.zeros_like(eps)), 0.0)[:, None]
         n_a, n_b, at_zero = _count_true(
-            other & (da <= radius), other & (db <= radius), dz <= 0)  # self: dz = inf
+            other & (da <= radius), other & (db <= radius), dz <= 0
+        )  # self: dz = inf
         k_i = jnp.where(eps > 0, k, at_zero)
         return k_i, n_a, n_b, log_ratio
 
@@ -446,13 +458,14 @@ def ksg(key: jax.Array, a: jax.Array, b: jax.Array, config: KSG) -> jax.Array:
         # samples whose ratio is below alpha (0 for the others and where it
         # is undefined).
         log_alpha = lnc_log_alpha(k, dim, config.lnc_quantile)
-        below = jnp.where(log_ratio < log_alpha, log_ratio, 0.0)   # NaN < x is False
+        below = jnp.where(log_ratio < log_alpha, log_ratio, 0.0)  # NaN < x is False
         nats = nats - jnp.mean(below)
     return inputs.nan_unless_finite(nats / math.log(2.0), a_raw, b_raw)
 
 
 # ---------------------------------------------------------------------------
 # Ross (2014), discrete labels and continuous samples.
+
 
 def _standardize_kept(x: jax.Array, kept: jax.Array) -> jax.Array:
     """`pairwise.standardize` with mean and std over the rows where `kept`.
@@ -474,8 +487,9 @@ def _class_sizes(labels: jax.Array) -> jax.Array:
     static (no bincount length).
     """
     s = jnp.sort(labels)
-    return (jnp.searchsorted(s, labels, side="right")
-            - jnp.searchsorted(s, labels, side="left")).astype(jnp.int32)
+    return (
+        jnp.searchsorted(s, labels, side="right") - jnp.searchsorted(s, labels, side="left")
+    ).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -528,8 +542,10 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     del key
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"MixedKNN needs integer class labels, got dtype {labels.dtype} "
-                        "(labels stored as floats? pass labels.astype(int))")
+        raise TypeError(
+            f"MixedKNN needs integer class labels, got dtype {labels.dtype} "
+            "(labels stored as floats? pass labels.astype(int))"
+        )
     if not inputs.is_labels(labels):
         raise ValueError(f"MixedKNN: labels must be (N,) or (N, 1), got shape {labels.shape}")
     n = inputs.check_pair(labels, x, min_samples=config.k + 1, name="MixedKNN")
@@ -540,10 +556,11 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     z = _standardize_kept(inputs.as_matrix(x_raw), kept)
 
     gemm = config.distances == "gemm" or (
-        config.distances == "auto" and z.shape[1] > _DIRECT_MAX_DIM)
-    z_cols = _pad_rows(z, _CHUNK)                     # (Np, d) rows for the GEMM
+        config.distances == "auto" and z.shape[1] > _DIRECT_MAX_DIM
+    )
+    z_cols = _pad_rows(z, _CHUNK)  # (Np, d) rows for the GEMM
     if not gemm:
-        z_cols = z_cols.T                             # (d, Np) coordinate rows
+        z_cols = z_cols.T  # (d, Np) coordinate rows
     labels_cols = _pad_rows(labels, _CHUNK)
     index = jnp.arange(labels_cols.shape[0])
     counted = _pad_rows(kept, _CHUNK)  # padding rows are False
@@ -551,7 +568,7 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     def block(qi):
         # Queries read from the loop operand, as in `ksg` (exact duplicates).
         if gemm:
-            d2 = _sq_euclidean(z_cols[qi], z_cols)                   # (B, Np)
+            d2 = _sq_euclidean(z_cols[qi], z_cols)  # (B, Np)
         else:
             d2 = _sq_differences(z_cols[:, qi].T, z_cols)
         other = qi[:, None] != index[None, :]
@@ -563,9 +580,8 @@ def mixed_knn(key: jax.Array, labels: jax.Array, x: jax.Array, config: MixedKNN)
     m = pairwise.map_row_blocks(block, config.block, jnp.arange(n))
     weight = kept.astype(z.dtype)
     n_kept = jnp.sum(weight)
-    mean = lambda v: jnp.sum(weight * v) / n_kept        # NaN if nothing is kept
+    mean = lambda v: jnp.sum(weight * v) / n_kept  # NaN if nothing is kept
     f = lambda c: digamma(jnp.maximum(c, 1).astype(z.dtype))  # skipped rows may hold 0
-    nats = (digamma(n_kept) + digamma(jnp.asarray(config.k, z.dtype))
-            - mean(f(sizes)) - mean(f(m)))
+    nats = digamma(n_kept) + digamma(jnp.asarray(config.k, z.dtype)) - mean(f(sizes)) - mean(f(m))
     nats = jnp.where(n_kept > 0, nats, jnp.nan)
     return inputs.nan_unless_finite(nats / math.log(2.0), x_raw)

@@ -95,8 +95,21 @@ class Probe:
     """
 
     hidden: int = 0
-    l2: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0,
-                             3000.0, 10000.0)
+    l2: tuple[float, ...] = (
+        0.01,
+        0.03,
+        0.1,
+        0.3,
+        1.0,
+        3.0,
+        10.0,
+        30.0,
+        100.0,
+        300.0,
+        1000.0,
+        3000.0,
+        10000.0,
+    )
     steps: int = 30
     learning_rate: float = 1.0
     num_classes: int | None = None
@@ -109,18 +122,24 @@ class Probe:
         except TypeError:
             raise ValueError(f"Probe.l2 must be a sequence of floats, got {self.l2!r}") from None
         if not l2 or not all(math.isfinite(v) and v >= 0 for v in l2):
-            raise ValueError("Probe.l2 must be a non-empty sequence of finite values >= 0, "
-                             f"got {self.l2!r}")
+            raise ValueError(
+                f"Probe.l2 must be a non-empty sequence of finite values >= 0, got {self.l2!r}"
+            )
         object.__setattr__(self, "l2", l2)  # a list would make the config unhashable
         if not _is_int(self.steps) or self.steps < 1:
             raise ValueError(f"Probe.steps must be an int >= 1, got {self.steps!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            raise ValueError("Probe.learning_rate must be a finite number > 0, "
-                             f"got {self.learning_rate!r}")
+        if not (
+            isinstance(self.learning_rate, (int, float))
+            and math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+        ):
+            raise ValueError(
+                f"Probe.learning_rate must be a finite number > 0, got {self.learning_rate!r}"
+            )
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 1):
-            raise ValueError("Probe.num_classes must be None or an int >= 1, "
-                             f"got {self.num_classes!r}")
+            raise ValueError(
+                f"Probe.num_classes must be None or an int >= 1, got {self.num_classes!r}"
+            )
 
 
 def _is_int(v) -> bool:
@@ -156,16 +175,19 @@ def probe(key: jax.Array, labels: jax.Array, z: jax.Array, config: Probe = Probe
         raise TypeError(
             f"probe needs integer class labels (N,) or (N, 1); got dtype "
             f"{jnp.asarray(labels).dtype}, shape {jnp.shape(labels)} "
-            "(labels stored as floats? pass labels.astype(int))")
+            "(labels stored as floats? pass labels.astype(int))"
+        )
     inputs.check_pair(labels, z, MIN_SAMPLES, "probe")
     labels = inputs.as_labels(labels)
     z = inputs.as_matrix(z)
     num_classes = config.num_classes
     if num_classes is None:
         if not inputs.is_concrete(labels):
-            raise ValueError("probe: Probe.num_classes=None infers the class count from the "
-                             "label values, which are traced here (jit or vmap); set "
-                             "Probe(num_classes=C)")
+            raise ValueError(
+                "probe: Probe.num_classes=None infers the class count from the "
+                "label values, which are traced here (jit or vmap); set "
+                "Probe(num_classes=C)"
+            )
         # The resolved count goes into the static config, so an explicit and an
         # inferred count share one compilation.
         config = dataclasses.replace(config, num_classes=max(int(jnp.max(labels)) + 1, 1))
@@ -185,7 +207,8 @@ def _one_at_a_time_under_vmap(config: Probe):
     An accelerator runs a batch in parallel, so it keeps the native vmap.
     """
     return jax.custom_batching.sequential_vmap(
-        lambda key, labels, z: _probe(key, labels, z, config))
+        lambda key, labels, z: _probe(key, labels, z, config)
+    )
 
 
 @jax.jit(static_argnames="config")
@@ -196,8 +219,8 @@ def _probe(key, labels, z, config):
     k_perm, k_init = jax.random.split(key)
     perm = jax.random.permutation(k_perm, n)
     x, y = z[perm], labels[perm]
-    xa, xb = x[:half], x[half:2 * half]
-    ya, yb = y[:half], y[half:2 * half]
+    xa, xb = x[:half], x[half : 2 * half]
+    ya, yb = y[:half], y[half : 2 * half]
     fold = lambda xtr, ytr, xte, yte: _fold(k_init, xtr, ytr, xte, yte, config, num_classes)
     folds = (jnp.stack([xa, xb]), jnp.stack([ya, yb]), jnp.stack([xb, xa]), jnp.stack([yb, ya]))
     # Sequential, not vmapped: a vmapped while loop runs every fold for as
@@ -246,8 +269,13 @@ def _choose_l2(params, x, y, candidates, config):
         score = _mean_ce(params, xv, yv)
         better = active & (score < best)  # False for a NaN score
         pick = lambda new, old: jnp.where(better, new, old)
-        carry = (params, pick(score, best), jax.tree.map(pick, params, best_params),
-                 pick(l2, best_l2), better if path else active)
+        carry = (
+            params,
+            pick(score, best),
+            jax.tree.map(pick, params, best_params),
+            pick(l2, best_l2),
+            better if path else active,
+        )
         return carry, None
 
     inf = jnp.asarray(jnp.inf, x.dtype)
@@ -276,10 +304,12 @@ def _init(key, d, num_classes, hidden, dtype):
         # Softmax regression is convex: zeros are as good a start as any.
         return {"w": jnp.zeros((d, num_classes), dtype), "b": jnp.zeros((num_classes,), dtype)}
     k1, k2 = jax.random.split(key)
-    return {"w1": jax.random.normal(k1, (d, hidden), dtype) * jnp.sqrt(2.0 / d),
-            "b1": jnp.zeros((hidden,), dtype),
-            "w2": jax.random.normal(k2, (hidden, num_classes), dtype) * jnp.sqrt(1.0 / hidden),
-            "b2": jnp.zeros((num_classes,), dtype)}
+    return {
+        "w1": jax.random.normal(k1, (d, hidden), dtype) * jnp.sqrt(2.0 / d),
+        "b1": jnp.zeros((hidden,), dtype),
+        "w2": jax.random.normal(k2, (hidden, num_classes), dtype) * jnp.sqrt(1.0 / hidden),
+        "b2": jnp.zeros((num_classes,), dtype),
+    }
 
 
 def _logits(params, x):
@@ -320,8 +350,12 @@ def _fit(params, x, y, l2, config, active=True):
     opt = optax.lbfgs(
         learning_rate=config.learning_rate,
         linesearch=optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=_LINESEARCH_STEPS, decrease_factor=_LINESEARCH_DECREASE,
-            increase_factor=math.inf, store_grad=True))
+            max_backtracking_steps=_LINESEARCH_STEPS,
+            decrease_factor=_LINESEARCH_DECREASE,
+            increase_factor=math.inf,
+            store_grad=True,
+        ),
+    )
     value_and_grad = optax.value_and_grad_from_state(objective)
 
     def cond(carry):
@@ -331,8 +365,7 @@ def _fit(params, x, y, l2, config, active=True):
     def body(carry):
         scaled, state, it, _ = carry
         value, grad = value_and_grad(scaled, state=state)
-        updates, state = opt.update(grad, state, scaled, value=value, grad=grad,
-                                    value_fn=objective)
+        updates, state = opt.update(grad, state, scaled, value=value, grad=grad, value_fn=objective)
         scaled = optax.apply_updates(scaled, updates)
         new_value = optax.tree.get(state, "value")
         # Never on the first iteration: L-BFGS has no curvature yet and takes

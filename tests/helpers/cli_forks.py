@@ -38,8 +38,10 @@ def run_child(module: str, args: list[str]) -> int:
 
 def main(module: str, out_dir: str, arg_lists: str):
     for i, args in enumerate(json.loads(arg_lists)):
-        with open(os.path.join(out_dir, f"{i}.out"), "w") as out, \
-                open(os.path.join(out_dir, f"{i}.err"), "w") as err:
+        with (
+            open(os.path.join(out_dir, f"{i}.out"), "w") as out,
+            open(os.path.join(out_dir, f"{i}.err"), "w") as err,
+        ):
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()

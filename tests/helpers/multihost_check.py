@@ -26,9 +26,21 @@ from absl import flags  # noqa: E402
 from experiments import sweep  # noqa: E402
 from fedjax_mi import federated, models, sharding  # noqa: E402
 
-TINY = ["--dataset=digits", "--per_worker=48", "--batch_size=16", "--epochs=2", "--eval_period=3",
-        "--lr=0.05", "--mi_samples=40", "--test_samples=40", "--mi=none", "--checkpoint_every=1",
-        "--seeds=0,1", "--protocols=sync,nosync", "--sync_periods=3"]
+TINY = [
+    "--dataset=digits",
+    "--per_worker=48",
+    "--batch_size=16",
+    "--epochs=2",
+    "--eval_period=3",
+    "--lr=0.05",
+    "--mi_samples=40",
+    "--test_samples=40",
+    "--mi=none",
+    "--checkpoint_every=1",
+    "--seeds=0,1",
+    "--protocols=sync,nosync",
+    "--sync_periods=3",
+]
 
 
 def sharded_round_diff() -> float:
@@ -40,7 +52,8 @@ def sharded_round_diff() -> float:
     y = rng.integers(0, 10, (4, 16)).astype(np.int32)
     # jitted: op by op, LeNet's initialisation compiles a program per op (seconds).
     state = jax.jit(federated.init, static_argnums=(1, 2, 4, 5))(
-        jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16, lr=0.05)
+        jax.random.key(0), model, opt, jnp.zeros((1, 32, 32, 3)), 4, 16, lr=0.05
+    )
     one, _ = federated.make_round(model, opt, batch_size=8, steps=4)(state, x, y, 2)
     mesh = sharding.worker_mesh(4)
     sharded_fn = sharding.make_sharded_round(model, opt, mesh, batch_size=8, steps=4)
@@ -51,8 +64,16 @@ def sharded_round_diff() -> float:
 
 
 def main(root: str, port: str, process_id: str):
-    argv = ["sweep", *TINY, "--devices=4", f"--out={root}/two", f"--coordinator=127.0.0.1:{port}",
-            "--num_processes=2", f"--process_id={process_id}", "--compilation_cache_dir="]
+    argv = [
+        "sweep",
+        *TINY,
+        "--devices=4",
+        f"--out={root}/two",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={process_id}",
+        "--compilation_cache_dir=",
+    ]
     flags.FLAGS(argv)
     sweep.main(argv[:1])
     # The reference: the same CLI with the runs on one device of each
@@ -61,9 +82,13 @@ def main(root: str, port: str, process_id: str):
     flags.FLAGS["devices"].value, flags.FLAGS["out"].value = 1, f"{root}/one"
     flags.FLAGS["checkpoint_every"].value = 0
     sweep.main(argv[:1])
-    out = dict(process=jax.process_index(), processes=jax.process_count(),
-               devices=len(jax.devices()), local_devices=len(jax.local_devices()),
-               round_max_abs_diff=sharded_round_diff())
+    out = dict(
+        process=jax.process_index(),
+        processes=jax.process_count(),
+        devices=len(jax.devices()),
+        local_devices=len(jax.local_devices()),
+        round_max_abs_diff=sharded_round_diff(),
+    )
     print(json.dumps(out))
 
 

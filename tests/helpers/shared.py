@@ -21,26 +21,52 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # (eval points 0, 4, 8, 10: the last round is a shorter one).
 # The mixed kNN and KDE measure (both cheap to compile); the default
 # estimators (probe, kde) run end to end in the reproduce test.
-TINY = dict(dataset="digits", per_worker=64, batch_size=16, epochs=2.5, eval_period=4, lr=0.05,
-            mi="knn,kde")
-TINY_FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=2.5", "--eval_period=4", "--lr=0.05",
-              "--mi=knn,kde"]
+TINY = dict(
+    dataset="digits", per_worker=64, batch_size=16, epochs=2.5, eval_period=4, lr=0.05, mi="knn,kde"
+)
+TINY_FLAGS = [
+    "--per_worker=64",
+    "--batch_size=16",
+    "--epochs=2.5",
+    "--eval_period=4",
+    "--lr=0.05",
+    "--mi=knn,kde",
+]
 
 
 def cli(module, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 # 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
 # alone measures (what is tested here does not depend on the estimator, and
 # each subprocess compiles its measurement anew: the probe's would dominate).
-FLAGS = ["--per_worker=64", "--batch_size=16", "--epochs=12.5", "--eval_period=4", "--lr=0.05",
-         "--protocol=sync", "--sync_period=8", "--checkpoint_every=1", "--mi=kde"]
+FLAGS = [
+    "--per_worker=64",
+    "--batch_size=16",
+    "--epochs=12.5",
+    "--eval_period=4",
+    "--lr=0.05",
+    "--protocol=sync",
+    "--sync_period=8",
+    "--checkpoint_every=1",
+    "--mi=kde",
+]
 # The same run as a config (in-process runs share the compiled programs).
-CONFIG = config.make(dataset="digits", per_worker=64, batch_size=16, epochs=12.5,
-                              eval_period=4, lr=0.05, protocol="sync", sync_period=8,
-                              checkpoint_every=1, mi="kde")
+CONFIG = config.make(
+    dataset="digits",
+    per_worker=64,
+    batch_size=16,
+    epochs=12.5,
+    eval_period=4,
+    lr=0.05,
+    protocol="sync",
+    sync_period=8,
+    checkpoint_every=1,
+    mi="kde",
+)
 
 
 def checkpoint_steps(ckpts):
@@ -58,5 +84,10 @@ def fails_on_full_disk(run, out, message_path):
 
 # fan_in of each LeNet layer written out by hand from the architecture
 # (conv 6@5x5 on 3 channels, conv 16@5x5 on 6, fc 400 -> 120 -> 84 -> 10).
-FAN_IN = {"Conv_0": 3 * 5 * 5, "Conv_1": 6 * 5 * 5, "Dense_0": 16 * 5 * 5, "Dense_1": 120,
-          "Dense_2": 84}
+FAN_IN = {
+    "Conv_0": 3 * 5 * 5,
+    "Conv_1": 6 * 5 * 5,
+    "Dense_0": 16 * 5 * 5,
+    "Dense_1": 120,
+    "Dense_2": 84,
+}
