@@ -6,6 +6,7 @@ builds the RunConfig and `main_guard` turns bad input, divergence, a failed
 write and preemption into one line on stderr and the exit statuses below.
 """
 
+import contextlib
 import os
 import shlex
 import sys
@@ -16,7 +17,7 @@ from absl import flags, logging
 
 from fedjax_mi import data as data_lib
 from experiments import configs
-from fedjax_mi import checkpoint, config, folder_lock, metrics_io, preemption, sharding
+from fedjax_mi import checkpoint, config, folder_lock, metrics_io, outputs, preemption, sharding
 
 # Exit statuses (README "Exit statuses"); 1 is left to unexpected errors.
 EXIT_BAD_INPUT = 2  # a flag, data file, checkpoint or an --out in use by another run
@@ -100,6 +101,20 @@ def use_compilation_cache(path: str) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@contextlib.contextmanager
+def command_folder(out: str, name: str):
+    """For a whole command: OUT locked (by process 0 of several, which
+    writes the files) and prepared (refused, resumed or emptied as
+    --resume/--overwrite say) before any work, every process waiting for
+    that. Yields whether this process writes."""
+    writer = jax.process_index() == 0
+    with folder_lock.hold(out) if writer else contextlib.nullcontext():
+        if writer:
+            outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
+        sharding.barrier(f"fedjax_mi {name} out")
+        yield writer
 
 
 def explicit_settings() -> dict:

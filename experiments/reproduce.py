@@ -19,18 +19,16 @@ compiled sweep: OUT/figN/seedS/ per run, OUT/figN/seeds.png (mean of the
 seeds within their min-max band) and a summary with mean ± sd over seeds.
 """
 
-import contextlib
 import os
 import time
 
-import jax
 from absl import app, flags
 
 from experiments import configs
 from experiments import flags as run_flags
 from experiments import progress
 from experiments.configs import common, protocols
-from fedjax_mi import config, folder_lock, metrics_io, outputs, plotting, sharding, summary, sweep
+from fedjax_mi import config, folder_lock, metrics_io, outputs, plotting, summary, sweep
 from fedjax_mi.config import ConfigError, RunConfig
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4")
@@ -133,12 +131,8 @@ def reproduce(out: str) -> None:
     cfgs = [c for runs in runs_of.values() for c in runs]
     config.check_sweep(cfgs)  # every setting, before any work
     sweep.check_devices(len(cfgs), FLAGS.devices)
-    writer = jax.process_index() == 0  # of several processes, 0 writes the files
     # The whole command holds the lock: runs, checkpoints, summary.
-    with folder_lock.hold(out) if writer else contextlib.nullcontext():
-        if writer:
-            outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-        sharding.barrier("fedjax_mi reproduce out")
+    with run_flags.command_folder(out, "reproduce") as writer:
         t0 = time.perf_counter()
         if writer:
             seeds = (

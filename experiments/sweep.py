@@ -11,17 +11,15 @@ OUT/tradeoff.png: each run's final accuracy and I(Z;Y) of the average
 against the bytes it communicated (docs/protocols.md).
 """
 
-import contextlib
 import itertools
 import json
 import os
 
-import jax
 from absl import app, flags
 
 from experiments import flags as run_flags
 from experiments import progress
-from fedjax_mi import config, folder_lock, metrics_io, outputs, plotting, sharding, summary
+from fedjax_mi import config, metrics_io, plotting, summary
 from fedjax_mi import sweep as sweep_lib
 
 flags.adopt_module_key_flags(run_flags)
@@ -91,17 +89,7 @@ def write_sweep_files(cfgs, out: str) -> None:
     docs/protocols.md)."""
     for cfg in cfgs:
         plotting.plot_run(cfg.out, title=run_name(cfg))
-    listed = (
-        "seed",
-        "lr",
-        "split",
-        "protocol",
-        "sync_period",
-        "check_every",
-        "delta",
-        "trigger_metric",
-        "trigger_ratio",
-    )
+    listed = [name for name in config.PER_RUN if name != "out"]  # what may differ per run
     metrics_io.write_atomic(
         os.path.join(out, "runs.json"),
         json.dumps(
@@ -140,12 +128,8 @@ def main(argv):
         cfgs = sweep_configs(out)
         config.check_sweep(cfgs)
         sweep_lib.check_devices(len(cfgs), FLAGS.devices)
-        writer = jax.process_index() == 0  # of several processes, 0 writes the files
         # The whole command holds the lock: runs, checkpoints, runs.json, summary.
-        with folder_lock.hold(out) if writer else contextlib.nullcontext():
-            if writer:
-                outputs.prepare_out(out, FLAGS.resume, FLAGS.overwrite)
-            sharding.barrier("fedjax_mi sweep out")
+        with run_flags.command_folder(out, "sweep") as writer:
             sweep_lib.run_sweep(cfgs, devices=FLAGS.devices, progress=progress.Printer())
             if writer:
                 write_sweep_files(cfgs, out)

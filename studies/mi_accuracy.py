@@ -1082,7 +1082,7 @@ def report(tasks, results, n, seeds, quick, title=""):
         print(f"\n### {block} tasks, N = {n}, {seeds} seed(s){title}\n")
         print(markdown_table(bt, results, names))
         print(
-            f"\n| estimator | MAE | worst (task) | mean at independence | max abs at independence |"
+            "\n| estimator | MAE | worst (task) | mean at independence | max abs at independence |"
             + (
                 " MAE d <= 32 | worst d <= 32 | MAE d = 84 | worst d = 84 |"
                 if block == "labels"

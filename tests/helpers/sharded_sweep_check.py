@@ -10,7 +10,7 @@ import sys
 
 import jax
 
-from fedjax_mi import config, outputs, sweep
+from fedjax_mi import config, sweep
 
 TINY = dict(
     dataset="digits",
