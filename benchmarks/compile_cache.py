@@ -1,7 +1,7 @@
 """Start-up time of an experiment with and without the persistent compilation cache.
 
 Run:  python -m benchmarks.compile_cache [-- extra experiments.run flags]
-      (default: the fig1 flagfile on CIFAR-10 in data/, 2,000 samples per
+      (default: fig1's config on CIFAR-10 in data/, 2,000 samples per
       worker, 1,000 measured, eval every 100 steps, 124 steps)
 
 Runs `python -m experiments.run` three times with the same flags: with
@@ -21,7 +21,7 @@ import tempfile
 import time
 
 DEFAULT = [
-    "--flagfile=experiments/configs/fig1.flags",
+    "--config=fig1",
     "--cifar_dir=data/cifar-10-batches-py",
     "--per_worker=2000",
     "--mi_samples=1000",
