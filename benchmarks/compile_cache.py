@@ -6,8 +6,10 @@ Run:  python -m benchmarks.compile_cache [-- extra experiments.run flags]
 
 Runs `python -m experiments.run` three times with the same flags: with
 `--compilation_cache_dir` set to a fresh folder (cold: every program
-compiled and written), again with the same folder (warm: programs read
-back), and with '' (cache off). For each it prints the seconds from
+traced, compiled and written, the round, the measurement and the initial
+states also as exported traced programs, `fedjax_mi.program_cache`), again
+with the same folder (warm: both read back, nothing traced or compiled
+again), and with '' (both caches off). For each it prints the seconds from
 launch to the first progress line (the step-0 measurement done: training
 starts right after), to the second (the first round trained and
 measured), and to exit. The last line is one JSON record.

@@ -17,7 +17,16 @@ from absl import flags, logging
 
 from fedjax_mi import data as data_lib
 from experiments import configs
-from fedjax_mi import checkpoint, config, folder_lock, metrics_io, outputs, preemption, sharding
+from fedjax_mi import (
+    checkpoint,
+    config,
+    folder_lock,
+    metrics_io,
+    outputs,
+    preemption,
+    program_cache,
+    sharding,
+)
 
 # Exit statuses (README "Exit statuses"); 1 is left to unexpected errors.
 EXIT_BAD_INPUT = 2  # a flag, data file, checkpoint or an --out in use by another run
@@ -99,6 +108,7 @@ def use_compilation_cache(path: str) -> None:
     if not path:
         return
     jax.config.update("jax_compilation_cache_dir", path)
+    program_cache.enable(os.path.join(path, "traced"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -12,16 +12,26 @@
 * `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
 """
 
+import functools
 import os
 from collections import defaultdict
 from typing import Any
 
-import matplotlib
+from fedjax_mi import metrics_io
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from fedjax_mi import metrics_io  # noqa: E402
+@functools.cache
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported at the first figure:
+    the import costs 0.3-0.6 s, which a run would otherwise pay before its
+    first training step (docs/performance.md, "Compilation cache")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -38,6 +48,7 @@ def _series(records, key, dataset_filter=lambda d: d != "test"):
 
 
 def _model_colors(models):
+    plt = _pyplot()
     cmap = plt.get_cmap("tab10")
     workers = sorted(m for m in models if m != "average")
     colors = {m: cmap(i % 10) for i, m in enumerate(workers)}
@@ -122,6 +133,7 @@ def _lower_shading(ax, records, key, colors):
 
 
 def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    plt = _pyplot()
     rows = estimator_rows(records)
     fig, axes = plt.subplots(
         len(rows), 2, figsize=(12, 3.6 * len(rows) + 0.6), squeeze=False, sharex=True, sharey="col"
@@ -190,6 +202,7 @@ def _barrier_panel(ax, records):
 
 
 def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    plt = _pyplot()
     series = _series(records, "acc", dataset_filter=lambda d: True)
     has_barrier = any(r.get("barrier") is not None for r in records)
     fig, axes = plt.subplots(
@@ -211,6 +224,7 @@ def plot_accuracy(records: list[dict[str, Any]], path: str, title: str = "") -> 
 
 
 def plot_info_plane(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    plt = _pyplot()
     points = [r for r in records if r.get("mi_xz") is not None and r.get("mi_zy") is not None]
     models = sorted({r["model"] for r in points}, key=lambda m: (m == "average", m))
     fig, axes = plt.subplots(
@@ -283,6 +297,7 @@ def plot_seeds(runs: list[list[dict[str, Any]]], path: str, title: str = "") -> 
     """One run's figures over several seeds: accuracy, the primary I(X;Z) and
     I(Z;Y), and the barrier between local models 0 and 1, each the mean over
     the seeds (line) within the seeds' minimum-maximum band."""
+    plt = _pyplot()
     panels = [("acc", "accuracy", lambda d: True)]
     for key, label in (("mi_xz", "I(X;Z) [bits]"), ("mi_zy", "I(Z;Y) [bits]")):
         if any(r.get(key) is not None for records in runs for r in records):
@@ -325,6 +340,7 @@ def plot_tradeoff(points: list[dict[str, Any]], path: str, title: str = "") -> s
     bytes it sent (symlog x: nosync sits at 0). points: dicts with `acc`,
     `mi_zy` (or None), `bytes_sent`, `protocol` (legend label) and `split`
     (marker). Writes `path` (a .png) and returns it."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     protocols = list(dict.fromkeys(p["protocol"] for p in points))
     splits = list(dict.fromkeys(p["split"] for p in points))

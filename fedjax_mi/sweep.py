@@ -30,6 +30,7 @@ from fedjax_mi import (
     models,
     outputs,
     preemption,
+    program_cache,
     sharding,
 )
 from fedjax_mi.config import (
@@ -162,7 +163,7 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
     everything `run_sweep` builds before its loop, for it and for benchmarks."""
     first = cfgs[0]
     t, m = first.training, first.measurement
-    model, opt, round_fn, measure_fn = programs(
+    settings = (
         data.num_classes,
         t.momentum,
         t.batch_size,
@@ -173,20 +174,27 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
         first.protocol.aggregate,
         t.input_scale,
     )
+    model, opt, round_fn, measure_fn = programs(*settings)
     mesh = sharding.run_mesh(devices) if devices > 1 else None
     if mesh is not None:
         round_fn, measure_fn = sharding.over_runs(round_fn, measure_fn, mesh)
+    else:  # a later process with the same settings skips their tracing
+        round_fn = program_cache.cached(round_fn, "round", settings)
+        measure_fn = program_cache.cached(measure_fn, "measure", settings)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
-    states = federated.init_runs(
+    init_settings = (settings, first.data.workers, data.train_x.shape[2], not t.independent_init)
+    init_runs = program_cache.cached(
+        lambda k, x, lrs, torch: federated.init_runs(
+            k, model, opt, x, init_settings[1], init_settings[2], lrs, init_settings[3], torch
+        ),
+        "init_runs",
+        init_settings,
+    )
+    states = init_runs(
         keys[:, 0],
-        model,
-        opt,
         jnp.zeros((1,) + data.train_x.shape[3:]),
-        first.data.workers,
-        data.train_x.shape[2],
-        [c.training.lr for c in cfgs],
-        identical=not t.independent_init,
-        torch_inits=[c.training.init == "torch" for c in cfgs],
+        jnp.asarray([c.training.lr for c in cfgs], jnp.float32),
+        jnp.asarray([c.training.init == "torch" for c in cfgs]),
     )
     protocols = [
         federated.protocol_of(
