@@ -4,8 +4,8 @@ classes 0-4, worker 1 classes 5-9), never synced, measured every 100 steps.
     python -m experiments.run --config=fig3 --cifar_dir=DIR --out=runs/fig3
 
 Paper: the average's I(Z;Y) falls from the start towards 0.
-Ours at full size (one seed, docs/reproduction.md, "Claim by claim"): it
-falls below the locals' (1.26 against 1.61 bits at the end), not towards 0
+Ours at full size (3 seeds, docs/reproduction.md, "Claim by claim"): it
+falls below the locals' (1.27 against 1.62 bits at the end), not towards 0
 (reference EDGE's floor is 1.3-1.8 bits).
 """
 
