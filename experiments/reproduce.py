@@ -42,6 +42,13 @@ flags.DEFINE_enum(
     "(protocols, protocols_digits: docs/protocols.md)",
 )
 flags.DEFINE_list("figures", list(FIGURES), "which of the four experiments to run")
+flags.DEFINE_list(
+    "study_runs",
+    None,
+    "protocol studies only: run just the runs whose names match one of these "
+    "shell-style patterns, e.g. 'classes-periodic*,classes-dynamic*-seed0' "
+    "(names: SPLIT-PROTOCOL-seedS, as the study's folders)",
+)
 flags.DEFINE_integer("fig2_sync_period", None, "override fig2's sync period")
 flags.DEFINE_integer("fig4_sync_period", None, "override fig4's sync period")
 flags.DEFINE_integer(
@@ -161,7 +168,7 @@ def run_study(out: str) -> None:
     explicit = {k: v for k, v in run_flags.explicit_settings().items() if k != "out"}
     cfgs = {
         name: cfg.replace(**explicit, out=os.path.join(out, name))
-        for name, cfg in protocols.get_configs(FLAGS.preset).items()
+        for name, cfg in protocols.get_configs(FLAGS.preset, FLAGS.study_runs).items()
     }
     config.check_sweep(list(cfgs.values()))
     sweep.check_devices(len(cfgs), FLAGS.devices)
@@ -190,7 +197,7 @@ def run_study(out: str) -> None:
         "",
         f"{d.dataset}, {d.workers} workers, {t.epochs:g} epochs, batch "
         f"{t.batch_size}, lr {t.lr:g}, eval every {first.measurement.eval_period} steps, "
-        f"aggregate {first.protocol.aggregate}, seeds {list(protocols.SEEDS)}. Final test "
+        f"aggregate {first.protocol.aggregate}, seeds {sorted({c.training.seed for c in cfgs.values()})}. Final test "
         f"accuracy and I(Z;Y) of the average; communication as docs/protocols.md counts it.",
         "",
     ]
@@ -211,6 +218,12 @@ def main(argv):
                 "config",
                 "reproduce takes its settings from --preset "
                 "(experiments/configs); use experiments.run --config",
+            )
+        if FLAGS.study_runs and FLAGS.preset not in protocols.STUDIES:
+            raise ConfigError(
+                "study_runs",
+                f"selects runs of a protocol study (--preset={'|'.join(protocols.STUDIES)}), "
+                f"not of --preset={FLAGS.preset}",
             )
         if FLAGS.preset in protocols.STUDIES:
             out = FLAGS.out if FLAGS["out"].present else f"runs/{FLAGS.preset}"

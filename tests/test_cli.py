@@ -291,3 +291,48 @@ def test_plot_cli(tiny_run):
     result = cli("experiments.plot", cfg.out)
     assert result.returncode == 0, result.stderr
     assert "mi.png" in result.stdout
+
+
+def test_study_runs_selects_runs_of_a_protocol_study_by_name():
+    from experiments.configs import protocols
+
+    every = protocols.get_configs("protocols_digits")
+    chosen = protocols.get_configs("protocols_digits", ["classes-periodic8-*", "iid-nosync-seed1"])
+    assert sorted(chosen) == [
+        "classes-periodic8-seed0",
+        "classes-periodic8-seed1",
+        "classes-periodic8-seed2",
+        "iid-nosync-seed1",
+    ]
+    assert all(chosen[n] == every[n] for n in chosen)
+    with pytest.raises(config.ConfigError, match="study_runs"):
+        protocols.get_configs("protocols_digits", ["classes-periodic9*"])
+
+
+@pytest.mark.slow
+def test_reproduce_runs_part_of_a_protocol_study(tmp_path):
+    """`--study_runs` runs just the matching runs of the digits study and
+    tabulates them; with a figures preset it is refused in one line."""
+    out = tmp_path / "study"
+    result = cli(
+        "experiments.reproduce",
+        "--preset=protocols_digits",
+        "--study_runs=classes-periodic8-seed0,classes-dynamic4-d0.9-seed0",
+        "--epochs=2",
+        f"--out={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "checkpoints") == [
+        "classes-dynamic4-d0.9-seed0",
+        "classes-periodic8-seed0",
+    ]
+    table = (out / "summary.md").read_text()
+    assert "seeds [0]" in table and (out / "tradeoff.png").exists()
+    assert (
+        "| classes | periodic every 8 |" in table and "| classes | dynamic b=4 delta=0.9 |" in table
+    )
+    assert table.count("| classes |") == 2 and "| iid |" not in table
+    refused = cli("experiments.reproduce", "--study_runs=iid-*", f"--out={tmp_path / 'q'}")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert refused.stderr.startswith("error: --study_runs")

@@ -20,8 +20,11 @@ reaches 89.5% against periodic-8's 92.8%, at 1/3.6 of its bytes. CIFAR-10 at
 against periodic-100's 35.9%, at 1/4.0 of its bytes.
 """
 
+import fnmatch
+from typing import Optional, Sequence
+
 from experiments.configs import common
-from fedjax_mi.config import RunConfig
+from fedjax_mi.config import ConfigError, RunConfig
 
 
 def base(study: str) -> RunConfig:
@@ -87,10 +90,22 @@ def protocol_runs(study: str) -> dict[str, dict]:
     }
 
 
-def get_configs(study: str) -> dict[str, RunConfig]:
-    """{run name: its RunConfig} (without `out`) of a protocol study."""
+def get_configs(study: str, patterns: Optional[Sequence[str]] = None) -> dict[str, RunConfig]:
+    """{run name: its RunConfig} (without `out`) of a protocol study; with
+    `patterns` (shell-style, e.g. "classes-periodic*") only the runs whose
+    names match one of them. Raises ConfigError when none does.
+
+    >>> list(get_configs("protocols_digits", ["classes-periodic8-seed*"]))
+    ['classes-periodic8-seed0', 'classes-periodic8-seed1', 'classes-periodic8-seed2']
+    """
     clear = {name: None for name in PER_RUN[2:-1]}
-    return {
-        name: base(study).replace(**{**clear, **values})
-        for name, values in protocol_runs(study).items()
-    }
+    runs = protocol_runs(study)
+    if patterns:
+        runs = {n: v for n, v in runs.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
+        if not runs:
+            raise ConfigError(
+                "study_runs",
+                f"no run of {study} matches {list(patterns)}; its runs are named like "
+                f"{next(iter(protocol_runs(study)))!r}",
+            )
+    return {name: base(study).replace(**{**clear, **values}) for name, values in runs.items()}
