@@ -339,17 +339,19 @@ def plot_tradeoff(points: list[dict[str, Any]], path: str, title: str = "") -> s
     average's final test accuracy (left) and I(Z;Y) (right) against the
     bytes it sent (symlog x: nosync sits at 0). points: dicts with `acc`,
     `mi_zy` (or None), `bytes_sent`, `protocol` (legend label) and `split`
-    (marker). Writes `path` (a .png) and returns it."""
+    (marker); without any I(Z;Y) (`--mi=none`) the accuracy panel alone.
+    Writes `path` (a .png) and returns it."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = [("acc", "average's final test accuracy")]
+    if any(p.get("mi_zy") is not None for p in points):
+        panels.append(("mi_zy", "average's final I(Z;Y) [bits]"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
     protocols = list(dict.fromkeys(p["protocol"] for p in points))
     splits = list(dict.fromkeys(p["split"] for p in points))
     cmap = plt.get_cmap("tab10")
     markers = ["o", "s", "^", "D"]
-    for ax, key, ylabel in (
-        (axes[0], "acc", "average's final test accuracy"),
-        (axes[1], "mi_zy", "average's final I(Z;Y) [bits]"),
-    ):
+    for ax, (key, ylabel) in zip(axes, panels):
         for i, proto in enumerate(protocols):
             for j, split in enumerate(splits):
                 sel = [

@@ -40,3 +40,18 @@ def test_plots_of_records_without_floors(tmp_path):
     metrics_io.write_records(str(tmp_path / "metrics.jsonl"), records)
     paths = plotting.plot_run(str(tmp_path))
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+@pytest.mark.parametrize("with_mi, panels", [(True, 2), (False, 1)])
+def test_tradeoff_draws_the_mi_panel_only_when_measured(tmp_path, with_mi, panels):
+    import matplotlib.image
+
+    points = [
+        dict(acc=0.5 + i / 10, mi_zy=1.0 + i if with_mi else None, bytes_sent=i * 1e6)
+        | dict(protocol=f"p{i}", split="iid")
+        for i in range(3)
+    ]
+    path = plotting.plot_tradeoff(points, str(tmp_path / "t.png"))
+    height, width = matplotlib.image.imread(path).shape[:2]
+    # 5.5 inches a panel, 4.2 high (dpi 120).
+    assert (width, height) == (round(5.5 * panels * 120), round(4.2 * 120))
