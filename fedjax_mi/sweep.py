@@ -182,13 +182,13 @@ def prepare_sweep(cfgs: Sequence[RunConfig], data: SweepData, devices: int = 1) 
         round_fn = program_cache.cached(round_fn, "round", settings)
         measure_fn = program_cache.cached(measure_fn, "measure", settings)
     keys = jnp.stack([jax.random.split(jax.random.key(c.seeds[1])) for c in cfgs])
-    init_settings = (settings, first.data.workers, data.train_x.shape[2], not t.independent_init)
+    workers, samples, identical = first.data.workers, data.train_x.shape[2], not t.independent_init
     init_runs = program_cache.cached(
         lambda k, x, lrs, torch: federated.init_runs(
-            k, model, opt, x, init_settings[1], init_settings[2], lrs, init_settings[3], torch
+            k, model, opt, x, workers, samples, lrs, identical, torch
         ),
         "init_runs",
-        init_settings,
+        (settings, workers, samples, identical),
     )
     states = init_runs(
         keys[:, 0],
