@@ -19,7 +19,8 @@ reaches 89.5% against periodic-8's 92.8%, at 1/3.6 of its bytes. CIFAR-10 at
 2,000 images a worker (--per_worker=2000): dynamic delta=5.6 reaches 34.9%
 against periodic-100's 35.9%, at 1/4.0 of its bytes. Full size, classes
 split, seeds 0-1 (--study_runs): dynamic delta=5.6 reaches 49.0% against
-periodic-100's 48.5%, at 1/6.6 of its bytes.
+periodic-100's 48.5%, at 1/6.6 of its bytes; on iid every protocol tried
+is within 0.3 points (delta=23 at 1/18 of the bytes).
 """
 
 import fnmatch
