@@ -21,7 +21,7 @@ from helpers.shared import CONFIG, FLAGS, ROOT, checkpoint_steps
 
 # Runs module argv[4] with arguments argv[5:], pausing at the second call of
 # `checkpoint.save` (argv[3] == "save": one checkpoint complete, the next eval
-# point's records written but not yet checkpointed) or of the compiled round
+# point's records written but not yet checkpointed) or of the sweep's round
 # (argv[3] == "round": that round dispatched, so a signal now arrives while it
 # computes): it writes one byte to the pipe fd argv[1], then waits for a byte
 # on the pipe fd argv[2] (forever, if none comes: until it is killed).
@@ -38,17 +38,19 @@ def pause():
 def paused_save(*args, save=checkpoint.save):
     pause()
     return save(*args)
-def paused_programs(*args, programs=sweep.programs):
-    model, opt, round_fn, measure_fn = programs(*args)
+def paused_prepare(*args, prepare=sweep.prepare_sweep):
+    # Wraps the sweep's round as the loop calls it (after the program cache,
+    # which would otherwise trace the pause into the program).
+    prepared = prepare(*args)
     def paused_round(*args):
-        result = round_fn(*args)
+        result = prepared.round_fn(*args)
         pause()
         return result
-    return model, opt, paused_round, measure_fn
+    return prepared._replace(round_fn=paused_round)
 if where == "save":
     checkpoint.save = paused_save
 else:
-    sweep.programs = paused_programs
+    sweep.prepare_sweep = paused_prepare
 sys.argv = [module] + sys.argv[5:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
