@@ -21,7 +21,11 @@ Off unless `enable(folder)` was called (the `experiments` programs do it
 with their `--compilation_cache_dir`). Only single-process, unsharded
 programs are cached. A program that cannot be exported, or a file that
 cannot be read, falls back to tracing as usual; a damaged file is
-replaced.
+replaced. The key sees the package's files, not the running process: a
+library function replaced at run time (a monkeypatch, a debugging print)
+is not traced while the cache holds the program, so turn the cache off for
+that (`--compilation_cache_dir=`). For the same reason the test session
+leaves it off in-process (tests patch library functions).
 """
 
 import functools
