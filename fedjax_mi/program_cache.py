@@ -120,11 +120,11 @@ def cached(fn: Callable, name: str, settings: Hashable) -> Callable:
             return fn(*args)
         leaves, in_tree = jax.tree.flatten(args)
         signature = (repr(in_tree), _signature(leaves))
-        program = programs.get(signature)
-        if program is None:
-            program = programs[signature] = _load_or_export(
+        if signature not in programs:  # None: fn cannot be exported, not tried again
+            programs[signature] = _load_or_export(
                 fn, name, repr(settings), in_tree, leaves, signature
             )
+        program = programs[signature]
         if program is None:  # fn cannot be exported: trace as usual
             return fn(*args)
         return jax.tree.unflatten(program.out_tree, program.call(*leaves))

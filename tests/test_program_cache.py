@@ -127,3 +127,22 @@ def test_a_run_reads_its_programs_back_and_writes_the_same_metrics(
         warnings.simplefilter("error")  # a fallback to tracing would warn
         warm = sweep.run(cfg("warm"), log=lambda line: None)
     assert cold == expected and warm == expected
+
+
+def test_a_program_that_cannot_be_exported_is_called_as_usual_and_tried_once(folder):
+    """A host callback cannot be exported: the function runs as jitted,
+    with one warning, not a new export attempt at every call."""
+
+    @jax.jit
+    def f(x):
+        return jax.pure_callback(
+            lambda a: np.asarray(a) * 2, jax.ShapeDtypeStruct((3,), x.dtype), x
+        )
+
+    wrapped = program_cache.cached(f, "callback", ())
+    x = jnp.arange(3.0)
+    with pytest.warns(UserWarning, match="not exported") as record:
+        for _ in range(3):
+            np.testing.assert_array_equal(np.asarray(wrapped(x)), [0.0, 2.0, 4.0])
+    assert len([w for w in record if "not exported" in str(w.message)]) == 1
+    assert not folder.exists() or not list(folder.iterdir())
