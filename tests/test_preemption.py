@@ -132,6 +132,7 @@ def run_command(command):
 
 
 @pytest.mark.slow
+@pytest.mark.portability
 def test_sigkill_then_sigterm_then_resume_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     out = tmp_path / "killed"
     kill_at_second_checkpoint("experiments.run", [*FLAGS, f"--out={out}"], tmp_path)

@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
+from helpers.shared import assert_records_close, fake_devices_env
+
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
+    env = fake_devices_env(4)
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tests", "helpers", "sharded_check.py")],
         cwd=ROOT,
@@ -56,9 +56,7 @@ def test_only_collective_is_the_average(results, devices):
 
 @pytest.fixture(scope="module")
 def sweep_results(tmp_path_factory):
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
+    env = fake_devices_env(4)
     proc = subprocess.run(
         [
             sys.executable,
@@ -76,6 +74,7 @@ def sweep_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("devices", ["d2", "d4", "resumed_d4"])
+@pytest.mark.portability
 def test_sweep_split_over_devices_gives_the_one_device_records(sweep_results, devices):
     # Each device runs R / D runs with the same vmapped code; only the batch
     # size of the compiled ops changes, so values agree to float rounding
@@ -85,13 +84,7 @@ def test_sweep_split_over_devices_gives_the_one_device_records(sweep_results, de
     one, split = sweep_results["records_d1"], sweep_results[f"records_{devices}"]
     assert [len(r) for r in split] == [len(r) for r in one] and len(one) == 4
     for run_one, run_split in zip(one, split):
-        for a, b in zip(run_one, run_split):
-            assert a.keys() == b.keys()
-            for key, value in a.items():
-                if isinstance(value, float):
-                    assert b[key] == pytest.approx(value, abs=1e-4), (key, a, b)
-                else:
-                    assert b[key] == value, (key, a, b)
+        assert_records_close(run_one, run_split)
 
 
 def test_sweep_device_count_errors(sweep_results):

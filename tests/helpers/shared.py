@@ -91,3 +91,53 @@ FAN_IN = {
     "Dense_1": 120,
     "Dense_2": 84,
 }
+
+
+# Tolerances for records computed by two different programs, or on two machines
+# (docs/reliability.md, "Determinism": the table there is this one). Runs of at most
+# a few dozen steps of the tiny digits settings; each entry: (abs, rel).
+# Counts and labels are exact; an accuracy may move by a prediction or two of the
+# tiny evaluation sets (40-96 samples); the probe's I(Z;Y) is continuous in its inputs
+# to 1e-3 bits (tests/test_mi_probe.py), other estimates to 2e-3 bits (a kNN or EDGE
+# count can flip on a last-bit change of a distance); means of float32
+# cross-entropies and norms to float32 rounding, relative to their size.
+EXACT = ("step", "epoch", "model", "dataset", "syncs", "models_sent", "bytes_sent")
+TOLERANCES = {
+    "acc": (0.03, 0.0),
+    "mi_zy_fano": (0.05, 0.0),  # a function of the accuracy
+    "mi_zy_probe": (1e-3, 0.0),
+    "mi_": (2e-3, 0.0),
+    "drift": (1e-6, 1e-4),
+    "": (1e-5, 1e-4),  # losses, the head's bound, barrier, interpolants' losses, distance
+}
+
+
+def tolerance(key: str) -> tuple[float, float]:
+    """(abs, rel) for a record field: the longest `TOLERANCES` prefix naming it
+    (`interp_acc_a0.5` takes the accuracy's)."""
+    if key.startswith("interp_acc"):
+        key = "acc"
+    return TOLERANCES[max((p for p in TOLERANCES if key.startswith(p)), key=len)]
+
+
+def assert_records_close(a: list, b: list, what: str = ""):
+    """Two runs' records agree: the same records and fields, counts and labels
+    exactly, every float within `tolerance(field)`, nulls where the other has nulls."""
+    assert len(a) == len(b), what
+    for ra, rb in zip(a, b):
+        assert list(ra) == list(rb), what
+        where = (what, ra["step"], ra["model"], ra["dataset"])
+        for k, va in ra.items():
+            vb = rb[k]
+            if k in EXACT or va is None or vb is None or isinstance(va, (str, bool)):
+                assert va == vb, (*where, k, va, vb)
+            else:
+                atol, rtol = tolerance(k)
+                assert vb == pytest.approx(va, abs=atol, rel=rtol), (*where, k, va, vb)
+
+
+def fake_devices_env(devices: int) -> dict:
+    """The environment for a subprocess that fakes `devices` CPU devices; the
+    caller's XLA_FLAGS (a portability pass's --xla_cpu_max_isa) stay in force."""
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
