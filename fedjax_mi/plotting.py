@@ -17,6 +17,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from fedjax_mi import metrics_io
 
 
@@ -132,7 +134,73 @@ def _lower_shading(ax, records, key, colors):
             )
 
 
+def _zy_range(records, rows) -> tuple[float, float] | None:
+    """(low, high) of the I(Z;Y) axis: the estimates and their floors of every
+    row, and 0, with a margin of 5%; None without an estimate. The head's bound
+    is left out: a foreign model's reads tens of bits below zero and would
+    stretch the axis until the estimates are flat lines."""
+    values = [
+        r[k]
+        for r in records
+        for _, _, key in rows
+        for k in (key, f"{key}_floor", f"{key}_lower")
+        if r.get(k) is not None and r["dataset"] != "test"
+    ]
+    if not values:
+        return None
+    low, high = min(min(values), 0.0), max(values)
+    pad = 0.05 * max(high - low, 1e-3)
+    return low - pad, high + pad
+
+
+def _head_lines(ax, head, colors, limits):
+    """The head's bound as thin dotted lines inside `limits`; where it falls
+    outside, the line stops at the axis's edge, a triangle marks each point
+    beyond it, and a note gives the bound's extreme (never a stretched axis)."""
+    outside = []
+    for (model, dataset), (steps, values) in sorted(head.items()):
+        values = np.asarray(values, float)
+        if limits is None:
+            ax.plot(steps, values, ":", color=colors[model], lw=0.8)
+            continue
+        low, high = limits
+        ax.plot(steps, np.clip(values, low, high), ":", color=colors[model], lw=0.8)
+        for edge, mask, marker in ((low, values < low, "v"), (high, values > high, "^")):
+            if mask.any():
+                ax.plot(
+                    np.asarray(steps)[mask],
+                    np.full(mask.sum(), edge),
+                    marker,
+                    color=colors[model],
+                    ms=4,
+                    clip_on=False,
+                )
+                outside += values[mask].tolist()
+    if limits is not None:
+        ax.set_ylim(*limits)
+        if outside:
+            lo, hi = min(outside), max(outside)
+            span = f"{lo:.1f}" if lo == hi else f"{lo:.1f} to {hi:.1f}"
+            ax.text(
+                0.99,
+                0.02,
+                f"head bound off the axis at the triangles: {span} bits",
+                ha="right",
+                va="bottom",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="grey",
+            )
+
+
 def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
+    fig = mi_figure(records, title)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def mi_figure(records: list[dict[str, Any]], title: str = ""):
+    """The matplotlib figure that `plot_mi` writes (axes[row][0] I(X;Z), [1] I(Z;Y))."""
     plt = _pyplot()
     rows = estimator_rows(records)
     fig, axes = plt.subplots(
@@ -146,9 +214,8 @@ def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
             _floor_band(ax, records, f"{key}_floor")
             _lower_shading(ax, records, key, colors)
             _lines(ax, series, colors)
-            if label == "I(Z;Y)":
-                for (model, dataset), (steps, values) in sorted(head.items()):
-                    ax.plot(steps, values, ":", color=colors[model], lw=0.8)
+            if label == "I(Z;Y)" and head:
+                _head_lines(ax, head, colors, _zy_range(records, rows))
             if not series:
                 ax.text(
                     0.5,
@@ -171,8 +238,7 @@ def plot_mi(records: list[dict[str, Any]], path: str, title: str = "") -> None:
         axes[0][1].legend(handles, labels, fontsize=7, ncol=2)
     fig.suptitle(title or "mutual information at every eval point")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _barrier_panel(ax, records):

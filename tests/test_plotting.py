@@ -55,3 +55,29 @@ def test_tradeoff_draws_the_mi_panel_only_when_measured(tmp_path, with_mi, panel
     height, width = matplotlib.image.imread(path).shape[:2]
     # 5.5 inches a panel, 4.2 high (dpi 120).
     assert (width, height) == (round(5.5 * panels * 120), round(4.2 * 120))
+
+
+def test_head_bound_far_below_does_not_stretch_the_zy_axis():
+    """A foreign model's head bound at -20 bits: the I(Z;Y) axis stays at the
+    estimates' range (0.2-2.5 bits and their floors at 0.1) plus 5%, the bound
+    is marked at the axis's edge, and a note names its extreme."""
+    records = [
+        dict(
+            step=s,
+            epoch=s / 10,
+            model=m,
+            dataset="local0",
+            mi_xz_kde=3.0,
+            mi_zy_probe=2.5 if m == "worker0" else 0.2,
+            mi_zy_probe_floor=0.1,
+            mi_zy_head=-20.0 if m == "worker1" else 2.0,
+        )
+        for s in (0, 10)
+        for m in ("worker0", "worker1", "average")
+    ]
+    fig = plotting.mi_figure(records)
+    low, high = fig.axes[1].get_ylim()
+    assert low == pytest.approx(-0.125) and high == pytest.approx(2.625)  # 0..2.5, 5% of 2.5
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert any("-20.0 bits" in t for t in texts), texts
+    plotting._pyplot().close(fig)
