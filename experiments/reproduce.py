@@ -98,7 +98,8 @@ def figure_runs(out: str) -> dict[str, list[RunConfig]]:
 
 def write_figures(out: str, runs_of: dict[str, list[RunConfig]]) -> str:
     """Each run's figures, each figure's seed band (with several seeds), and
-    OUT/summary.md; returns the summary's path."""
+    OUT/summary.md, whose verdicts on the paper's claims come from
+    `fedjax_mi.claims` ("shown in s of S seeds"); returns the summary's path."""
     records = {}
     for figure, cfgs in runs_of.items():
         title = figure_title(figure, cfgs[0])

@@ -6,12 +6,14 @@ output for the golden run's flags). The tolerances of the tests that compare
 records across programs or machines (tests/helpers/shared.py, `TOLERANCES`)
 must lie above what this measures.
 
-    python -m studies.isa_drift                                # golden flags, SSE4_2
-    python -m studies.isa_drift --isa=AVX2 -- --per_worker=200  # other flags after --
+    python -m studies.isa_drift --out=docs/results/isa_drift.json  # golden flags, SSE4_2
+    python -m studies.isa_drift --isa=AVX2 -- --per_worker=200     # other flags after --
 
 Runs `experiments.run` twice into a temporary folder, natively and with
 `XLA_FLAGS=--xla_cpu_max_isa=ISA`, and prints per record field the largest
-absolute difference and the number of records in which it differs.
+absolute difference and the number of records in which it differs; `--out`
+writes the same as JSON, which `python -m experiments.tables` turns into the
+table of docs/reliability.md.
 """
 
 import json
@@ -24,10 +26,16 @@ from absl import app, flags
 
 from fedjax_mi import metrics_io
 
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
+from helpers import machine  # noqa: E402  (the golden test's record of the machine)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden_digits", "golden.json")
 
 flags.DEFINE_string("isa", "SSE4_2", "the instruction set of the second run (--xla_cpu_max_isa)")
+flags.DEFINE_string("out", None, "also write the result as JSON here (docs/results/isa_drift.json)")
 FLAGS = flags.FLAGS
 
 
@@ -67,11 +75,24 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         native = run(flag_list, os.path.join(tmp, "native"), None)
         other = run(flag_list, os.path.join(tmp, "other"), f"--xla_cpu_max_isa={FLAGS.isa}")
+    fields = differences(native, other)
     print(f"flags: {' '.join(flag_list)}; native against --xla_cpu_max_isa={FLAGS.isa}")
     print("| field | largest difference | records that differ |")
     print("| --- | --- | --- |")
-    for k, (big, n, total) in sorted(differences(native, other).items()):
+    for k, (big, n, total) in sorted(fields.items()):
         print(f"| `{k}` | {big:.2g} | {n} of {total} |")
+    if FLAGS.out:
+        cpu = machine.instruction_set()
+        result = dict(
+            flags=flag_list,
+            isa=FLAGS.isa,
+            machine=f"{cpu['cpu']} ({'AVX-512' if 'avx512f' in cpu['features'] else 'no AVX-512'})",
+            packages=machine.packages(),
+            fields=fields,
+        )
+        with open(FLAGS.out, "w") as fh:
+            json.dump(result, fh, indent=1, sort_keys=True)
+            fh.write("\n")
 
 
 if __name__ == "__main__":
