@@ -169,6 +169,11 @@ class Measurement(NamedTuple):
         each local dataset; NaN with a single worker.
       weight_distance: () ||w0 - w1|| / ||w0|| over all parameters; NaN with
         a single worker.
+      test_mi: {field: (M,)} the label estimators' `mi_zy_<estimator>` fields
+        (with `..._floor` and KDE's `..._lower`) on the test split.
+      test_mi_zy, test_mi_zy_floor: (M,) the primary label estimator's on the
+        test split.
+      test_interp_acc, test_interp_loss: (A,) the interpolants on the test split.
     """
 
     acc: jax.Array
@@ -185,6 +190,11 @@ class Measurement(NamedTuple):
     interp_acc: jax.Array
     interp_loss: jax.Array
     weight_distance: jax.Array
+    test_mi: dict
+    test_mi_zy: jax.Array
+    test_mi_zy_floor: jax.Array
+    test_interp_acc: jax.Array
+    test_interp_loss: jax.Array
 
 
 # Points of the linear path between local models 0 and 1 that are measured
@@ -288,7 +298,7 @@ def pair_estimates(
     call (the unshuffled side is unbatched, so computed once). Labels go
     on the first side, as in the EDGE author's analysis.
     """
-    perm = jax.random.permutation(jax.random.fold_in(key, 1), y.shape[0])
+    perm = _floor_permutation(key, y.shape[0])
     x_flat = federated.scale_images(x).reshape(x.shape[0], -1)
     out = {}
     for est in estimators:
@@ -301,15 +311,40 @@ def pair_estimates(
                 jnp.stack([z, z[perm]])
             )
             out[f"mi_xz_{est.name}"], out[f"mi_xz_{est.name}_floor"] = v[0], v[1]
-        ys = jnp.stack([y, y[perm]])
-        if isinstance(est.zy, mi.KDE):
-            b = jax.vmap(lambda yy: kde.zy_bounds(key, yy, z, est.zy))(ys)
-            out[f"mi_zy_{est.name}"], out[f"mi_zy_{est.name}_floor"] = b.upper[0], b.upper[1]
-            out[f"mi_zy_{est.name}_lower"] = b.lower[0]
-        elif est.zy is not None:
-            v = jax.vmap(lambda yy: mi.estimate_traced(key, yy, z, est.zy))(ys)
-            out[f"mi_zy_{est.name}"], out[f"mi_zy_{est.name}_floor"] = v[0], v[1]
+        out.update(_zy_fields(est, key, y, z, perm))
     return out
+
+
+def label_estimates(
+    estimators: tuple[StudyEstimator, ...], key: jax.Array, y: jax.Array, z: jax.Array
+) -> dict:
+    """The I(Z;Y) fields of `pair_estimates` alone (the test split, whose
+    images no I(X;Z) estimate is asked of): y (n,) labels, z (n, 84)."""
+    perm = _floor_permutation(key, y.shape[0])
+    out = {}
+    for est in estimators:
+        out.update(_zy_fields(est, key, y, z, perm))
+    return out
+
+
+def _floor_permutation(key: jax.Array, n: int) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, 1), n)
+
+
+def _zy_fields(est: StudyEstimator, key, y, z, perm) -> dict:
+    """`mi_zy_<name>`, its floor (labels permuted by `perm`) and KDE's lower value."""
+    ys = jnp.stack([y, y[perm]])
+    if isinstance(est.zy, mi.KDE):
+        b = jax.vmap(lambda yy: kde.zy_bounds(key, yy, z, est.zy))(ys)
+        return {
+            f"mi_zy_{est.name}": b.upper[0],
+            f"mi_zy_{est.name}_floor": b.upper[1],
+            f"mi_zy_{est.name}_lower": b.lower[0],
+        }
+    if est.zy is None:
+        return {}
+    v = jax.vmap(lambda yy: mi.estimate_traced(key, yy, z, est.zy))(ys)
+    return {f"mi_zy_{est.name}": v[0], f"mi_zy_{est.name}_floor": v[1]}
 
 
 def head_bounds(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -324,44 +359,42 @@ def head_bounds(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Ar
 def interpolation(
     model: nn.Module,
     params: chex.ArrayTree,
-    local_x: jax.Array,
-    local_y: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
     chunk: int,
     measured_logits: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(accuracy (A, D), mean cross-entropy in nats (A, D), weight distance
-    ()) of the `INTERP_ALPHAS` interpolants of workers 0 and 1 of `params`
-    (stacked over K) on local_x (D, m, H, W, C) uint8, local_y (D, m); NaN
-    when K < 2.
+    """(accuracy (A, n), cross-entropy in nats (A, n), weight distance ()) of
+    the `INTERP_ALPHAS` interpolants of workers 0 and 1 of `params` on each of
+    the n uint8 `images` (n, H, W, C) with `labels` (n,): per image, so a
+    caller takes the mean over each dataset's images; NaN when K < 2.
 
-    `measured_logits` (K + 1, D, m, classes) are the logits of the measured
-    models (the K workers, then their average) on the same data. The
+    `measured_logits` (K + 1, n, classes) are the logits of the measured
+    models (the K workers, then their average) on the same images. The
     interpolants that are measured models already are not run again: a = 0
     is w0 and a = 1 is w1 exactly, and with K = 2, a = 0.5 is the average
     (0.5 w0 + 0.5 w1 rounds as (w0 + w1) / 2). Only the others (0.25 and
     0.75 with K = 2) cost forward passes."""
     num_workers = jax.tree.leaves(params)[0].shape[0]
-    num_alphas, (num_datasets, m) = len(INTERP_ALPHAS), local_y.shape
+    num_alphas, n = len(INTERP_ALPHAS), labels.shape[0]
     if num_workers < 2:
-        nan = jnp.full((num_alphas, num_datasets), jnp.nan, jnp.float32)
+        nan = jnp.full((num_alphas, n), jnp.nan, jnp.float32)
         return nan, nan, jnp.float32(jnp.nan)
     known = {0.0: 0, 1.0: 1}
     if num_workers == 2:
         known[0.5] = 2
     new = [a for a in INTERP_ALPHAS if a not in known]
     path = interpolate(params, jnp.asarray(new, jnp.float32))
-    images = local_x.reshape((-1,) + local_x.shape[2:])
     new_logits, _ = jax.lax.map(lambda p: chunked_forward(model, p, images, chunk), path)
-    new_logits = new_logits.reshape(len(new), num_datasets, m, -1)
     logits = jnp.stack(
         [
             measured_logits[known[a]] if a in known else new_logits[new.index(a)]
             for a in INTERP_ALPHAS
         ]
     )
-    acc = jnp.mean(jnp.argmax(logits, -1) == local_y, axis=-1)
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), local_y[None, :, :, None], -1)[..., 0]
-    return acc, ce.mean(-1), weight_distance(params)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[None, :, None], -1)[..., 0]
+    return correct, ce, weight_distance(params)
 
 
 def _measure_fn(model, estimators, chunk):
@@ -389,11 +422,14 @@ def _measure_fn(model, estimators, chunk):
         one = lambda x, y, zz: pair_estimates(estimators, key, x, y, zz)
         over_datasets = jax.vmap(one, in_axes=(0, 0, 0))
         fields = jax.vmap(over_datasets, in_axes=(None, None, 0))(local_x, local_y, z_local)
-        nan = jnp.full(acc.shape, jnp.nan, acc.dtype)
-        get = lambda name: fields[name] if name in fields else nan
-        interp_acc, interp_loss, distance = interpolation(
-            model, params, local_x, local_y, chunk, local_logits
+        test_fields = jax.vmap(lambda zz: label_estimates(estimators, key, test_y, zz))(
+            z[:, num_local:]
         )
+        nan = jnp.full(acc.shape, jnp.nan, acc.dtype)
+        get = lambda name, f=fields, nan=nan: f[name] if name in f else nan
+        get_test = lambda name: get(name, test_fields, nan[:, 0])
+        correct, ce, distance = interpolation(model, params, images, all_y, chunk, logits)
+        per_dataset = lambda v: v[:, :num_local].reshape(-1, num_datasets, m).mean(-1)
         return Measurement(
             acc,
             test_acc,
@@ -406,9 +442,14 @@ def _measure_fn(model, estimators, chunk):
             get(f"mi_zy_{zy_name}"),
             get(f"mi_xz_{xz_name}_floor"),
             get(f"mi_zy_{zy_name}_floor"),
-            interp_acc,
-            interp_loss,
+            per_dataset(correct),
+            per_dataset(ce),
             distance,
+            test_fields,
+            get_test(f"mi_zy_{zy_name}"),
+            get_test(f"mi_zy_{zy_name}_floor"),
+            correct[:, num_local:].mean(-1),
+            ce[:, num_local:].mean(-1),
         )
 
     return measure

@@ -105,9 +105,10 @@ def to_records(
     """One record per (model, dataset) of one eval point.
 
     Every record has `mi_xz`, `mi_zy` and their floors (the primary
-    estimator's, `measure.primary`; null on the test split and where no
-    chosen estimator defines them), every estimator's own fields
-    (`measure.Measurement.mi`, null on the test split), and the head's
+    estimator's, `measure.primary`; null where no chosen estimator defines
+    them, and I(X;Z) on the test split), every estimator's own fields
+    (`measure.Measurement.mi`; on the test split the I(Z;Y) ones,
+    `Measurement.test_mi`, cross-fitted on the test samples), and the head's
     bounds `mi_zy_head` (Barber–Agakov) and `mi_zy_fano`. `comm` (the
     communication so far and the drift, `sweep.comm_fields`) is added to
     every record; the average's records also hold the interpolation fields
@@ -145,14 +146,14 @@ def to_records(
                 model=model,
                 dataset="test",
                 mi_xz=None,
-                mi_zy=None,
+                mi_zy=clean(m.test_mi_zy[i]),
                 acc=clean(m.test_acc[i]),
                 loss=loss,
                 mi_xz_floor=None,
-                mi_zy_floor=None,
+                mi_zy_floor=clean(m.test_mi_zy_floor[i]),
                 mi_zy_head=clean(m.test_head[i]),
                 mi_zy_fano=clean(m.test_fano[i]),
-                **{k: None for k in sorted(m.mi)},
+                **{k: clean(m.test_mi[k][i]) if k in m.test_mi else None for k in sorted(m.mi)},
                 **(comm or {}),
                 **(interp_fields(m, None, clean) if model == "average" else {}),
             )
@@ -171,17 +172,23 @@ def interp_name(quantity: str, alpha: float) -> str:
 
 def interp_fields(m: measure.Measurement, d: Optional[int], clean: Callable) -> dict[str, Any]:
     """Fields of the average's record on local dataset d (None: the test
-    split, where only the weight distance is defined): `barrier` = loss at
-    a = 0.5 minus the mean of the losses at a = 0 and 1 (nats), the
-    `weight_distance` and every interpolant's accuracy and loss."""
+    split): every interpolant's accuracy and loss (nats), the `weight_distance`,
+    `barrier` = the loss at a = 0.5 minus the mean of the losses at a = 0 and
+    1, and `max_barrier` = the largest excess over the alphas of the path's
+    loss over the linear interpolation of its ends, max_a L(a) - ((1 - a) L(0)
+    + a L(1)) (Frankle et al. 2020; >= 0, as a = 0 and 1 give 0)."""
     alphas = measure.INTERP_ALPHAS
-    out = {"barrier": None, "weight_distance": clean(m.weight_distance)}
-    for quantity, values in (("acc", m.interp_acc), ("loss", m.interp_loss)):
+    acc = m.test_interp_acc if d is None else m.interp_acc[:, d]
+    loss = m.test_interp_loss if d is None else m.interp_loss[:, d]
+    out = {"barrier": None, "max_barrier": None, "weight_distance": clean(m.weight_distance)}
+    for quantity, values in (("acc", acc), ("loss", loss)):
         for j, a in enumerate(alphas):
-            out[interp_name(quantity, a)] = None if d is None else clean(values[j, d])
-    if d is not None:
-        loss = {a: float(m.interp_loss[j, d]) for j, a in enumerate(alphas)}
-        out["barrier"] = clean(loss[0.5] - 0.5 * (loss[0.0] + loss[1.0]))
+            out[interp_name(quantity, a)] = clean(values[j])
+    losses = {a: float(loss[j]) for j, a in enumerate(alphas)}
+    out["barrier"] = clean(losses[0.5] - 0.5 * (losses[0.0] + losses[1.0]))
+    out["max_barrier"] = clean(
+        max(losses[a] - ((1.0 - a) * losses[0.0] + a * losses[1.0]) for a in alphas)
+    )
     return out
 
 

@@ -2,13 +2,16 @@
 
 * `mi.png`: one row of panels per recorded estimator, I(X;Z) (left) and
   I(Z;Y) (right) against the step, one line per model per local dataset (as
-  the paper's figures 1-4), over a grey band: the estimator's floor (the same
-  estimates with the pairing shuffled); KDE's Bhattacharyya value shades
-  below its KL value; every I(Z;Y) panel also draws the head's
-  Barber–Agakov bound (thin dotted lines), and panels share their axes;
+  the paper's figures 1-4) and, for I(Z;Y), on the test split, over a grey
+  band: the estimator's floor (the same estimates with the pairing
+  shuffled); KDE's Bhattacharyya value shades below its KL value; every
+  I(Z;Y) panel also draws the head's Barber–Agakov bound (thin dotted lines;
+  the axis spans the estimates, and a bound beyond it is marked at its edge),
+  and panels share their axes;
 * `accuracy.png`: accuracy of every model on every local dataset and the test
-  split; beside it, where recorded, the loss barrier on the linear path
-  between local models 0 and 1 and their relative weight distance;
+  split; beside it, where recorded, the loss barrier and max_barrier on the
+  linear path between local models 0 and 1 (every dataset, test included)
+  and their relative weight distance;
 * `info_plane.png`: I(X;Z) against I(Z;Y), one panel per model, points coloured by step.
 """
 
@@ -144,7 +147,7 @@ def _zy_range(records, rows) -> tuple[float, float] | None:
         for r in records
         for _, _, key in rows
         for k in (key, f"{key}_floor", f"{key}_lower")
-        if r.get(k) is not None and r["dataset"] != "test"
+        if r.get(k) is not None
     ]
     if not values:
         return None
@@ -209,7 +212,8 @@ def mi_figure(records: list[dict[str, Any]], title: str = ""):
     head = _series(records, "mi_zy_head")
     for row, (name, xz_key, zy_key) in zip(axes, rows):
         for ax, key, label in zip(row, (xz_key, zy_key), ("I(X;Z)", "I(Z;Y)")):
-            series = _series(records, key)
+            # I(Z;Y) on the test split too (unseen data); I(X;Z) is local only.
+            series = _series(records, key, lambda d: label == "I(Z;Y)" or d != "test")
             colors = _model_colors({m for m, _ in series} | {m for m, _ in head})
             _floor_band(ax, records, f"{key}_floor")
             _lower_shading(ax, records, key, colors)
@@ -242,20 +246,25 @@ def mi_figure(records: list[dict[str, Any]], title: str = ""):
 
 
 def _barrier_panel(ax, records):
-    """The average's barrier per local dataset (left axis) and the weight
-    distance (right axis) against the step."""
-    barrier = _series(records, "barrier")
-    for i, ((_, dataset), (steps, values)) in enumerate(sorted(barrier.items())):
-        ax.plot(
-            steps,
-            values,
-            LINESTYLES[i % len(LINESTYLES)],
-            color="tab:red",
-            label=f"barrier on {dataset}",
-        )
+    """The average's barrier and max_barrier per dataset, test included (left
+    axis), and the weight distance (right axis) against the step."""
+    for key, color, what in (
+        ("barrier", "tab:red", "L(0.5) - (L(0) + L(1))/2"),
+        ("max_barrier", "tab:purple", "max_a L(a) - chord"),
+    ):
+        series = _series(records, key, dataset_filter=lambda d: True)
+        datasets = _datasets(series)
+        for (_, dataset), (steps, values) in sorted(series.items()):
+            ax.plot(
+                steps,
+                values,
+                LINESTYLES[datasets.index(dataset) % len(LINESTYLES)],
+                color=color,
+                label=f"{what} on {dataset}",
+            )
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("local step")
-    ax.set_ylabel("loss barrier [nats]: L(0.5) - (L(0) + L(1))/2", fontsize=8)
+    ax.set_ylabel("loss barrier [nats]", fontsize=8)
     ax.grid(alpha=0.3)
     twin = ax.twinx()
     dist = _series(records, "weight_distance", dataset_filter=lambda d: d == "test")
