@@ -12,6 +12,8 @@ Run:  python -m studies.mi_accuracy                 # every task, N = 5,000, one
       python -m studies.mi_accuracy --large         # also a subset at N = 25,000
       python -m studies.mi_accuracy --n 2000 --first_seed 101 --seeds 2 --tasks "^(gauss|t_|mono|noise)" \
           --no_timing                               # a separate draw, for choosing settings
+      python -m studies.mi_accuracy --tasks "^lab_" --estimators "^Probe$" --no_timing
+                                                    # the probe alone on the label tasks
 
 Every task is a sampler with an analytic (or numerically integrated, or large
 Monte Carlo) mutual information in bits; truths use numpy/scipy only, never
@@ -1223,6 +1225,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per estimator (median)")
     parser.add_argument("--probe_mlp", action="store_true", help="also the one-hidden-layer probe")
     parser.add_argument(
+        "--estimators",
+        default=None,
+        help="regular expression on estimator names (re.search), e.g. '^Probe$' (default: all)",
+    )
+    parser.add_argument(
         "--no_timing", action="store_true", help="skip the seconds-per-call figures"
     )
     args = parser.parse_args(argv)
@@ -1259,8 +1266,20 @@ def main(argv=None):
         f"# MI estimator validation: jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{len(tasks)} tasks, N = {n}, seeds = {args.seeds}"
     )
+    only = None
+    if args.estimators:
+        names = {
+            k for b in ("continuous", "labels", "kde") for k in estimators(b, args.quick, True)
+        }
+        only = {k for k in names if re.search(args.estimators, k)}
     results = run_tasks(
-        tasks, n, args.seeds, args.quick, probe_mlp=args.probe_mlp, first_seed=args.first_seed
+        tasks,
+        n,
+        args.seeds,
+        args.quick,
+        only=only,
+        probe_mlp=args.probe_mlp,
+        first_seed=args.first_seed,
     )
     summary = report(tasks, results, n, args.seeds, args.quick)
     record = dict(
