@@ -18,8 +18,21 @@ them from the recorded runs in docs/results/). Two kinds of statistic:
   local dataset for `PERSIST_POINTS` consecutive eval points or to the end of
   the run (`drop`). The synced figures 2 and 4 are its negative controls.
 
+Every claim is judged twice (`split`): on the local (training) datasets, as
+above, and on the test split, which no model trained on. On test the own
+model is the locals pooled: own accuracy is the mean over the workers of
+their test accuracy, the average's is its test accuracy (the same last
+`FINAL_POINTS` eval points, statistics and thresholds); the I(Z;Y) ratio is
+(average - floor_average) / (own - floor_own) with own the mean over the
+workers of their test I(Z;Y) and floor_own the mean of their test floors,
+each floor pooled over `FLOOR_POINTS` eval points, and the same persistence
+rule. What the average keeps on local data but not on test is memorised;
+what it keeps on test is generalisable. Records without the test split's
+fields give test verdicts "not recorded".
+
 A seed is judged only where every local model has learned its own data
-(`TRAINED`): the paper's claims compare the average with trained locals.
+(`TRAINED`, on the local datasets for both splits): the paper's claims
+compare the average with trained locals.
 """
 
 import gzip
@@ -30,6 +43,10 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 Records = list[dict[str, Any]]
 Runs = Mapping[str, Sequence[Records]]  # {figure: [records of each seed]}
+
+# Where the claims are read: the local (training) datasets, and the test split.
+SPLITS = ("local", "test")
+TEST = "test"
 
 # Accuracy: the mean over the last 3 eval points (fig 4's synced average swings
 # by 10-20 points between eval points on CIFAR-10: docs/reproduction.md, "The
@@ -218,6 +235,17 @@ def local_datasets(records: Records) -> list[str]:
     return sorted(d for d in names if own_model(d) in models)
 
 
+def workers(records: Records) -> list[str]:
+    """The own models of the local datasets (worker d for local d)."""
+    return [own_model(d) for d in local_datasets(records)]
+
+
+def has_test(records: Records, field: str = "acc") -> bool:
+    """Whether the records hold `field` on the test split for the average and every worker."""
+    found = {r["model"] for r in records if r["dataset"] == TEST and r.get(field) is not None}
+    return bool(workers(records)) and {"average", *workers(records)} <= found
+
+
 def own_model(dataset: str) -> str:
     """The local model trained on a local dataset: worker d on local d.
 
@@ -253,9 +281,15 @@ def final_accuracy(
     return statistics.fmean(values) if values else None
 
 
-def own_and_average(records: Records, points: int = FINAL_POINTS) -> tuple[float, float]:
+def own_and_average(
+    records: Records, points: int = FINAL_POINTS, split: str = "local"
+) -> tuple[float, float]:
     """(mean over local datasets d of worker d on d, mean of the average on
-    them), each over the last `points` eval points."""
+    them), each over the last `points` eval points; on split "test": (mean
+    over the workers of their test accuracy, the average's test accuracy)."""
+    if split == TEST:
+        own = statistics.fmean(final_accuracy(records, w, TEST, points) for w in workers(records))
+        return own, final_accuracy(records, "average", TEST, points)
     local = local_datasets(records)
     own = statistics.fmean(final_accuracy(records, own_model(d), d, points) for d in local)
     avg = statistics.fmean(final_accuracy(records, "average", d, points) for d in local)
@@ -271,7 +305,7 @@ def untrained(records: Records, points: int = FINAL_POINTS) -> list[str]:
     ]
 
 
-def loss_share(records: Records, chance: float = CHANCE) -> float:
+def loss_share(records: Records, chance: float = CHANCE, split: str = "local") -> float:
     """(own - average) / (own - chance): the share of the local models'
     above-chance accuracy that the average loses (0: none, 1: all; negative:
     the average is better).
@@ -281,16 +315,18 @@ def loss_share(records: Records, chance: float = CHANCE) -> float:
     >>> round(loss_share(recs), 2)
     0.6
     """
-    own, avg = own_and_average(records)
+    own, avg = own_and_average(records, split=split)
     return (own - avg) / (own - chance)
 
 
-def working_position(synced: Records, never: Records, iid: Records) -> Optional[float]:
+def working_position(
+    synced: Records, never: Records, iid: Records, split: str = "local"
+) -> Optional[float]:
     """Where the synced non-iid average (fig 4) lies between the never-synced
     non-iid average (fig 3: 0) and the synced iid average (fig 2: 1), in
-    accuracy on the local datasets; None where those two are less than
-    `MIN_SPAN` apart (no scale to place fig 4 on)."""
-    a4, a3, a2 = (own_and_average(r)[1] for r in (synced, never, iid))
+    accuracy on the local datasets (or the test split); None where those two
+    are less than `MIN_SPAN` apart (no scale to place fig 4 on)."""
+    a4, a3, a2 = (own_and_average(r, split=split)[1] for r in (synced, never, iid))
     return (a4 - a3) / (a2 - a3) if a2 - a3 >= MIN_SPAN else None
 
 
@@ -318,24 +354,35 @@ def floor_corrected_ratios(
     key: str,
     floor_points: int = FLOOR_POINTS,
     min_excess: float = MIN_EXCESS,
+    split: str = "local",
 ) -> dict[str, list[Optional[float]]]:
     """{local dataset d: per eval point, (average - floor_a) / (own - floor_o)}
     of field `key` on d, own = worker d; each model's floor is its `key`_floor
     pooled over `floor_points` eval points (0 where none is recorded). None
     where a value is missing or the own model is within `min_excess` bits of
-    its floor (nothing to lose)."""
+    its floor (nothing to lose). On split "test": {"test": ratios} on the test
+    split, own and floor_o the means over the workers of their test values."""
     at, steps = _index(records), _steps(records)
+    has_floor = any(r.get(f"{key}_floor") is not None for r in records)
+    zero = [0.0] * len(steps)
     out = {}
-    for d in local_datasets(records):
+    pairs = (
+        [(TEST, tuple(workers(records)))]
+        if split == TEST
+        else [(d, (own_model(d),)) for d in local_datasets(records)]
+    )
+    for d, owners in pairs:
 
         def series(model: str, field: str) -> list[Optional[float]]:
             return [at.get((s, model, d), {}).get(field) for s in steps]
 
-        avg, own = series("average", key), series(own_model(d), key)
-        has_floor = any(r.get(f"{key}_floor") is not None for r in records)
-        zero = [0.0] * len(steps)
+        def mean_series(field: str) -> list[Optional[float]]:
+            per = [series(m, field) for m in owners]
+            return [None if None in vs else statistics.fmean(vs) for vs in zip(*per)]
+
+        avg, own = series("average", key), mean_series(key)
         f_avg = pooled(series("average", f"{key}_floor"), floor_points) if has_floor else zero
-        f_own = pooled(series(own_model(d), f"{key}_floor"), floor_points) if has_floor else zero
+        f_own = pooled(mean_series(f"{key}_floor"), floor_points) if has_floor else zero
         out[d] = [
             None if None in (a, o, fa, fo) or o - fo <= min_excess else (a - fa) / (o - fo)
             for a, o, fa, fo in zip(avg, own, f_avg, f_own)
@@ -374,11 +421,13 @@ def drop(
     persist: int = PERSIST_POINTS,
     floor_points: int = FLOOR_POINTS,
     min_excess: float = MIN_EXCESS,
+    split: str = "local",
 ) -> Drop:
     """The drop rule: the average's I(Z;Y) (field `key`, in bits) below
     `threshold` x its local model's, both above their pooled floors, on every
-    local dataset, for `persist` consecutive eval points or to the end."""
-    ratios = floor_corrected_ratios(records, key, floor_points, min_excess)
+    local dataset, for `persist` consecutive eval points or to the end (on
+    split "test": against the workers' mean on the test split)."""
+    ratios = floor_corrected_ratios(records, key, floor_points, min_excess, split)
     steps = _steps(records)
     # Below on every dataset <=> the largest ratio is below; undefined: not below.
     worst = [
@@ -430,11 +479,18 @@ class SeedVerdict(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """A claim over the seeds; `estimator` is the I(Z;Y) field of a drop rule."""
+    """A claim over the seeds; `estimator` is the I(Z;Y) field of a drop rule;
+    `split`: "local" (the local datasets) or "test" (the test split)."""
 
     claim: Claim
     estimator: Optional[str]
     seeds: tuple[SeedVerdict, ...]
+    split: str = "local"
+
+    @property
+    def recorded(self) -> bool:
+        """False where no seed has the records (the test split of older recordings)."""
+        return any(s.note != NOT_RECORDED for s in self.seeds)
 
     @property
     def judged(self) -> list[SeedVerdict]:
@@ -445,22 +501,33 @@ class Verdict(NamedTuple):
         return sum(bool(s.shown) for s in self.seeds)
 
 
-def _judge_seed(claim: Claim, runs: Runs, i: int, key: Optional[str]) -> tuple:
+NOT_RECORDED = "not recorded"
+
+
+def _judge_seed(
+    claim: Claim, runs: Runs, i: int, key: Optional[str], split: str = "local"
+) -> tuple:
     """(value, shown, step, note) of a claim on seed index i."""
     if claim.kind == "accuracy" and claim.figure == "fig4":
         used = [runs["fig4"][i], runs["fig3"][i], runs["fig2"][i]]
     else:
         used = [runs[claim.figure][i]]
+    if split == TEST and not all(has_test(r, key or "acc") for r in used):
+        return None, None, None, NOT_RECORDED
     bad = sorted({w for r in used for w in untrained(r)})
     if bad:
         own = "its" if len(bad) == 1 else "their"
         return None, None, None, f"{', '.join(bad)} below {TRAINED:g} on {own} own data"
     if claim.kind == "accuracy":
-        value = working_position(*used) if claim.figure == "fig4" else loss_share(used[0])
+        value = (
+            working_position(*used, split=split)
+            if claim.figure == "fig4"
+            else loss_share(used[0], split=split)
+        )
         if value is None:
             return None, None, None, f"figs 2 and 3 averages within {MIN_SPAN:g}"
         return value, claim.holds(value), None, ""
-    result = drop(used[0], key)
+    result = drop(used[0], key, split=split)
     if result.level is None:
         return None, None, None, "ratio never defined"
     fired = result.step is not None
@@ -468,12 +535,16 @@ def _judge_seed(claim: Claim, runs: Runs, i: int, key: Optional[str]) -> tuple:
 
 
 def judge(
-    runs: Runs, seeds: Optional[Sequence[int]] = None, bounds: Sequence[str] = BOUND_VERDICTS
+    runs: Runs,
+    seeds: Optional[Sequence[int]] = None,
+    bounds: Sequence[str] = BOUND_VERDICTS,
+    split: str = "local",
 ) -> list[Verdict]:
     """Every claim whose figures are in `runs` ({figure: [records of each
     seed]}, the seeds in the same order for every figure), per seed; the
     I(Z;Y) rules once per estimator with a recorded floor and once per head
-    bound in `bounds` (floor 0)."""
+    bound in `bounds` (floor 0); on the local datasets or (`split` "test")
+    the test split, in the same order for both."""
     verdicts = []
     for claim in CLAIMS:
         fig4_accuracy = (claim.figure, claim.kind) == ("fig4", "accuracy")
@@ -488,9 +559,9 @@ def judge(
             keys = estimators(every) + [k for k in bounds if any(k in r for r in every)]
         for key in keys:
             per_seed = tuple(
-                SeedVerdict(labels[i], *_judge_seed(claim, runs, i, key)) for i in range(n)
+                SeedVerdict(labels[i], *_judge_seed(claim, runs, i, key, split)) for i in range(n)
             )
-            verdicts.append(Verdict(claim, key, per_seed))
+            verdicts.append(Verdict(claim, key, per_seed, split))
     return verdicts
 
 
@@ -507,7 +578,10 @@ def label(key: Optional[str]) -> str:
 
 
 def count_text(v: Verdict) -> str:
-    """'shown in s of S seeds (statistic mean ± sd)', with the seeds not judged."""
+    """'shown in s of S seeds (statistic mean ± sd)', with the seeds not judged;
+    'not recorded' where no seed has the records."""
+    if not v.recorded:
+        return NOT_RECORDED
     values = [s.value for s in v.judged]
     stat = ""
     if len(values) == 1:
@@ -538,13 +612,17 @@ def rule_text(claim: Claim, key: Optional[str] = None) -> str:
     return f"{claim.statistic}{est} {claim.op} {claim.threshold:g}"
 
 
-def verdict_line(v: Verdict) -> str:
-    """One line of a summary: the figure, the paper's words, the rule, the count."""
+def verdict_line(v: Verdict, test: Optional[Verdict] = None) -> str:
+    """One line of a summary: the figure, the paper's words, the rule, the
+    count; with `test` (the same claim on the test split), both counts."""
     c = v.claim
     control = " (control)" if c.kind == "control" else ""
+    counts = f"{count_text(v)}{steps_text(v)}"
+    if test is not None:
+        counts = f"local data: {counts}; test: {count_text(test)}{steps_text(test)}"
     return (
         f"- {c.figure}{control}, the paper: '{c.paper}'; rule: {rule_text(c, v.estimator)}; "
-        f"{count_text(v)}{steps_text(v)}."
+        f"{counts}."
     )
 
 
@@ -566,12 +644,15 @@ def claim_lines(
         "have no recorded floor and are read with a floor of 0; "
         + " and the ".join(BOUND_NAMES[k] for k in BOUND_EXCLUDED)
         + f" give{'s' if len(BOUND_EXCLUDED) == 1 else ''} no drop verdict (below). A seed is judged where every local model reaches "
-        f"{TRAINED:g} on its own data.",
+        f"{TRAINED:g} on its own data. Each claim is read on the local (training) data and "
+        "on the test split: there own is the mean over the workers of their test accuracy "
+        "or test I(Z;Y) (floors likewise), against the average's; what the average keeps "
+        "on local data only is memorised, what it keeps on test is generalisable.",
         "",
     ]
-    verdicts = judge(runs, seeds)
-    by_figure = sorted(verdicts, key=lambda v: v.claim.figure)  # stable: CLAIMS' order within
-    lines += [verdict_line(v) for v in by_figure]
+    pairs = zip(judge(runs, seeds), judge(runs, seeds, split=TEST))
+    by_figure = sorted(pairs, key=lambda p: p[0].claim.figure)  # stable: CLAIMS' order within
+    lines += [verdict_line(v, t) for v, t in by_figure]
     present = {
         k for seed_records in runs.values() for recs in seed_records for r in recs for k in r
     }
@@ -628,49 +709,63 @@ def _from_means(accs: Mapping[tuple[str, str], float]) -> Records:
 
 
 def cifar_values(
-    means: Mapping[str, Mapping[tuple[str, str], float]],
+    means: Mapping[str, Mapping[tuple[str, str], float]], split: str = "local"
 ) -> dict[tuple[str, str], float]:
     """{(figure, kind): statistic} of the accuracy claims, from the means over
-    seeds of `read_cifar_summary`."""
+    seeds of `read_cifar_summary`, on the local datasets or the test split."""
     runs = {f: _from_means(a) for f, a in means.items()}
+    if split == TEST:
+        runs = {f: r for f, r in runs.items() if has_test(r)}
     out = {}
     for f in ("fig1", "fig2"):
         if f in runs:
-            out[(f, "accuracy")] = loss_share(runs[f])
+            out[(f, "accuracy")] = loss_share(runs[f], split=split)
     position = None
     if all(f in runs for f in ("fig2", "fig3", "fig4")):
-        position = working_position(runs["fig4"], runs["fig3"], runs["fig2"])
+        position = working_position(runs["fig4"], runs["fig3"], runs["fig2"], split)
     if position is not None:
         out[("fig4", "accuracy")] = position
     return out
 
 
-def rules_markdown(cifar: Optional[Mapping[tuple[str, str], float]] = None) -> str:
+def rules_markdown(
+    cifar: Optional[Mapping[tuple[str, str], float]] = None,
+    cifar_test: Optional[Mapping[tuple[str, str], float]] = None,
+) -> str:
     """The rules as a markdown table: the paper's words and CIFAR-10 numbers,
     the statistic, the threshold and why, the paper's value, ours on CIFAR-10
-    (`cifar_values`, where given)."""
+    (`cifar_values`, where given) on the local data and, with `cifar_test`,
+    on the test split."""
+    test_col = cifar_test is not None
     rows = [
         "| fig | the paper | its CIFAR-10 numbers | statistic | shown when | why | "
-        "the paper's value | ours, CIFAR-10 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "the paper's value | ours, CIFAR-10 |" + (" ours, CIFAR-10 test |" if test_col else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if test_col else ""),
     ]
+
+    def ours_text(c: Claim, values: Optional[Mapping[tuple[str, str], float]]) -> str:
+        ours = (values or {}).get((c.figure, c.kind))
+        return "-" if ours is None else f"{ours:.2f} ({'shown' if c.holds(ours) else 'not shown'})"
+
     for c in CLAIMS:
         paper = "-" if c.paper_value is None else f"{c.paper_value:.2f}"
-        ours = (cifar or {}).get((c.figure, c.kind))
-        ours_text = (
-            "-" if ours is None else f"{ours:.2f} ({'shown' if c.holds(ours) else 'not shown'})"
-        )
         rows.append(
             f"| {c.figure} | {c.paper} | {c.paper_numbers} | {c.statistic}: {c.definition} | "
-            f"{rule_text(c)} | {c.why} | {paper} | {ours_text} |"
+            f"{rule_text(c)} | {c.why} | {paper} | {ours_text(c, cifar)} |"
+            + (f" {ours_text(c, cifar_test)} |" if test_col else "")
         )
     return "\n".join(rows)
 
 
 def verdicts_markdown(named: Mapping[str, tuple[Runs, Sequence[int]]]) -> str:
-    """A table of every verdict, one column per set of runs ({name: (runs,
-    seeds)}), e.g. the quick preset natively and with another instruction set."""
-    columns = {name: judge(runs, seeds) for name, (runs, seeds) in named.items()}
+    """A table of every verdict, two columns per set of runs ({name: (runs,
+    seeds)}), e.g. the quick preset natively and with another instruction set:
+    the verdict on the local data and on the test split."""
+    columns = {
+        f"{name}, {'local data' if split == 'local' else split}": judge(runs, seeds, split=split)
+        for name, (runs, seeds) in named.items()
+        for split in SPLITS
+    }
     first = next(iter(columns.values()))
     rows = [
         "| fig | claim | rule | " + " | ".join(columns) + " |",

@@ -84,7 +84,7 @@ def summary_markdown(
         "average's floor-corrected I(Z;Y) below "
         f"{claims.DROP_RATIO:g} x the local model's own, worker d on local dataset d, on "
         f"every local dataset for {claims.PERSIST_POINTS} eval points or to the end), and "
-        "the paper's claims judged by the same rules.",
+        "the paper's claims judged by the same rules, on the local data and on the test split.",
         "",
     ]
     for name, records in runs.items():

@@ -1,7 +1,8 @@
 """fedjax_mi.claims: the rules on hand-made records with known answers, and
-the verdicts on the recorded quick preset (docs/results/README.md):
-the synced figures never fire the drop rule, the rule that the summaries
-used before does, and the summaries carry the seed counts."""
+the verdicts on the recorded quick preset (docs/results/README.md), on
+the local data and on the test split: the synced figures never fire the
+drop rule on either, the rule that the summaries used before does, and the
+summaries carry the seed counts."""
 
 import os
 
@@ -146,6 +147,109 @@ def test_accuracy_statistics_on_the_papers_numbers():
     assert broken.judged == [] and "worker0, worker1 below 0.5" in claims.count_text(broken)
 
 
+def with_test(records, avg, own, floor_avg=0.0, floor_own=(0.0, 0.0), acc_avg=0.9, acc_own=0.9):
+    """`records` with the test split added: per eval point the average's
+    `mi_zy_est` (`avg`) and each worker's (`own`: one value per worker), with
+    floors, and accuracies (`acc_own`: one per worker)."""
+    steps = sorted({r["step"] for r in records})
+    out = list(records)
+    per_worker = lambda x: list(x) if np.ndim(x) else [x, x]
+    for step in steps:
+        for model, value, floor, acc in (
+            ("average", avg, floor_avg, acc_avg),
+            *(
+                (f"worker{i}", v, f, a)
+                for i, (v, f, a) in enumerate(
+                    zip(per_worker(own), per_worker(floor_own), per_worker(acc_own))
+                )
+            ),
+        ):
+            out.append(
+                dict(
+                    step=step,
+                    model=model,
+                    dataset="test",
+                    acc=acc,
+                    mi_zy_est=value,
+                    mi_zy_est_floor=floor,
+                )
+            )
+    return out
+
+
+def test_test_split_drop_against_the_workers_mean():
+    # On local data the average holds 0.2 of its locals' bits: a drop. On test it
+    # holds what the workers hold on average, (1.0 + 2.0) / 2 = 1.5 bits, above
+    # pooled floors (0.3 = mean of 0.2 and 0.4): ratio 1, no drop.
+    local = run([0.2] * 5, [1.0] * 5)
+    records = with_test(local, avg=1.5, own=(1.0, 2.0), floor_avg=0.3, floor_own=(0.2, 0.4))
+    assert claims.drop(records, "mi_zy_est").step == 0
+    test = claims.drop(records, "mi_zy_est", split="test")
+    assert test.step is None and test.level == pytest.approx(1.0)
+    assert list(test.ratios) == ["test"]
+    # The other way round: the average far below the workers on test only.
+    records = with_test(run([1.0] * 5, [1.0] * 5), avg=0.3, own=(1.0, 2.0), floor_avg=0.2)
+    assert claims.drop(records, "mi_zy_est").step is None
+    assert claims.drop(records, "mi_zy_est", split="test").step == 0  # (0.3-0.2)/1.5 < 0.5
+    fig1 = [records]
+    (drop_local,) = [v for v in claims.judge(dict(fig1=fig1)) if v.claim.kind == "drop"]
+    (drop_test,) = [
+        v for v in claims.judge(dict(fig1=fig1), split="test") if v.claim.kind == "drop"
+    ]
+    assert (drop_local.shown, drop_test.shown, drop_test.split) == (0, 1, "test")
+
+
+def test_test_split_accuracy_memorised_skill_is_not_a_loss_on_test():
+    # Locals 0.9 on their own data and the average 0.5 there (loss share 0.5: shown);
+    # on test the workers reach 0.5 and 0.6 (mean 0.55) and the average 0.55: nothing lost.
+    def fig(own, avg, test_own, test_avg):
+        local = [
+            dict(step=0, model=m, dataset=d, acc=a)
+            for d in ("local0", "local1")
+            for m, a in ((claims.own_model(d), own), ("average", avg))
+        ]
+        return local + [
+            dict(step=0, model=m, dataset="test", acc=a)
+            for m, a in (("worker0", test_own[0]), ("worker1", test_own[1]), ("average", test_avg))
+        ]
+
+    fig1 = fig(0.9, 0.5, (0.5, 0.6), 0.55)
+    assert claims.loss_share(fig1) == pytest.approx(0.5)
+    assert claims.loss_share(fig1, split="test") == pytest.approx(0.0)
+    runs = dict(
+        fig1=[fig1],
+        fig2=[fig(0.9, 0.9, (0.8, 0.8), 0.8)],
+        fig3=[fig(0.9, 0.2, (0.45, 0.45), 0.3)],
+        fig4=[fig(0.9, 0.7, (0.45, 0.45), 0.4)],
+    )
+    local, test = (
+        {(v.claim.figure, v.claim.kind): v for v in claims.judge(runs, split=s)}
+        for s in claims.SPLITS
+    )
+    assert local[("fig1", "accuracy")].shown == 1 and test[("fig1", "accuracy")].shown == 0
+    # Fig 4 on test: (0.4 - 0.3) / (0.8 - 0.3) = 0.2, not working; on local data 0.71.
+    assert test[("fig4", "accuracy")].seeds[0].value == pytest.approx(0.2)
+    assert local[("fig4", "accuracy")].shown == 1 and test[("fig4", "accuracy")].shown == 0
+    line = claims.verdict_line(local[("fig1", "accuracy")], test[("fig1", "accuracy")])
+    assert line.endswith(
+        "local data: shown in 1 of 1 seeds (loss share 0.500); "
+        "test: shown in 0 of 1 seeds (loss share 0.000)."
+    )
+
+
+def test_a_recording_without_the_test_split_gives_test_verdicts_not_recorded():
+    runs = dict(fig1=[run([0.2] * 5, [1.0] * 5)], fig2=[run([1.0] * 5, [1.0] * 5)])
+    local = claims.judge(runs)
+    test = claims.judge(runs, split="test")
+    assert [(v.claim, v.estimator) for v in local] == [(v.claim, v.estimator) for v in test]
+    assert all(v.recorded for v in local) and not any(v.recorded for v in test)
+    assert {claims.count_text(v) for v in test} == {"not recorded"}
+    lines = claims.claim_lines(runs)
+    assert sum("; test: not recorded." in line for line in lines) == len(local)
+    table = claims.verdicts_markdown({"one": (runs, [0])})
+    assert "| one, local data | one, test |" in table and "| not recorded |" in table
+
+
 # ------------------------------------------------------------ recorded runs
 
 
@@ -158,6 +262,9 @@ def test_the_recordings_are_the_quick_preset_with_five_seeds(recorded):
     runs, seeds = recorded
     assert sorted(runs) == ["fig1", "fig2", "fig3", "fig4"] and seeds == [0, 1, 2, 3, 4]
     assert claims.estimators(runs["fig2"][0]) == ["mi_zy_kde", "mi_zy_probe"]
+    # Every run has the test split: accuracy and the label estimators with floors.
+    for key in ("acc", "mi_zy_kde", "mi_zy_kde_floor", "mi_zy_probe", "mi_zy_probe_floor"):
+        assert all(claims.has_test(r, key) for recs in runs.values() for r in recs), key
 
 
 def test_no_drop_rule_fires_for_the_synced_figures_in_any_seed(recorded):
@@ -169,6 +276,17 @@ def test_no_drop_rule_fires_for_the_synced_figures_in_any_seed(recorded):
     for v in controls:
         if v.estimator in claims.BOUND_EXCLUDED:
             continue
+        assert len(v.judged) == len(seeds), v
+        assert v.shown == len(seeds), claims.verdict_line(v)
+
+
+def test_no_drop_rule_fires_for_the_synced_figures_on_the_test_split(recorded):
+    # The controls on unseen data: the average against the workers' mean on test.
+    runs, seeds = recorded
+    controls = [v for v in claims.judge(runs, seeds, split="test") if v.claim.kind == "control"]
+    assert {v.claim.figure for v in controls} == {"fig2", "fig4"}
+    for v in controls:
+        assert v.recorded, v
         assert len(v.judged) == len(seeds), v
         assert v.shown == len(seeds), claims.verdict_line(v)
 
@@ -262,8 +380,8 @@ def test_the_summaries_give_verdicts_with_seed_counts(native_with_configs):
     text = summary.seeds_markdown(runs, cfgs)
     section = text[text.index("## Which of the paper's claims") :]
     assert (
-        "- fig2, the paper: 'the average (> 73%) with the locals'; rule: loss share <= 0.1; shown in 5 of 5 seeds (loss share "
-        in section
+        "- fig2, the paper: 'the average (> 73%) with the locals'; rule: loss share <= 0.1; "
+        "local data: shown in 5 of 5 seeds (loss share " in section
     )
     assert "fig1, the paper: 'the average (36%) far below the locals (> 75%)'" in section
     assert "not judged: seed 3 (worker0 below 0.5 on its own data)" in section
@@ -271,6 +389,11 @@ def test_the_summaries_give_verdicts_with_seed_counts(native_with_configs):
     assert "head (Barber-Agakov) bound: no drop verdicts" in section
     assert "Fano bound: no drop verdicts" in section
     assert "at an eval period of 10 steps" in section
+    # Every verdict line gives the local data's count and the test split's.
+    verdict_lines = [line for line in section.splitlines() if "; rule: " in line]
+    assert verdict_lines and all(
+        "; local data: " in line and "; test: " in line for line in verdict_lines
+    )
     assert summary.DIGITS_NOTE in section  # what the digits preset cannot show
     # The per-figure drop lines: the estimators with floors, not the head's bounds.
     assert text.count("- probe: seed 0: ") == 4 and "- Fano: " not in text
@@ -293,3 +416,9 @@ def test_rules_table_lists_every_claim_with_the_papers_value_and_cifar10():
     for c in claims.CLAIMS:
         assert c.paper in table
     assert "| 0.60 | 0.34 (shown) |" in table
+    # On CIFAR-10's test split (the same file's test column) fig 1's average loses
+    # (0.523 - 0.507) / 0.423 of the workers' skill: what it loses on local data is memorised.
+    test = claims.cifar_values(means, "test")
+    assert test[("fig1", "accuracy")] == pytest.approx((0.523 - 0.507) / 0.423, abs=1e-3)
+    table = claims.rules_markdown(cifar, test)
+    assert "| 0.60 | 0.34 (shown) | 0.04 (not shown) |" in table
