@@ -21,6 +21,7 @@ brings a result back whole to every process (docs/performance.md,
 "Several hosts").
 """
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -204,6 +205,7 @@ def run_mesh(num_devices: int) -> Mesh:
     )
 
 
+@functools.lru_cache(maxsize=8)
 def over_runs(
     sweep_round: Callable, sweep_measure: Callable, mesh: Mesh
 ) -> tuple[Callable, Callable]:
@@ -212,7 +214,9 @@ def over_runs(
     of the runs with the same vmapped code and no collective (runs are
     independent; the data groups and test split are replicated). Same
     arguments and results as the one-device programs; R must be a multiple
-    of the mesh size."""
+    of the mesh size. Built once per (programs, mesh), as `sweep.programs`
+    are: later sweeps of the same settings in one process (a resumed one)
+    reuse their compilations."""
     runs, rep = P(RUNS), P()
     # States are batched as federated.RUN_AXES: the step counter is shared.
     states = federated.FedState(

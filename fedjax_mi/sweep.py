@@ -111,6 +111,27 @@ def eval_subsets(cfg: RunConfig, data: SweepData) -> EvalData:
 
 
 @functools.lru_cache(maxsize=8)
+def _training(
+    num_classes: int,
+    momentum: float,
+    batch_size: int,
+    eval_period: int,
+    opt_sync: str,
+    aggregate: str,
+    input_scale: str,
+):
+    """(model, optimizer, sweep round) of `programs`: they do not depend on
+    what is measured, so sweeps that measure differently share them (and the
+    compilations of the round and of `federated.init_runs`)."""
+    model = models.LeNet(num_classes=num_classes, input_scale=input_scale)
+    opt = federated.make_optimizer(momentum)
+    round_fn = federated.make_sweep_round(
+        model, opt, batch_size=batch_size, steps=eval_period, opt_sync=opt_sync, how=aggregate
+    )
+    return model, opt, round_fn
+
+
+@functools.lru_cache(maxsize=8)
 def programs(
     num_classes: int,
     momentum: float,
@@ -124,10 +145,8 @@ def programs(
 ):
     """(model, optimizer, sweep round, sweep measurement), built once per
     setting so that sweeps of the same shapes in one process share compilations."""
-    model = models.LeNet(num_classes=num_classes, input_scale=input_scale)
-    opt = federated.make_optimizer(momentum)
-    round_fn = federated.make_sweep_round(
-        model, opt, batch_size=batch_size, steps=eval_period, opt_sync=opt_sync, how=aggregate
+    model, opt, round_fn = _training(
+        num_classes, momentum, batch_size, eval_period, opt_sync, aggregate, input_scale
     )
     # The measurement's forward passes are not vmapped over workers (models
     # run in sequence), so they use the formulation fastest on this backend:

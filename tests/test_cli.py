@@ -166,9 +166,13 @@ def test_same_flags_give_byte_identical_metrics(tmp_path, uninterrupted):
 
 @pytest.mark.slow
 def test_sweep_cli_writes_one_folder_per_run(tmp_path):
+    # KDE alone measures: the four runs' programs are then those of the sweep
+    # in tests/test_preemption.py (the same shapes and settings), compiled once
+    # a session (tests/conftest.py).
     result = cli(
         "experiments.sweep",
-        *TINY_FLAGS,
+        *TINY_FLAGS[:-1],
+        "--mi=kde",
         "--seeds=0,1",
         "--protocols=sync,nosync",
         "--sync_periods=4",
@@ -227,7 +231,9 @@ def test_reproduce_on_tiny_data_writes_summary(tmp_path):
 def test_reproduce_seeds_sweep_writes_what_each_run_writes_alone(tmp_path):
     """`reproduce --seeds=2`: seed 1's metrics, written inside the sweep of
     both seeds, are those that run writes alone, to the tolerances of two
-    programs."""
+    programs. KDE alone measures, at the shapes of `helpers.shared.CONFIG`:
+    the run alone reuses that run's compiled programs, and the protocol study
+    below this sweep's."""
     import json
     import os
     import subprocess
@@ -244,7 +250,7 @@ def test_reproduce_seeds_sweep_writes_what_each_run_writes_alone(tmp_path):
             "--batch_size=16",
             "--epochs=2.5",
             "--eval_period=4",
-            "--mi=none",
+            "--mi=kde",
             "--figures=fig1",
             "--seeds=2",
             "--checkpoint_every=0",
@@ -300,22 +306,26 @@ def test_study_runs_selects_runs_of_a_protocol_study_by_name():
 @pytest.mark.slow
 def test_reproduce_runs_part_of_a_protocol_study(tmp_path):
     """`--study_runs` runs just the matching runs of the digits study and
-    tabulates them; with a figures preset it is refused in one line."""
+    tabulates them; with a figures preset it is refused in one line. At 64
+    samples a worker, measured every 4 steps: the shapes of the two-seed sweep
+    above, whose compiled programs it reuses (two data seeds, KDE)."""
     out = tmp_path / "study"
     result = cli(
         "experiments.reproduce",
         "--preset=protocols_digits",
-        "--study_runs=classes-periodic8-seed0,classes-dynamic4-d0.9-seed0",
+        "--study_runs=classes-periodic8-seed0,classes-dynamic4-d0.9-seed1",
         "--epochs=2",
+        "--per_worker=64",
+        "--eval_period=4",
         f"--out={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "checkpoints") == [
-        "classes-dynamic4-d0.9-seed0",
+        "classes-dynamic4-d0.9-seed1",
         "classes-periodic8-seed0",
     ]
     table = (out / "summary.md").read_text()
-    assert "seeds [0]" in table and (out / "tradeoff.png").exists()
+    assert "seeds [0, 1]" in table and (out / "tradeoff.png").exists()
     assert (
         "| classes | periodic every 8 |" in table and "| classes | dynamic b=4 delta=0.9 |" in table
     )

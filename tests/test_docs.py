@@ -25,7 +25,10 @@ def _files():
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    return [f for f in out if not f.startswith("tests/data/")]
+    # Tracked files deleted in the working tree (not yet committed) are gone.
+    return [
+        f for f in out if not f.startswith("tests/data/") and os.path.exists(os.path.join(ROOT, f))
+    ]
 
 
 def _flat(text: str) -> str:

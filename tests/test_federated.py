@@ -3,7 +3,14 @@ truth; the protocols beyond periodic averaging, the aggregation operators and
 the communication counters on a tiny model (docs/protocols.md; ground truths:
 the periodic and no-sync code paths bitwise, numpy, hand counts); the
 initialisation of a sweep's runs. tests/test_round_reference.py checks the
-round against an independent reference implementation."""
+round against an independent reference implementation.
+
+The LeNet states are built by hand (parameters drawn with numpy), and every
+LeNet program is compiled once for the module: one round per momentum (8
+steps, shorter rounds through `active`), one local step per momentum and
+batch shape; `federated.init` and `init_runs` are checked on the tiny model
+(what they do with the `identical` flag and the schemes does not depend on
+the model; tests/test_models.py checks LeNet's initialisations)."""
 
 import chex
 import flax.linen as nn
@@ -14,7 +21,6 @@ import optax
 import pytest
 
 from fedjax_mi import federated, models, sweep
-from helpers.shared import FAN_IN
 
 K, N, B = 2, 48, 8  # workers, samples per worker, batch size: 6 steps per epoch
 MODEL = models.LeNet(num_classes=10)
@@ -32,18 +38,41 @@ def make_data(seed=0, workers=K, n=N):
 
 
 LR = 0.05
+# One optimiser per momentum: the compiled programs take it as a static
+# argument, so a new optimiser object would compile them again.
+OPTS = {momentum: federated.make_optimizer(momentum) for momentum in (0.0, 0.9)}
+LENET_SHAPES = jax.eval_shape(MODEL.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))["params"]
 
 
 def make_state(opt, seed=0, identical=True, workers=K, n=N, lr=LR):
-    return federated.init(
-        jax.random.key(seed),
-        MODEL,
-        opt,
-        jnp.zeros((1, 32, 32, 1)),
-        workers,
-        n,
-        lr,
-        identical=identical,
+    """LeNet workers' FedState built from its documented fields: parameters
+    drawn with numpy at flax's scale (kernels N(0, 1 / fan_in), zero biases),
+    one draw copied to every worker if `identical`; data keys from `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def draw():
+        return jax.tree.map(
+            lambda s: (
+                rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), s.shape)
+                if len(s.shape) > 1
+                else np.zeros(s.shape)
+            ).astype(np.float32),
+            LENET_SHAPES,
+        )
+
+    draws = [draw()] * workers if identical else [draw() for _ in range(workers)]
+    params = jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves)), *draws)
+    return federated.with_protocol_fields(
+        federated.FedState(
+            params=params,
+            opt_state=jax.vmap(opt.init)(params),
+            data_keys=jax.random.split(jax.random.key(seed), workers),
+            perm=jnp.zeros((workers, n), jnp.int32),
+            lr=jnp.float32(lr),
+            step=jnp.int32(0),
+            # Identical workers are their own average (as `federated.init`).
+            ref=params if identical else None,
+        )
     )
 
 
@@ -52,19 +81,32 @@ def data():
     return make_data()
 
 
-# One compiled round per (optimizer, steps, opt_sync), shared by the tests.
+ROUND_STEPS = 8  # every round below: shorter ones pass fewer `active` steps
+# One compiled round per momentum, and one local step per momentum (jitted once
+# per batch shape), shared by the tests.
 _ROUNDS = {}
+_LOCAL_STEPS = {}
 
 
-def get_round(momentum, steps, opt_sync="average"):
-    key = (momentum, steps, opt_sync)
-    if key not in _ROUNDS:
-        opt = federated.make_optimizer(momentum)
-        _ROUNDS[key] = (
-            opt,
-            federated.make_round(MODEL, opt, batch_size=B, steps=steps, opt_sync=opt_sync),
+def get_round(momentum):
+    """(optimizer, round of up to ROUND_STEPS steps). Call it with `active`
+    always given: a defaulted argument of a jitted function is a constant of
+    its trace, so omitting it would compile a second program."""
+    if momentum not in _ROUNDS:
+        _ROUNDS[momentum] = federated.make_round(
+            MODEL, OPTS[momentum], batch_size=B, steps=ROUND_STEPS
         )
-    return _ROUNDS[key]
+    return OPTS[momentum], _ROUNDS[momentum]
+
+
+def local_step_of(momentum, vmapped=False):
+    """`make_local_step` jitted, alone or vmapped over the workers."""
+    if (momentum, vmapped) not in _LOCAL_STEPS:
+        step = federated.make_local_step(MODEL, OPTS[momentum])
+        if vmapped:
+            step = jax.vmap(step, in_axes=(0, 0, 0, 0, None))
+        _LOCAL_STEPS[momentum, vmapped] = jax.jit(step)
+    return _LOCAL_STEPS[momentum, vmapped]
 
 
 def test_average_is_hand_computed_mean():
@@ -76,27 +118,25 @@ def test_average_is_hand_computed_mean():
 
 
 def test_init_identical_and_independent():
-    opt = federated.make_optimizer()
-    same = make_state(opt, identical=True)
-    diff = make_state(opt, identical=False)
+    same, diff = TINY_INIT(jax.random.key(0), True), TINY_INIT(jax.random.key(0), False)
     for leaf in jax.tree.leaves(same.params):
-        chex.assert_trees_all_equal(leaf[0], leaf[1])
-    kernels = diff.params["Conv_0"]["kernel"]
+        assert leaf.shape[0] == TINY_K
+        for k in range(1, TINY_K):
+            chex.assert_trees_all_equal(leaf[0], leaf[k])
+    kernels = diff.params["Dense_0"]["kernel"]
     assert not np.allclose(kernels[0], kernels[1])
 
 
 def test_vmapped_step_equals_each_workers_own_step(data):
     x, y = data
-    opt = federated.make_optimizer(0.9)
-    state = make_state(opt, identical=False)
-    local_step = federated.make_local_step(MODEL, opt)
+    state = make_state(OPTS[0.9], identical=False)
     xb, yb = x[:, :B], y[:, :B]
-    params, opt_state, losses = jax.jit(jax.vmap(local_step, in_axes=(0, 0, 0, 0, None)))(
+    params, opt_state, losses = local_step_of(0.9, vmapped=True)(
         state.params, state.opt_state, xb, yb, LR
     )
     for k in range(K):
         take = lambda t: jax.tree.map(lambda a: a[k], t)
-        p_k, o_k, l_k = jax.jit(local_step)(
+        p_k, o_k, l_k = local_step_of(0.9)(
             take(state.params), take(state.opt_state), xb[k], yb[k], LR
         )
         chex.assert_trees_all_close(take(params), p_k, **TOL)
@@ -105,7 +145,7 @@ def test_vmapped_step_equals_each_workers_own_step(data):
 
 
 def test_sync_makes_workers_identical():
-    opt = federated.make_optimizer(0.9)
+    opt = OPTS[0.9]
     state = make_state(opt, identical=False)
     params, opt_state = federated.sync(state.params, state.opt_state, opt, "average")
     avg = federated.average(state.params)
@@ -118,12 +158,12 @@ def test_nosync_equals_independent_workers(data, momentum):
     """No-sync: each worker's params after a round equal a plain loop of that
     worker's own steps over its own epoch order (averaging never touches them)."""
     x, y = data
-    steps = 8  # crosses the epoch boundary at step 6
-    opt, round_fn = get_round(momentum, steps)
+    steps = ROUND_STEPS  # crosses the epoch boundary at step 6
+    opt, round_fn = get_round(momentum)
     state = make_state(opt, identical=False)
-    new_state, losses = round_fn(state, x, y, 0)
+    new_state, losses = round_fn(state, x, y, 0, steps)
     chex.assert_shape(losses, (steps, K))
-    local_step = jax.jit(federated.make_local_step(MODEL, opt))
+    local_step = local_step_of(momentum)
     spe = N // B
     for k in range(K):
         p = jax.tree.map(lambda a: a[k], state.params)
@@ -143,10 +183,11 @@ def test_sync_every_step_equals_large_batch_sgd(data, momentum):
     average after each step is SGD on the workers' batches taken together."""
     x, y = data
     steps = 4
-    opt, round_fn = get_round(momentum, steps)
+    opt, round_fn = get_round(momentum)
     state = make_state(opt, identical=True)
-    new_state, _ = round_fn(state, x, y, 1)
-    local_step = jax.jit(federated.make_local_step(MODEL, opt))
+    new_state, _ = round_fn(state, x, y, 1, steps)
+    assert int(new_state.step) == steps
+    local_step = local_step_of(momentum)  # on batches of K * B: its own compilation
     p = jax.tree.map(lambda a: a[0], state.params)
     o = opt.init(p)
     orders = federated.epoch_order(state.data_keys, 0, N)
@@ -161,30 +202,35 @@ def test_sync_every_step_equals_large_batch_sgd(data, momentum):
 def test_sync_period_broadcasts_average_at_the_next_step(data):
     """After a round of exactly `sync_period` steps the workers still hold
     their local models (measured before the sync); the next step starts from
-    their average."""
+    their average, and (opt_sync "average") from their momentum buffers' average."""
     x, y = data
-    opt, round_fn = get_round(0.0, 4)
+    opt, round_fn = get_round(0.9)
     state = make_state(opt, identical=False)
-    state, _ = round_fn(state, x, y, 4)
+    state, _ = round_fn(state, x, y, 4, 4)
+    assert int(state.step) == 4
     kernels = state.params["Conv_0"]["kernel"]
     assert not np.allclose(kernels[0], kernels[1])
     step = jax.jit(federated.make_step(MODEL, opt, batch_size=B))
     avg = federated.average(state.params)
     synced, _ = step(state, x, y, jnp.int32(4))
-    # Redo that step by hand from the broadcast average.
-    local_step = federated.make_local_step(MODEL, opt)
+    # Redo that step by hand from the broadcast averages.
     idx = state.perm[:, 4 * B : 5 * B]
     xb, yb = jax.vmap(lambda a, b, i: (a[i], b[i]))(x, y, idx)
-    expected, _, _ = jax.vmap(local_step, in_axes=(0, 0, 0, 0, None))(
-        federated.broadcast(avg, K), state.opt_state, xb, yb, LR
+    expected, expected_opt, _ = local_step_of(0.9, vmapped=True)(
+        federated.broadcast(avg, K),
+        federated.broadcast(federated.average(state.opt_state), K),
+        xb,
+        yb,
+        LR,
     )
     chex.assert_trees_all_close(synced.params, expected, **TOL)
+    chex.assert_trees_all_close(synced.opt_state, expected_opt, **TOL)
 
 
 def test_epochs_visit_every_sample_once(data):
     x, y = data
-    opt, round_fn = get_round(0.0, 8)
-    state, _ = round_fn(make_state(opt), x, y, 0)
+    opt, round_fn = get_round(0.0)
+    state, _ = round_fn(make_state(opt), x, y, 0, 8)
     # After step 8 the current order is epoch 1's: a permutation of 0..N-1.
     for k in range(K):
         assert sorted(np.asarray(state.perm[k]).tolist()) == list(range(N))
@@ -193,10 +239,10 @@ def test_epochs_visit_every_sample_once(data):
 
 def test_same_seed_gives_identical_state(data):
     x, y = data
-    opt, round_fn = get_round(0.9, 8)
-    a, _ = round_fn(make_state(opt, seed=3), x, y, 3)
-    b, _ = round_fn(make_state(opt, seed=3), x, y, 3)
-    c, _ = round_fn(make_state(opt, seed=4), x, y, 3)
+    opt, round_fn = get_round(0.9)
+    a, _ = round_fn(make_state(opt, seed=3), x, y, 3, 8)
+    b, _ = round_fn(make_state(opt, seed=3), x, y, 3, 8)
+    c, _ = round_fn(make_state(opt, seed=4), x, y, 3, 8)
     chex.assert_trees_all_equal(a.params, b.params)
     chex.assert_trees_all_equal(a.opt_state, b.opt_state)
     assert not np.array_equal(a.params["Dense_2"]["kernel"], c.params["Dense_2"]["kernel"])
@@ -204,15 +250,15 @@ def test_same_seed_gives_identical_state(data):
 
 def test_round_compiles_once_across_rounds_and_protocols(data):
     x, y = data
-    opt, round_fn = get_round(0.0, 8)
+    opt, round_fn = get_round(0.0)
     state = make_state(opt)
-    state, _ = round_fn(state, x, y, 0)  # the one compilation
+    state, _ = round_fn(state, x, y, 0, 8)  # the one compilation
     compiles = []
     listener = lambda event, duration, **kw: compiles.append(event) if "compile" in event else None
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        for sync_period in (0, 3, 100, 0):
-            state, _ = round_fn(state, x, y, sync_period)
+        for sync_period, active in ((0, 8), (3, 8), (100, 5), (0, 8)):
+            state, _ = round_fn(state, x, y, sync_period, active)
         jax.block_until_ready(state)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
@@ -221,7 +267,7 @@ def test_round_compiles_once_across_rounds_and_protocols(data):
 
 @pytest.mark.parametrize("opt_sync", ["average", "reset", "keep"])
 def test_opt_sync_choices(opt_sync):
-    opt = federated.make_optimizer(0.9)
+    opt = OPTS[0.9]
     state = make_state(opt, identical=False)
     # Give each worker a distinct momentum buffer.
     opt_state = jax.tree.map(
@@ -250,7 +296,9 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="opt_sync"):
         federated.make_step(MODEL, optax.sgd(1.0), batch_size=B, opt_sync="merge")
     with pytest.raises(ValueError, match="num_workers"):
-        make_state(optax.sgd(1.0), workers=0)
+        federated.init(
+            jax.random.key(0), MODEL, optax.sgd(1.0), jnp.zeros((1, 32, 32, 1)), 0, N, LR
+        )
 
 
 # --- protocols, aggregation and communication counts on a tiny model ----------
@@ -271,6 +319,14 @@ class Tiny(nn.Module):
 
 TINY_MODEL = Tiny()
 OPT = federated.make_optimizer(0.9)
+# Jitted (op by op, each initialiser compiles a program per shape): one
+# compilation per `identical`.
+TINY_INIT = jax.jit(
+    lambda key, identical: federated.init(
+        key, TINY_MODEL, OPT, jnp.zeros((1, D)), TINY_K, TINY_N, 0.3, identical=identical
+    ),
+    static_argnums=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -278,9 +334,7 @@ def tiny_setup():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (TINY_K, TINY_N, D), dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, C, (TINY_K, TINY_N), dtype=np.int32))
-    state = federated.init(
-        jax.random.key(0), TINY_MODEL, OPT, jnp.zeros((1, D)), TINY_K, TINY_N, 0.3, identical=False
-    )
+    state = TINY_INIT(jax.random.key(0), False)
     # One compiled round serves every protocol (the protocol is traced data).
     round_fn = federated.make_round(TINY_MODEL, OPT, batch_size=TINY_B, steps=STEPS)
     return x, y, state, round_fn
@@ -400,12 +454,12 @@ def test_init_runs_mixes_schemes_per_run():
     """A run's initial weights in a sweep mixing schemes are those of a sweep
     of that scheme alone (bit for bit; one compilation: the scheme is data),
     torch's with nonzero biases, flax's with zero ones."""
-    model, opt = models.LeNet(), federated.make_optimizer()
-    x = jnp.zeros((1, 32, 32, 1))
+    x = jnp.zeros((1, D))
     keys = jax.random.split(jax.random.key(0), 2)
-    init = lambda t: federated.init_runs(keys, model, opt, x, 2, 8, [0.1, 0.1], torch_inits=t)
+    init = lambda t: federated.init_runs(keys, TINY_MODEL, OPT, x, 2, 8, [0.1, 0.1], torch_inits=t)
     mixed, torch, flax = init([True, False]), init([True, True]), init([False, False])
-    for name in FAN_IN:
+    assert sorted(mixed.params) == ["Dense_0", "Dense_1"]
+    for name in mixed.params:
         for part in ("kernel", "bias"):
             leaf = lambda s: np.asarray(s.params[name][part])
             np.testing.assert_array_equal(leaf(mixed)[0], leaf(torch)[0])

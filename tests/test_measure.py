@@ -8,6 +8,11 @@ followed by the estimator call with the same key; the average's record
 must come from the hand-computed mean of the workers' weights. Floors must
 use a shuffled pairing: far below the estimate on informative data, and
 within the estimator's spread of it on independent data.
+
+The compiled programs are shared: one measurement (`MEASURE`) serves the
+records, the floors and the interpolation of two workers; the direct
+computation is jitted per shape (op by op, every LeNet layer and estimator
+step compiled a program of its own); parameters are drawn with numpy.
 """
 
 import math
@@ -27,6 +32,51 @@ MODEL = models.LeNet(num_classes=NUM_CLASSES, conv_impl="xla")
 # I(Z+e;Y) with a floor and a lower value), the mixed kNN (I(Z;Y) with a floor).
 SETTINGS = measure.StudySettings(mi="quantile,kde,knn", kde_noise_var=30.0)
 ESTIMATORS = measure.study_estimators(SETTINGS, NUM_CLASSES)
+MEASURE = measure.make_measure(MODEL, ESTIMATORS, chunk=64)
+T = 40  # test samples
+
+
+def lenet_params(rng, model, num_workers, channels):
+    """`num_workers` independent LeNet parameter sets (stacked), drawn with
+    numpy: kernels N(0, 1 / fan_in) (flax's scale), then every parameter plus
+    N(0, 0.05^2) noise, so that biases are non-zero and the average of two
+    models differs from either."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, channels)))
+    draw = lambda s: (
+        rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), (num_workers,) + s.shape)
+        * (len(s.shape) > 1)
+        + rng.normal(0.0, 0.05, (num_workers,) + s.shape)
+    ).astype(np.float32)
+    return jax.tree.map(lambda s: jnp.asarray(draw(s)), shapes["params"])
+
+
+@jax.jit
+def forward(params, x):
+    """`MODEL.apply` on uint8 images: (logits, z)."""
+    return MODEL.apply({"params": params}, jnp.asarray(x, jnp.float32) / 255.0)
+
+
+@jax.jit
+def xz_estimates(key, x, z):
+    """EDGE quantile's and KDE's I(X;Z) fields from the flattened images x and z."""
+    x_flat = jnp.asarray(x, jnp.float32).reshape(len(x), -1) / 255.0
+    xz = mi.kde.xz_bounds(key, z, ESTIMATORS[1].xz)
+    return {
+        "mi_xz_quantile": mi.estimate_traced(key, x_flat, z, mi.EdgeQuantile()),
+        "mi_xz_kde": xz.upper,
+        "mi_xz_kde_lower": xz.lower,
+    }
+
+
+@jax.jit
+def zy_estimates(key, y, z):
+    """KDE's and the mixed kNN's I(Z;Y) fields."""
+    zy = mi.kde.zy_bounds(key, y, z, ESTIMATORS[1].xz)
+    return {
+        "mi_zy_kde": zy.upper,
+        "mi_zy_kde_lower": zy.lower,
+        "mi_zy_knn": mi.estimate_traced(key, y, z, mi.MixedKNN()),
+    }
 
 
 def informative_data(seed):
@@ -43,22 +93,14 @@ def informative_data(seed):
 
 @pytest.fixture(scope="module")
 def setting():
-    key = jax.random.key(0)
-    keys = jax.random.split(key, 2)
-    params = jax.vmap(lambda k: MODEL.init(k, jnp.zeros((1, 32, 32, 3)))["params"])(keys)
-    # Non-zero biases, so that the average of two models differs from either.
-    params = jax.tree.map(
-        lambda p, k=jax.random.key(3): (
-            p + 0.05 * jax.random.normal(jax.random.fold_in(k, p.size), p.shape)
-        ),
-        params,
-    )
+    # This draw separates what the comparison could confuse by >= 0.007 (3x its
+    # 2e-3 tolerance; test_models_and_datasets_differ_so_the_comparison_can_fail).
+    params = lenet_params(np.random.default_rng(8), MODEL, 2, 3)
     local_x, local_y = informative_data(1)
-    test_x, test_y = local_x[0, :40], local_y[0, :40]
+    test_x, test_y = local_x[0, :T], local_y[0, :T]
     step_key = jax.random.key(7)
-    fn = measure.make_measure(MODEL, ESTIMATORS, chunk=64)
     m = jax.device_get(
-        fn(
+        MEASURE(
             step_key,
             params,
             jnp.asarray(local_x),
@@ -70,10 +112,11 @@ def setting():
     return params, local_x, local_y, test_x, test_y, step_key, m
 
 
-def direct(params, x, y, key):
-    """Fields of one model on one dataset, computed without `measure`."""
-    logits, z = MODEL.apply({"params": params}, jnp.asarray(x, jnp.float32) / 255.0)
-    logits, z = np.asarray(logits, np.float64), z
+def direct(params, x, y, key, xz=True):
+    """Fields of one model on one dataset, computed without `measure` (the
+    I(X;Z) fields unless `xz` is False)."""
+    logits, z = forward(params, x)
+    logits = np.asarray(logits, np.float64)
     out = {"acc": float(np.mean(np.argmax(logits, -1) == y))}
     # Barber-Agakov from the head: H(Y) - CE in bits, written out here.
     p_y = np.bincount(y, minlength=NUM_CLASSES) / len(y)
@@ -81,15 +124,8 @@ def direct(params, x, y, key):
     shifted = logits - logits.max(-1, keepdims=True)
     log_q = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     out["mi_zy_head"] = h_y + float(np.mean(log_q[np.arange(len(y)), y])) / math.log(2)
-    x_flat = jnp.asarray(x, jnp.float32).reshape(len(x), -1) / 255.0
-    yy = jnp.asarray(y)
-    out["mi_xz_quantile"] = float(mi.estimate(key, x_flat, z, mi.EdgeQuantile()))
-    kde_cfg = ESTIMATORS[1].xz
-    xz = mi.kde.xz_bounds(key, z, kde_cfg)
-    zy = mi.kde.zy_bounds(key, yy, z, kde_cfg)
-    out["mi_xz_kde"], out["mi_xz_kde_lower"] = float(xz.upper), float(xz.lower)
-    out["mi_zy_kde"], out["mi_zy_kde_lower"] = float(zy.upper), float(zy.lower)
-    out["mi_zy_knn"] = float(mi.estimate_traced(key, yy, z, mi.MixedKNN()))
+    estimates = {**(xz_estimates(key, x, z) if xz else {}), **zy_estimates(key, jnp.asarray(y), z)}
+    out.update({k: float(v) for k, v in estimates.items()})
     return out
 
 
@@ -106,7 +142,7 @@ def test_every_record_equals_a_direct_forward_and_estimate(setting):
             for field, value in expected.items():
                 # float32 forwards, vmapped vs unbatched: rounding only.
                 assert got[field] == pytest.approx(value, abs=2e-3, rel=1e-4), (name, d, field)
-        test = direct(p, test_x, test_y, key)
+        test = direct(p, test_x, test_y, key, xz=False)
         got = by[(name, "test")]
         assert got["acc"] == pytest.approx(test["acc"], abs=1e-6)
         # On the test split: the label estimators cross-fitted on the test
@@ -146,21 +182,20 @@ def test_floor_matches_the_estimate_on_independent_data():
     """Labels independent of the images: estimate and floor are two draws of
     the same estimator at independence; they must agree within its spread,
     measured here over shuffles (5 standard deviations)."""
-    params = MODEL.init(jax.random.key(4), jnp.zeros((1, 32, 32, 3)))["params"]
-    params = jax.tree.map(lambda p: jnp.stack([p, p]), params)
+    one = lenet_params(np.random.default_rng(4), MODEL, 1, 3)
+    params = jax.tree.map(lambda p: jnp.concatenate([p, p]), one)
     rs = np.random.RandomState(5)
     x = rs.randint(0, 255, size=(2, M, 32, 32, 3)).astype(np.uint8)
     y = rs.randint(0, NUM_CLASSES, size=(2, M)).astype(np.int32)
-    fn = measure.make_measure(MODEL, (ESTIMATORS[2],), chunk=64)
-    m = fn(
+    m = MEASURE(
         jax.random.key(6),
         params,
         jnp.asarray(x),
         jnp.asarray(y),
-        jnp.asarray(x[0, :8]),
-        jnp.asarray(y[0, :8]),
+        jnp.asarray(x[0, :T]),
+        jnp.asarray(y[0, :T]),
     )
-    _, z = MODEL.apply({"params": jax.tree.map(lambda p: p[0], params)}, x[0] / 255.0)
+    _, z = forward(jax.tree.map(lambda p: p[0], params), x[0])
     draws = [
         float(
             mi.estimate(
@@ -210,30 +245,42 @@ def test_mi_flag_selects_estimators_in_order():
     assert ests[0].zy.num_classes == 10 and ests[2].xz.noise_var == settings.kde_noise_var
 
 
-@pytest.mark.parametrize("num_workers", [2, 3])
-def test_interpolation_ends_are_the_local_models(num_workers):
-    """a = 0 and a = 1 give worker 0's and worker 1's own accuracy (and a =
-    0.5 the average's when K = 2); every interpolant's loss equals a numpy
-    cross-entropy of the model with (1 - a) w0 + a w1 interpolated in
-    float64 (with K = 3 the midpoint is not the average and is run itself);
-    the record's barrier and distance follow their formulas."""
-    from fedjax_mi import measure
-
+@pytest.fixture(scope="module")
+def three_workers():
+    """K = 3 (the midpoint of workers 0 and 1 is not the average): a
+    measurement of its own, without estimators, on 1-channel images:
+    (forward, params, local_x, local_y, test_x, test_y, measurement)."""
     model = models.LeNet(conv_impl="xla")
     rng = np.random.default_rng(5)
     local_x = jnp.asarray(rng.integers(0, 256, size=(2, 24, 32, 32, 1)), jnp.uint8)
     local_y = jnp.asarray(rng.integers(0, 10, size=(2, 24)), jnp.int32)
-    params = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1, 32, 32, 1)))["params"]))(
-        jax.random.split(jax.random.key(7), num_workers)
-    )
+    params = lenet_params(rng, model, 3, 1)
     m = measure.make_measure(model, (), chunk=16)(
         jax.random.key(0), params, local_x, local_y, local_x[0, :8], local_y[0, :8]
     )
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x / 255.0))
+    return apply, params, local_x, local_y, local_x[0, :8], local_y[0, :8], m
+
+
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_interpolation_ends_are_the_local_models(num_workers, request):
+    """a = 0 and a = 1 give worker 0's and worker 1's own accuracy (and a =
+    0.5 the average's when K = 2); every interpolant's loss equals a numpy
+    cross-entropy of the model with (1 - a) w0 + a w1 interpolated in
+    float64 (with K = 3 the midpoint is not the average and is run itself);
+    the record's barrier and distance follow their formulas. K = 2: the
+    measurement of `setting`; K = 3: `three_workers`."""
+    if num_workers == 2:
+        params, local_x, local_y, test_x, test_y, _, m = request.getfixturevalue("setting")
+        apply = forward
+    else:
+        apply, params, local_x, local_y, test_x, test_y, m = request.getfixturevalue(
+            "three_workers"
+        )
     np.testing.assert_array_equal(m.interp_acc[0], m.acc[0])
     np.testing.assert_array_equal(m.interp_acc[-1], m.acc[1])
     if num_workers == 2:
         np.testing.assert_array_equal(m.interp_acc[2], m.acc[2])
-    test_x, test_y = local_x[0, :8], local_y[0, :8]
     for j, a in enumerate(measure.INTERP_ALPHAS):
         p = jax.tree.map(
             lambda w: (
@@ -245,7 +292,7 @@ def test_interpolation_ends_are_the_local_models(num_workers):
             [(local_x[d], local_y[d], m.interp_loss[j, d]) for d in range(2)]
             + [(test_x, test_y, m.test_interp_loss[j])]
         ):
-            logits = np.asarray(model.apply({"params": p}, x / 255.0)[0], np.float64)
+            logits = np.asarray(apply(p, x)[0], np.float64)
             logp = logits - logits.max(1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(1, keepdims=True))
             ce = -logp[np.arange(len(y)), np.asarray(y)].mean()

@@ -6,6 +6,14 @@ and, for reference mode, the numpy re-implementation of EDGE in
 `benchmarks/edge_numpy.py`, written from docs/estimators.md, "EDGE reference
 mode, step by step" (dictionaries and Python loops, float64), which shares
 no code with the code under test. Every tolerance says where it comes from.
+
+Each distinct config and shape compiles a program of its own (seconds each),
+so the fast tier (`-m "not slow"`) runs a part of every family: parity on
+each version's defaults, labels, a 1-D side and hashed words; the accuracy
+grid at N = 2,000 for d = 1, 2; determinism, the label bound, the batched
+labels of the measurement, the counting ground truths and the degenerate
+inputs. The `...SlowTest` classes hold the rest (N = 25,000 and d = 10, the
+reference mode's grid, the other parity cases and properties).
 """
 
 import functools
@@ -15,6 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from benchmarks.edge_numpy import numpy_edge
@@ -43,7 +52,77 @@ def batched_mi(key, x, y, config):
     return jax.vmap(lambda a, b: edge.mutual_information(key, a, b, config))(x, y)
 
 
-class ReferenceParityTest(parameterized.TestCase):
+PARITY_CASES = (
+    ("v420_defaults", "4.2.0", "x", "y", {}),
+    ("v431_defaults", "4.3.1", "x", "y", {}),
+    ("v441_floor_defaults", "4.4.1", "x", "y", {}),
+    ("v441_projected", "4.4.1", "wide", "y", {}),
+    (
+        "v420_labels_manual",
+        "4.2.0",
+        "labels",
+        "wide",
+        dict(
+            U=10.0,
+            L_ensemble=10,
+            gamma=(1e-4, 0.52),
+            epsilon=(0.2, 0.2),
+            epsilon_vector="range",
+        ),
+    ),
+    (
+        "v420_auto_range",
+        "4.2.0",
+        "wide",
+        "y",
+        dict(U=20.0, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range"),
+    ),
+    ("v420_one_dim", "4.2.0", "x1", "y1", {}),
+    ("v420_one_dim_vs_wide", "4.2.0", "x1", "wide", dict(epsilon_vector="range")),
+    (
+        "v420_average_floor",
+        "4.2.0",
+        "x",
+        "y",
+        dict(
+            ensemble_estimation="average",
+            hashing="floor",
+            normalize_epsilon=False,
+            L_ensemble=4,
+        ),
+    ),
+    # Labels on one side are counted with one sort per grid (counting.labelled_grid_counts):
+    # labels as y; label buckets that hold several label values; and widths so narrow
+    # that the other side's codes overflow the exact mixed-radix word (hashed instead).
+    ("v420_wide_vs_labels", "4.2.0", "wide", "labels", dict(epsilon_vector="range")),
+    (
+        "v420_labels_merged_buckets",
+        "4.2.0",
+        "labels",
+        "wide",
+        dict(U=10.0, L_ensemble=10, gamma=(4.0, 0.52), epsilon=(0.2, 0.2)),
+    ),
+    (
+        "v420_labels_hashed",
+        "4.2.0",
+        "labels",
+        "wide",
+        dict(U=10.0, gamma=(1e-4, 0.002), epsilon=(0.2, 0.2)),
+    ),
+)
+# In the fast tier: each version's defaults, labels on a side, a 1-D side, hashed
+# words. The others run with the slow tests (ReferenceParitySlowTest).
+FAST_PARITY = (
+    "v420_defaults",
+    "v431_defaults",
+    "v441_floor_defaults",
+    "v420_labels_manual",
+    "v420_one_dim",
+    "v420_labels_hashed",
+)
+
+
+class _ParityData(parameterized.TestCase):
     """Reference mode equals the numpy re-implementation.
 
     Tolerance 1e-3 bits (the issue's parity bar). Both sides get the same
@@ -65,71 +144,19 @@ class ReferenceParityTest(parameterized.TestCase):
         cls.wide = np.concatenate([x, rs.standard_normal((n, 7)).astype(np.float32)], axis=1)
         cls.x1, cls.y1 = x[:, 0], cls.y[:, 0]  # 1-D sides: ranked from one sort per call
 
-    @parameterized.named_parameters(
-        ("v420_defaults", "4.2.0", "x", "y", {}),
-        ("v431_defaults", "4.3.1", "x", "y", {}),
-        ("v441_floor_defaults", "4.4.1", "x", "y", {}),
-        ("v441_projected", "4.4.1", "wide", "y", {}),
-        (
-            "v420_labels_manual",
-            "4.2.0",
-            "labels",
-            "wide",
-            dict(
-                U=10.0,
-                L_ensemble=10,
-                gamma=(1e-4, 0.52),
-                epsilon=(0.2, 0.2),
-                epsilon_vector="range",
-            ),
-        ),
-        (
-            "v420_auto_range",
-            "4.2.0",
-            "wide",
-            "y",
-            dict(U=20.0, L_ensemble=10, gamma=(0.2, 1.4), epsilon_vector="range"),
-        ),
-        ("v420_one_dim", "4.2.0", "x1", "y1", {}),
-        ("v420_one_dim_vs_wide", "4.2.0", "x1", "wide", dict(epsilon_vector="range")),
-        (
-            "v420_average_floor",
-            "4.2.0",
-            "x",
-            "y",
-            dict(
-                ensemble_estimation="average",
-                hashing="floor",
-                normalize_epsilon=False,
-                L_ensemble=4,
-            ),
-        ),
-        # Labels on one side are counted with one sort per grid (counting.labelled_grid_counts):
-        # labels as y; label buckets that hold several label values; and widths so narrow
-        # that the other side's codes overflow the exact mixed-radix word (hashed instead).
-        ("v420_wide_vs_labels", "4.2.0", "wide", "labels", dict(epsilon_vector="range")),
-        (
-            "v420_labels_merged_buckets",
-            "4.2.0",
-            "labels",
-            "wide",
-            dict(U=10.0, L_ensemble=10, gamma=(4.0, 0.52), epsilon=(0.2, 0.2)),
-        ),
-        (
-            "v420_labels_hashed",
-            "4.2.0",
-            "labels",
-            "wide",
-            dict(U=10.0, gamma=(1e-4, 0.002), epsilon=(0.2, 0.2)),
-        ),
-    )
-    def test_matches_numpy(self, version, xname, yname, kw):
+    def check(self, version, xname, yname, kw):
         x, y = getattr(self, xname), getattr(self, yname)
         expected = numpy_edge(x, y, version, **kw)
         got = edge.mutual_information(
             jax.random.key(0), x, y, edge.EdgeConfig.reference(version, **kw)
         )
         self.assertAlmostEqual(float(got), expected, delta=1e-3)
+
+
+class ReferenceParityTest(_ParityData):
+    @parameterized.named_parameters(*[c for c in PARITY_CASES if c[0] in FAST_PARITY])
+    def test_matches_numpy(self, version, xname, yname, kw):
+        self.check(version, xname, yname, kw)
 
     def test_reference_keywords_and_defaults(self):
         self.assertEqual(edge.EdgeConfig.reference("4.2.0").ensemble_size, 5)
@@ -142,6 +169,14 @@ class ReferenceParityTest(parameterized.TestCase):
             edge.EdgeConfig.reference("5.0")
 
 
+class ReferenceParitySlowTest(_ParityData):
+    pytestmark = pytest.mark.slow
+
+    @parameterized.named_parameters(*[c for c in PARITY_CASES if c[0] not in FAST_PARITY])
+    def test_matches_numpy(self, version, xname, yname, kw):
+        self.check(version, xname, yname, kw)
+
+
 # ---------------------------------------------------------------------------
 # Correlated Gaussians: both modes on the grid d x rho x N.
 
@@ -149,57 +184,83 @@ RHOS = (0.0, 0.5, 0.9)
 
 
 @functools.lru_cache(maxsize=None)
-def grid_estimates(n: int, d: int) -> dict[str, np.ndarray]:
-    """Both modes' estimates for rho = 0, 0.5, 0.9 (one compile per shape/mode)."""
+def grid_estimates(n: int, d: int, mode: str) -> np.ndarray:
+    """One mode's estimates for rho = 0, 0.5, 0.9 (one compile per shape and mode)."""
     x, y = gaussian_pairs(100 * d + n % 97, n, d, RHOS)
-    key = jax.random.key(0)
-    return {
-        "reference": np.asarray(batched_mi(key, x, y, REF)),
-        "default": np.asarray(batched_mi(key, x, y, DEFAULT)),
-    }
+    config = {"reference": REF, "default": DEFAULT}[mode]
+    return np.asarray(batched_mi(jax.random.key(0), x, y, config))
 
 
 GRID = [(n, d) for n in (2_000, 25_000) for d in (1, 2, 10)]
+FAST_GRID = [(2_000, 1), (2_000, 2)]  # the rest: GaussianGridSlowTest
+SLOW_GRID = [g for g in GRID if g not in FAST_GRID]
 
 
-class GaussianGridTest(parameterized.TestCase):
-    @parameterized.parameters(*GRID)
-    def test_default_independence_near_zero(self, n, d):
+class _GridChecks(parameterized.TestCase):
+    def check_independence_near_zero(self, n, d):
         # Shuffle correction: the estimate of independent data is a difference
         # of two estimates with the same marginal counts. Measured over 16 seeds
         # at N = 2,000: mean +0.006 to +0.013 bits (the maximum over resolutions
         # picks the noisiest upward), sd 0.008; less at N = 25,000. Tolerance
         # 0.05 bits = bias + 5 sd.
-        self.assertLess(abs(grid_estimates(n, d)["default"][0]), 0.05)
+        self.assertLess(abs(grid_estimates(n, d, "default")[0]), 0.05)
 
-    @parameterized.parameters(*GRID)
-    def test_default_does_not_overestimate(self, n, d):
+    def check_does_not_overestimate(self, n, d):
         # The default estimates the MI of a discretised (and, for d = 10,
         # projected) pair, which is below the truth by the data-processing
         # inequality; allow 0.1 bits for the remaining estimation noise and
         # the maximum over resolutions.
-        est = grid_estimates(n, d)["default"]
+        est = grid_estimates(n, d, "default")
         for rho, e in zip(RHOS, est):
             self.assertLessEqual(e, analytic_mi(d, rho) + 0.1, msg=f"rho={rho}")
 
-    @parameterized.parameters(*[(n, d) for n, d in GRID if d <= 2])
-    def test_default_accuracy_low_dimension(self, n, d):
+    def check_accuracy_low_dimension(self, n, d):
         # Where N covers the joint space (d <= 2), the measured discretisation
         # loss is at most 35% of the truth (d = 2, rho = 0.9, N = 2,000: 1.57 of
         # 2.40 bits) and 0.02 bits at rho = 0.5, d = 1. Bound: 0.4 of the truth
         # below, 0.1 bits above.
-        est = grid_estimates(n, d)["default"]
+        est = grid_estimates(n, d, "default")
         for rho, e in zip(RHOS[1:], est[1:]):
             true = analytic_mi(d, rho)
             self.assertGreaterEqual(e, 0.6 * true, msg=f"rho={rho}")
             self.assertLessEqual(e, true + 0.1, msg=f"rho={rho}")
 
+
+class GaussianGridTest(_GridChecks):
+    @parameterized.parameters(*FAST_GRID)
+    def test_default_independence_near_zero(self, n, d):
+        self.check_independence_near_zero(n, d)
+
+    @parameterized.parameters(*FAST_GRID)
+    def test_default_does_not_overestimate(self, n, d):
+        self.check_does_not_overestimate(n, d)
+
+    @parameterized.parameters(*FAST_GRID)
+    def test_default_accuracy_low_dimension(self, n, d):
+        self.check_accuracy_low_dimension(n, d)
+
+
+class GaussianGridSlowTest(_GridChecks):
+    pytestmark = pytest.mark.slow
+
+    @parameterized.parameters(*SLOW_GRID)
+    def test_default_independence_near_zero(self, n, d):
+        self.check_independence_near_zero(n, d)
+
+    @parameterized.parameters(*SLOW_GRID)
+    def test_default_does_not_overestimate(self, n, d):
+        self.check_does_not_overestimate(n, d)
+
+    @parameterized.parameters(*[(n, d) for n, d in SLOW_GRID if d <= 2])
+    def test_default_accuracy_low_dimension(self, n, d):
+        self.check_accuracy_low_dimension(n, d)
+
     def test_reference_bias_at_independence(self):
         # docs/estimators.md, EDGE step 6: 4.2.0 reads ~0.7 bits for 10-dim independent
         # pairs at N = 25,000 (its clipped per-sample terms). Kept as a check
         # that reference mode really is the reference's estimator.
-        self.assertGreater(grid_estimates(25_000, 10)["reference"][0], 0.3)
-        self.assertLess(abs(grid_estimates(25_000, 1)["reference"][0] - 0.001), 0.01)
+        self.assertGreater(grid_estimates(25_000, 10, "reference")[0], 0.3)
+        self.assertLess(abs(grid_estimates(25_000, 1, "reference")[0] - 0.001), 0.01)
 
     def test_default_beats_reference_where_both_can_work(self):
         # Mean absolute error over the 12 cases with d <= 2 (measured: default
@@ -213,7 +274,7 @@ class GaussianGridTest(parameterized.TestCase):
                 continue
             for m in err:
                 err[m] += [
-                    abs(e - analytic_mi(d, r)) for r, e in zip(RHOS, grid_estimates(n, d)[m])
+                    abs(e - analytic_mi(d, r)) for r, e in zip(RHOS, grid_estimates(n, d, m))
                 ]
         self.assertLess(np.mean(err["default"]), 0.6 * np.mean(err["reference"]))
 
@@ -230,12 +291,14 @@ def small_pair(seed: int, rho: float = 0.7):
     return x[0], y[0]
 
 
-class PropertiesTest(chex.TestCase):
+class _SmallPair(chex.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.x, cls.y = small_pair(5)
 
+
+class PropertiesTest(_SmallPair):
     def test_labels_bounded_by_label_entropy(self):
         # I(z; y) <= H(y) <= log2(#classes) = 2 bits; here z determines y exactly,
         # the worst case for saturation. Plug-in estimates obey the bound exactly
@@ -246,25 +309,6 @@ class PropertiesTest(chex.TestCase):
             self.assertLessEqual(est, 2.0 + 1e-4)
             self.assertGreater(est, 0.3)
 
-    def test_sample_order_invariance(self):
-        perm = np.random.RandomState(0).permutation(N_SMALL)
-        key = jax.random.key(2)
-        # Counts do not depend on the order: exact up to float summation (1e-4).
-        for cfg in (
-            edge.EdgeConfig(bias_correction="none"),
-            edge.EdgeConfig.reference("4.2.0", epsilon=(0.3, 0.3)),
-        ):
-            a = edge.mutual_information(key, self.x, self.y, cfg)
-            b = edge.mutual_information(key, self.x[perm], self.y[perm], cfg)
-            self.assertAlmostEqual(float(a), float(b), delta=1e-4)
-        # The default's shuffle term pairs samples by position, so the estimate
-        # is invariant in distribution only: at N = 500 one estimate's sd over
-        # shuffles is ~0.014 bits (16 seeds), the difference of two ~0.02.
-        # Tolerance 0.08 bits = 4 sd.
-        a = edge.mutual_information(key, self.x, self.y)
-        b = edge.mutual_information(key, self.x[perm], self.y[perm])
-        self.assertAlmostEqual(float(a), float(b), delta=0.08)
-
     def test_determinism(self):
         a = edge.mutual_information(jax.random.key(4), self.x, self.y)
         b = edge.mutual_information(jax.random.key(4), self.x, self.y)
@@ -274,26 +318,6 @@ class PropertiesTest(chex.TestCase):
         r1 = edge.mutual_information(jax.random.key(4), self.x, self.y, REF)
         r2 = edge.mutual_information(jax.random.key(5), self.x, self.y, REF)
         chex.assert_trees_all_equal(r1, r2)  # reference mode: deterministic, key unused
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_jit_and_eager_agree(self):
-        # Reference mode only: the default shares every counting function, and
-        # its eager run (op-by-op dispatch of ~20 grids) would cost ~15 s here.
-        fn = self.variant(edge.mutual_information.__wrapped__, static_argnames="config")
-        for cfg in (REF,):
-            expected = edge.mutual_information(jax.random.key(6), self.x, self.y, cfg)
-            # Compiled and eager float32 may differ in the last bits of a sum.
-            np.testing.assert_allclose(
-                fn(jax.random.key(6), self.x, self.y, config=cfg), expected, atol=1e-4
-            )
-
-    def test_vmap_equals_loop(self):
-        x, y = gaussian_pairs(8, N_SMALL, 2, (0.0, 0.6, 0.95))
-        key = jax.random.key(7)
-        for cfg in (DEFAULT, REF):
-            batched = batched_mi(key, x, y, cfg)
-            looped = [edge.mutual_information(key, a, b, cfg) for a, b in zip(x, y)]
-            np.testing.assert_allclose(batched, np.asarray(looped), atol=1e-5)
 
     def test_vmap_equals_loop_with_labels(self):
         # Reference mode counts a labels side with one sort per grid from
@@ -317,6 +341,49 @@ class PropertiesTest(chex.TestCase):
         looped = [edge.mutual_information(key, a, b, cfg) for a, b in zip(labels, x)]
         np.testing.assert_allclose(batched, np.asarray(looped), atol=1e-5)
         self.assertGreater(float(np.min(batched)), 0.1)  # labels depend on x: not a trivial 0
+
+
+class PropertiesSlowTest(_SmallPair):
+    pytestmark = pytest.mark.slow
+
+    def test_sample_order_invariance(self):
+        perm = np.random.RandomState(0).permutation(N_SMALL)
+        key = jax.random.key(2)
+        # Counts do not depend on the order: exact up to float summation (1e-4).
+        for cfg in (
+            edge.EdgeConfig(bias_correction="none"),
+            edge.EdgeConfig.reference("4.2.0", epsilon=(0.3, 0.3)),
+        ):
+            a = edge.mutual_information(key, self.x, self.y, cfg)
+            b = edge.mutual_information(key, self.x[perm], self.y[perm], cfg)
+            self.assertAlmostEqual(float(a), float(b), delta=1e-4)
+        # The default's shuffle term pairs samples by position, so the estimate
+        # is invariant in distribution only: at N = 500 one estimate's sd over
+        # shuffles is ~0.014 bits (16 seeds), the difference of two ~0.02.
+        # Tolerance 0.08 bits = 4 sd.
+        a = edge.mutual_information(key, self.x, self.y)
+        b = edge.mutual_information(key, self.x[perm], self.y[perm])
+        self.assertAlmostEqual(float(a), float(b), delta=0.08)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree(self):
+        # Reference mode only: the default shares every counting function, and
+        # its eager run (op-by-op dispatch of ~20 grids) would cost ~15 s here.
+        fn = self.variant(edge.mutual_information.__wrapped__, static_argnames="config")
+        for cfg in (REF,):
+            expected = edge.mutual_information(jax.random.key(6), self.x, self.y, cfg)
+            # Compiled and eager float32 may differ in the last bits of a sum.
+            np.testing.assert_allclose(
+                fn(jax.random.key(6), self.x, self.y, config=cfg), expected, atol=1e-4
+            )
+
+    def test_vmap_equals_loop(self):
+        x, y = gaussian_pairs(8, N_SMALL, 2, (0.0, 0.6, 0.95))
+        key = jax.random.key(7)
+        for cfg in (DEFAULT, REF):
+            batched = batched_mi(key, x, y, cfg)
+            looped = [edge.mutual_information(key, a, b, cfg) for a, b in zip(x, y)]
+            np.testing.assert_allclose(batched, np.asarray(looped), atol=1e-5)
 
     def test_shuffle_baseline(self):
         key = jax.random.key(8)
@@ -373,6 +440,10 @@ class CountingTest(parameterized.TestCase):
         ca, cb, cab = count(a), count(b), count(list(zip(a, b)))
         expected = sorted((cab[ai, bi], ca[ai], cb[bi]) for ai, bi in zip(a, b))
         self.assertEqual(sorted(zip(*[np.asarray(g).tolist() for g in got])), expected)
+
+
+class CountingSlowTest(parameterized.TestCase):
+    pytestmark = pytest.mark.slow
 
     def test_default_shortcut_equals_per_sample_path(self):
         # The default counts only the paired and shuffled joint buckets (their

@@ -16,10 +16,11 @@ from helpers.shared import FAN_IN
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_lenet_shapes(channels):
+    # Shapes only: traced, not compiled (eval_shape).
     model = models.LeNet(num_classes=10)
     x = jnp.zeros((4, 32, 32, channels))
-    params = model.init(jax.random.key(0), x)["params"]
-    logits, z = model.apply({"params": params}, x)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    logits, z = jax.eval_shape(model.apply, {"params": params}, x)
     chex.assert_shape(logits, (4, 10))
     chex.assert_shape(z, (4, 84))
     chex.assert_shape(params["Conv_0"]["kernel"], (5, 5, channels, 6))
@@ -83,13 +84,29 @@ def test_max_pool_matches_reduce_window():
     chex.assert_trees_all_equal(models.max_pool_2x2(x), expected)
 
 
+def numpy_params(rng, model, x, bias_sd):
+    """Parameters of `model` for inputs like x, drawn with numpy (the shapes
+    traced, nothing compiled): kernels at unit fan-in scale, biases N(0, bias_sd^2)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    return jax.tree.map(
+        lambda s: jnp.asarray(
+            rng.normal(
+                0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])) if len(s.shape) > 1 else bias_sd, s.shape
+            ),
+            jnp.float32,
+        ),
+        shapes,
+    )
+
+
 # Every formulation alone is checked against numpy below; here a mixed pair.
 @pytest.mark.parametrize("impl", ["xla", ("s2d", "xla")])
 def test_lenet_impls_agree_on_same_params(impl):
-    x = jnp.asarray(np.random.default_rng(2).uniform(size=(5, 32, 32, 3)), jnp.float32)
-    params = models.LeNet(conv_impl="patches").init(jax.random.key(1), x)["params"]
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(size=(5, 32, 32, 3)), jnp.float32)
+    params = numpy_params(rng, models.LeNet(conv_impl="patches"), x, 0.1)
     chex.assert_trees_all_equal_shapes(
-        params, models.LeNet(conv_impl=impl).init(jax.random.key(1), x)["params"]
+        params, jax.eval_shape(models.LeNet(conv_impl=impl).init, jax.random.key(1), x)["params"]
     )
     out_patches = models.LeNet(conv_impl="patches").apply({"params": params}, x)
     out_other = models.LeNet(conv_impl=impl).apply({"params": params}, x)
@@ -189,13 +206,19 @@ def test_torch_init_bounds_and_moments():
             assert abs(w.mean()) <= 5 * b / math.sqrt(3 * n), (name, part)
             var_se = math.sqrt(4.0 / 45.0) * b * b / math.sqrt(n)  # sd of w^2 / sqrt(n)
             assert abs(np.mean(w * w) - b * b / 3) <= 5 * var_se, (name, part)
-    flax = init(jax.random.key(3), model, jnp.zeros((1, 32, 32, 3)), "flax")
-    assert np.all(np.asarray(flax["Dense_0"]["bias"]) == 0)  # flax: zero biases
+    # flax: zero biases (only that leaf is returned: XLA drops the other draws).
+    flax_bias = jax.jit(
+        lambda key: models.init_params(key, model, jnp.zeros((1, 32, 32, 3)), "flax")["Dense_0"][
+            "bias"
+        ]
+    )(jax.random.key(3))
+    assert flax_bias.shape == (120,) and np.all(np.asarray(flax_bias) == 0)
 
 
 def test_symmetric_input_scale_is_the_unit_model_on_2x_minus_1():
-    x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 32, 32, 3)), jnp.float32)
-    params = jax.jit(models.LeNet().init)(jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(3, 32, 32, 3)), jnp.float32)
+    params = numpy_params(rng, models.LeNet(), x, 0.1)  # any parameters
     sym = models.LeNet(input_scale="symmetric").apply({"params": params}, x)
     unit = models.LeNet().apply({"params": params}, 2 * x - 1)
     np.testing.assert_array_equal(np.asarray(sym[0]), np.asarray(unit[0]))

@@ -212,7 +212,7 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
         if " step 8/" in line:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/50: "):
+    with pytest.raises(preemption.Preempted, match=r"^stopped by SIGINT after step 12/18: "):
         sweep.run(cfg, log=log, progress=progress.Printer(log))
     assert signal.getsignal(signal.SIGINT) is before
     assert checkpoint_steps(tmp_path / "checkpoints") == [12]
@@ -226,9 +226,9 @@ def test_sigint_stops_after_the_next_eval_point_and_restores_the_handlers(tmp_pa
 @pytest.mark.slow
 def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_metrics(tmp_path):
     # Two seeds x two protocols in one program, one checkpoint for all four
-    # runs under OUT/checkpoints; 9 eval points.
+    # runs under OUT/checkpoints; 5 eval points (0, 4, ..., 16).
     flags = FLAGS[:3] + [
-        "--epochs=8",
+        "--epochs=4",
         "--eval_period=4",
         "--lr=0.05",
         "--checkpoint_every=1",
@@ -246,7 +246,7 @@ def test_sigkill_then_sigterm_then_resume_a_sweep_gives_each_runs_uninterrupted_
         config.make(
             **{
                 **CONFIG.flat(),
-                "epochs": 8.0,
+                "epochs": 4.0,
                 "checkpoint_every": 0,
                 "seed": seed,
                 "protocol": protocol,

@@ -166,14 +166,19 @@ DATA_KEYS = jax.random.split(jax.random.key(7), K)
 
 
 def initial_state(opt):
+    """The round's input state; the protocol fields filled in as the round fills
+    them, so that a state the round returns has the same structure (and the
+    second round below runs the same compiled program)."""
     params = tree_map(jnp.asarray, PARAMS0)
-    return federated.FedState(
-        params=params,
-        opt_state=jax.vmap(opt.init)(params),
-        data_keys=DATA_KEYS,
-        perm=jnp.zeros((K, N), jnp.int32),
-        lr=jnp.float32(LR),
-        step=jnp.int32(0),
+    return federated.with_protocol_fields(
+        federated.FedState(
+            params=params,
+            opt_state=jax.vmap(opt.init)(params),
+            data_keys=DATA_KEYS,
+            perm=jnp.zeros((K, N), jnp.int32),
+            lr=jnp.float32(LR),
+            step=jnp.int32(0),
+        )
     )
 
 
@@ -343,6 +348,7 @@ def test_one_lenet_step_is_params_minus_lr_grad():
 DIGITS_STEPS, DIGITS_K, DIGITS_N = 60, 2, 320
 
 
+@pytest.mark.slow  # a LeNet round of its own shapes to compile, and real data
 def test_short_digits_run_learns():
     """Two workers, iid digits, 60 steps of SGD with momentum 0.9, synced every
     step: the mean batch loss of the last 5 steps is under half that of the

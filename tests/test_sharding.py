@@ -1,4 +1,5 @@
-"""The worker axis sharded over 4 fake CPU devices gives the numbers of one device."""
+"""Sharded over 4 fake CPU devices, the worker axis of a round (on a two-layer
+model) and the run axis of a LeNet sweep give the numbers of one device."""
 
 import json
 import os
@@ -14,12 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def results():
-    env = fake_devices_env(4)
+def results(tmp_path_factory):
+    """Both checks of tests/helpers/sharded_check.py, in one subprocess: the
+    worker-sharded round and the sweeps split over devices."""
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "helpers", "sharded_check.py")],
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "helpers", "sharded_check.py"),
+            str(tmp_path_factory.mktemp("sweeps")),
+        ],
         cwd=ROOT,
-        env=env,
+        env=fake_devices_env(4),
         capture_output=True,
         text=True,
         timeout=600,
@@ -54,40 +60,21 @@ def test_only_collective_is_the_average(results, devices):
         assert results[f"{op}_d{devices}"] == 0
 
 
-@pytest.fixture(scope="module")
-def sweep_results(tmp_path_factory):
-    env = fake_devices_env(4)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tests", "helpers", "sharded_sweep_check.py"),
-            str(tmp_path_factory.mktemp("sweeps")),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("devices", ["d2", "d4", "resumed_d4"])
 @pytest.mark.portability
-def test_sweep_split_over_devices_gives_the_one_device_records(sweep_results, devices):
+def test_sweep_split_over_devices_gives_the_one_device_records(results, devices):
     # Each device runs R / D runs with the same vmapped code; only the batch
     # size of the compiled ops changes, so values agree to float rounding
     # (measured: identical records for 2 devices; one loss 1e-6 apart for 4).
     # resumed_d4: checkpointed on 2 devices, resumed on 4 from the one before
     # the last checkpoint.
-    one, split = sweep_results["records_d1"], sweep_results[f"records_{devices}"]
+    one, split = results["records_d1"], results[f"records_{devices}"]
     assert [len(r) for r in split] == [len(r) for r in one] and len(one) == 4
     for run_one, run_split in zip(one, split):
         assert_records_close(run_one, run_split)
 
 
-def test_sweep_device_count_errors(sweep_results):
-    assert sweep_results["resumed"]
-    assert sweep_results["error_d3"].startswith("devices: 4 runs do not split evenly")
-    assert sweep_results["error_d8"].startswith("devices: must be in 1..4")
+def test_sweep_device_count_errors(results):
+    assert results["resumed"]
+    assert results["error_d3"].startswith("devices: 4 runs do not split evenly")
+    assert results["error_d8"].startswith("devices: must be in 1..4")

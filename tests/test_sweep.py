@@ -1,55 +1,51 @@
 """fedjax_mi.sweep: run r of a sweep writes what that run writes alone (also
 mixing protocols), the communication counts of a sweep by hand, resuming
-only with the same settings, and the divergence check."""
+only with the same settings, and the divergence check.
+
+Every sweep here has the shapes and settings of `helpers.shared.CONFIG` (4
+runs on 2 data partitions, or one run alone), so the session compiles their
+programs once (those of the sweep in tests/test_preemption.py and of CONFIG)."""
 
 import os
 
 import pytest
 
 from fedjax_mi import config, metrics_io, sweep
-from helpers.shared import CONFIG, TINY, assert_records_close
+from helpers.shared import CONFIG, assert_records_close
+
+# CONFIG's shapes: 64 samples a worker, batch 16 (4 steps an epoch), measured
+# every 4 steps; 2.5 epochs: eval points 0, 4, 8, 10 (a shorter last round).
+BASE = {**CONFIG.flat(), "epochs": 2.5, "checkpoint_every": 0}
+NOSYNC = dict(protocol="nosync", sync_period=None)
 
 
 @pytest.mark.slow
 @pytest.mark.portability
-def test_sweep_run_equals_that_run_alone(tmp_path, tiny_run):
+def test_sweep_run_equals_that_run_alone(tmp_path):
     """Run r of a sweep (vmapped over runs that differ in seed, lr, split and
     protocol) writes the metrics of that run alone, to the tolerances of two
     different programs (`helpers.shared.assert_records_close`; XLA does not
     round a vmapped program as it rounds the run alone: docs/reliability.md,
     "Determinism")."""
-    alone_cfg, alone_records, _ = tiny_run
-    base = dict(TINY)
-    cfgs = [
-        config.make(**{**base, "lr": 0.02}, protocol="nosync", seed=1, out=str(tmp_path / "a")),
-        config.make(**base, protocol="sync", sync_period=4, out=str(tmp_path / "b")),
-        config.make(
-            **base, split="classes", protocol="sync", sync_period=8, seed=2, out=str(tmp_path / "c")
-        ),
+    runs = [
+        dict(lr=0.02, seed=0, **NOSYNC),
+        dict(seed=0, protocol="sync", sync_period=4),
+        dict(split="classes", seed=1, protocol="sync", sync_period=8),
+        dict(split="classes", seed=1, lr=0.1, **NOSYNC),
     ]
+    cfgs = [config.make(**{**BASE, **r, "out": str(tmp_path / str(i))}) for i, r in enumerate(runs)]
     swept = sweep.run_sweep(cfgs, log=lambda line: None)
-    assert_records_close(swept[1], alone_records)  # cfgs[1] is the tiny_run's config
+    for i in (1, 2):
+        alone = config.make(**{**cfgs[i].flat(), "out": str(tmp_path / f"alone{i}")})
+        assert_records_close(sweep.run(alone, log=lambda line: None), swept[i], str(i))
     assert metrics_io.read_records(os.path.join(cfgs[1].out, "metrics.jsonl")) == swept[1]
-    # The other runs really differ (different seed / lr / split).
+    # The runs really differ (different seed / lr / split / protocol).
     acc = lambda records: [r["acc"] for r in records]
-    assert acc(swept[0]) != acc(swept[1]) and acc(swept[2]) != acc(swept[1])
-    alone_c = config.make(**{**cfgs[2].flat(), "out": str(tmp_path / "c_alone")})
-    assert_records_close(sweep.run(alone_c, log=lambda line: None), swept[2])
+    assert len({tuple(acc(records)) for records in swept}) == 4
 
 
-MIXED_TINY = dict(
-    dataset="digits",
-    workers=2,
-    per_worker=32,
-    batch_size=16,
-    epochs=4.0,
-    eval_period=2,
-    lr=0.05,
-    mi="none",
-    test_samples=40,
-    checkpoint_every=0,
-)
-# 2 steps per epoch, 8 steps, eval points 0, 2, 4, 6, 8.
+# 2 epochs: 8 steps, eval points 0, 4, 8.
+MIXED_BASE = {**BASE, "epochs": 2.0}
 MIXED = [
     dict(protocol="periodic", sync_period=3),
     dict(protocol="dynamic", check_every=1, delta=0.0),
@@ -62,7 +58,8 @@ MIXED = [
 def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     cfgs = [
-        config.make(**MIXED_TINY, **p, out=str(root / f"sweep{i}")) for i, p in enumerate(MIXED)
+        config.make(**{**MIXED_BASE, "sync_period": None, **p, "out": str(root / f"sweep{i}")})
+        for i, p in enumerate(MIXED)
     ]
     swept = sweep.run_sweep(cfgs, log=lambda line: None)
     alone = [
@@ -79,13 +76,13 @@ def mixed(tmp_path_factory):
 def test_mixed_protocol_sweep_writes_what_each_run_writes_alone(mixed):
     """Each run of a sweep mixing periodic, dynamic and triggered writes the
     communication each writes alone, exactly, and its other fields to the
-    tolerances of two programs (`assert_records_close`): in this configuration
-    (4 runs of 32 samples a worker) the sweep's batched arithmetic differs from
-    one run's in the last bits even for periodic and nosync alone (measured on
-    the code before the protocols: worker losses 1e-6 apart)."""
+    tolerances of two programs (`assert_records_close`): the sweep's batched
+    arithmetic differs from one run's in the last bits even for periodic and
+    nosync alone (measured on the code before the protocols, 4 runs of 32
+    samples a worker: worker losses 1e-6 apart)."""
     swept, alone = mixed
     for run_swept, run_alone in zip(swept, alone):
-        assert len(run_swept) == len(run_alone) == 5 * 3 * 3
+        assert len(run_swept) == len(run_alone) == 3 * 3 * 3
         assert_records_close(run_swept, run_alone)
 
 
@@ -101,22 +98,21 @@ def test_sweep_counts_by_hand(mixed):
     # periodic 3 over 8 steps: syncs before steps 3 and 6 (2K = 4 models each).
     assert comm_at_points(swept[0]) == [
         (0, 0, 0, 0),
-        (2, 0, 0, 0),
         (4, 1, 4, 4 * lenet_bytes),
-        (6, 1, 4, 4 * lenet_bytes),
         (8, 2, 8, 8 * lenet_bytes),
     ]
     # dynamic, delta 0, checked before every step > 0: the workers move at every
     # step, so it syncs before steps 1..7; eval point s has seen those before 1..s-1.
-    assert [c[1:3] for c in comm_at_points(swept[1])] == [(0, 0), (1, 4), (3, 12), (5, 20), (7, 28)]
+    assert [c[1:3] for c in comm_at_points(swept[1])] == [(0, 0), (3, 12), (7, 28)]
     # triggered, ratio inf: decides to sync at every eval point but the last;
-    # each decision sends 2K models (its sync then sends nothing more).
+    # each decision sends 2K models (its sync then sends nothing more): at eval
+    # point s, the decisions of the s // 4 points before it.
     assert comm_at_points(swept[2]) == [
-        (s, s // 2, 4 * (s // 2), 4 * (s // 2) * lenet_bytes) for s in (0, 2, 4, 6, 8)
+        (s, s // 4, 4 * (s // 4), 4 * (s // 4) * lenet_bytes) for s in (0, 4, 8)
     ]
     # triggered, ratio 0: never syncs, but its decisions still cost.
-    assert [c[1] for c in comm_at_points(swept[3])] == [0] * 5
-    assert [c[2] for c in comm_at_points(swept[3])] == [0, 4, 8, 12, 16]
+    assert [c[1] for c in comm_at_points(swept[3])] == [0] * 3
+    assert [c[2] for c in comm_at_points(swept[3])] == [0, 4, 8]
 
 
 @pytest.mark.slow

@@ -18,7 +18,11 @@ import runpy
 import sys
 import traceback
 
-from experiments import flags  # noqa: F401  (the imports of every command)
+# Run as a script, its folder is first on the path: the repository goes
+# before it, so that this working tree is imported, not an installed copy.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from experiments import flags  # noqa: E402, F401  (the imports of every command)
 
 
 def run_child(module: str, args: list[str]) -> int:

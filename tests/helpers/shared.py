@@ -3,7 +3,7 @@
 
 Two tiny digits runs: `TINY` (10 steps, eval points 0, 4, 8, 10; the
 session-wide fixture `tiny_run` of tests/conftest.py) and `CONFIG` / `FLAGS`
-(13 eval points, a checkpoint after every one; the fixture `uninterrupted`).
+(6 eval points, a checkpoint after every one; the fixture `uninterrupted`).
 """
 
 import errno
@@ -40,13 +40,15 @@ def cli(module, *args, cwd=ROOT):
     )
 
 
-# 13 eval points (0, 4, ..., 48, 50), a checkpoint after every one. KDE
+# 6 eval points (0, 4, 8, 12, 16, 18: the last round a shorter one), a
+# checkpoint after every one: a kill after the second checkpoint, a stop in the
+# round to 12 and a resume from there to the end (tests/test_preemption.py). KDE
 # alone measures (what is tested here does not depend on the estimator, and
 # each subprocess compiles its measurement anew: the probe's would dominate).
 FLAGS = [
     "--per_worker=64",
     "--batch_size=16",
-    "--epochs=12.5",
+    "--epochs=4.5",
     "--eval_period=4",
     "--lr=0.05",
     "--protocol=sync",
@@ -59,7 +61,7 @@ CONFIG = config.make(
     dataset="digits",
     per_worker=64,
     batch_size=16,
-    epochs=12.5,
+    epochs=4.5,
     eval_period=4,
     lr=0.05,
     protocol="sync",
