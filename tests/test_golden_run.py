@@ -69,7 +69,7 @@ def test_digits_run_matches_the_golden_files(golden, run):
 def test_probe_never_reads_far_below_zero(run):
     """I(Z;Y) >= 0: the probe and its shuffled-label floor, on 96 samples a
     dataset, never read below -0.5 bits (before issue 25 they read -7.07 and
-    -1.05 bits here: docs/estimators.md, "Probe at small N")."""
+    -1.05 bits here: docs/estimators.md, "Probe")."""
     records = metrics_io.read_records(str(run / "metrics.jsonl"))
     values = [
         (r[k], r["step"], r["model"], r["dataset"], k)
