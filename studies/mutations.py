@@ -149,8 +149,8 @@ MUTATIONS = (
         "floor_without_shuffling",
         "the floor pairs each sample with itself (no shuffle)",
         "fedjax_mi/measure.py",
-        "perm = jax.random.permutation(jax.random.fold_in(key, 1), y.shape[0])",
-        "perm = jnp.arange(y.shape[0])",
+        "return jax.random.permutation(jax.random.fold_in(key, 1), n)",
+        "return jnp.arange(n)",
         ("tests/test_measure.py",),
     ),
 )
